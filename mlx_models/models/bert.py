@@ -1,0 +1,259 @@
+"""BERT (HF ``model_type: bert``). Module names equal the HF weight keys."""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .base import ACTIVATIONS, BaseModelArgs, activation, padding_mask
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    classifier_dropout: float | None = None
+    tie_word_embeddings: bool = True
+    num_labels: int = 2
+    initializer_range: float = 0.02
+    is_decoder: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if self.hidden_act not in ACTIVATIONS:
+            problems.append(f"hidden_act {self.hidden_act!r} (supported: {', '.join(ACTIVATIONS)})")
+        if self.position_embedding_type != "absolute":
+            problems.append(f"position_embedding_type {self.position_embedding_type!r} (only 'absolute')")
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(
+                f"hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"
+            )
+        if self.is_decoder:
+            problems.append("is_decoder=true (only the bidirectional encoder is supported)")
+        self._raise(problems)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.position_embeddings = nn.Embedding(args.max_position_embeddings, args.hidden_size)
+        self.token_type_embeddings = nn.Embedding(args.type_vocab_size, args.hidden_size)
+        self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.dropout = nn.Dropout(args.hidden_dropout_prob)
+
+    def position_ids(self, input_ids: mx.array) -> mx.array:
+        return mx.arange(input_ids.shape[1])[None]
+
+    def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
+        if token_type_ids is None:
+            token_type_ids = mx.zeros_like(input_ids)
+        h = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(self.position_ids(input_ids))
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(h))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        D = args.hidden_size
+        self.n_heads = args.num_attention_heads
+        self.scale = (D // self.n_heads) ** -0.5
+        self.query = nn.Linear(D, D)
+        self.key = nn.Linear(D, D)
+        self.value = nn.Linear(D, D)
+        self.dropout = nn.Dropout(args.attention_probs_dropout_prob)
+        self.dropout_p = args.attention_probs_dropout_prob
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        B, L, D = x.shape
+        q, k, v = (
+            proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, n_heads, L, head_dim)
+            for proj in (self.query, self.key, self.value)
+        )
+        if self.training and self.dropout_p > 0:
+            # The fused kernel has no dropout on the attention probabilities.
+            scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
+            if mask is not None:
+                scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+            probs = self.dropout(mx.softmax(scores, axis=-1, precise=True))
+            out = probs @ v
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return out.transpose(0, 2, 1, 3).reshape(B, L, D)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, args: ModelArgs, in_dims: int):
+        super().__init__()
+        self.dense = nn.Linear(in_dims, args.hidden_size)
+        self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.dropout = nn.Dropout(args.hidden_dropout_prob)
+
+    def __call__(self, h: mx.array, residual: mx.array) -> mx.array:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self = BertSelfAttention(args)
+        self.output = BertSelfOutput(args, args.hidden_size)
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.intermediate_size)
+        self.act = activation(args.hidden_act)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = BertAttention(args)
+        self.intermediate = BertIntermediate(args)
+        self.output = BertSelfOutput(args, args.intermediate_size)
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        h = self.attention(x, mask)
+        return self.output(self.intermediate(h), h)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.layer = [BertLayer(args) for _ in range(args.num_hidden_layers)]
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        return mx.tanh(self.dense(h[:, 0]))
+
+
+class BertModel(nn.Module):
+    """The encoder. Returns (last hidden state (B, L, D), pooled first token (B, D) or None)."""
+
+    embeddings_class = BertEmbeddings
+    base_model_prefix = "bert"
+
+    def __init__(self, args: ModelArgs, add_pooling_layer: bool = True):
+        super().__init__()
+        self.args = args
+        self.embeddings = self.embeddings_class(args)
+        self.encoder = BertEncoder(args)
+        if add_pooling_layer:
+            self.pooler = BertPooler(args)
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        token_type_ids: mx.array | None = None,
+    ) -> tuple[mx.array, mx.array | None]:
+        h = self.encoder(self.embeddings(input_ids, token_type_ids), padding_mask(attention_mask))
+        return h, (self.pooler(h) if "pooler" in self else None)
+
+    @property
+    def layers(self) -> list:
+        return self.encoder.layer
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.act = activation(args.hidden_act)
+        self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        return self.LayerNorm(self.act(self.dense(h)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(args)
+        if not args.tie_word_embeddings:
+            self.decoder = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.bias = mx.zeros((args.vocab_size,))
+
+    def __call__(self, h: mx.array, embeddings: nn.Module) -> mx.array:
+        h = self.transform(h)
+        logits = self.decoder(h) if "decoder" in self else embeddings.as_linear(h)
+        return logits + self.bias
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(args)
+
+
+class BertForMaskedLM(nn.Module):
+    base_model_prefix = "bert"
+    task = "mlm"
+    head_modules = ("cls",)
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.bert = BertModel(args, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(args)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
+        h, _ = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.cls.predictions(h, self.bert.embeddings.word_embeddings)  # (B, L, vocab)
+
+
+class BertForSequenceClassification(nn.Module):
+    base_model_prefix = "bert"
+    task = "classify"
+    head_modules = ("classifier",)
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.bert = BertModel(args)
+        p = args.classifier_dropout if args.classifier_dropout is not None else args.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(args.hidden_size, args.num_labels)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
+        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+
+BertModel.task = "base"
+BertModel.head_modules = ()
+TASKS = {"base": BertModel, "mlm": BertForMaskedLM, "classify": BertForSequenceClassification}

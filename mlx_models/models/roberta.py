@@ -1,0 +1,100 @@
+"""RoBERTa (HF ``model_type: roberta``): BERT's encoder with its own embeddings and heads."""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import bert
+
+
+@dataclass
+class ModelArgs(bert.ModelArgs):
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+
+
+class RobertaEmbeddings(bert.BertEmbeddings):
+    def position_ids(self, input_ids: mx.array) -> mx.array:
+        # RoBERTa numbers real tokens from pad_token_id + 1 and gives pads pad_token_id
+        # itself, hence max_position_embeddings = max_length + 2 (fairseq legacy).
+        not_pad = (input_ids != self.pad_token_id).astype(mx.int32)
+        return mx.cumsum(not_pad, axis=1) * not_pad + self.pad_token_id
+
+    def __init__(self, args: ModelArgs):
+        super().__init__(args)
+        self.pad_token_id = args.pad_token_id
+
+
+class RobertaModel(bert.BertModel):
+    embeddings_class = RobertaEmbeddings
+    base_model_prefix = "roberta"
+    task = "base"
+    head_modules = ()
+
+
+class RobertaLMHead(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        if not args.tie_word_embeddings:
+            self.decoder = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.bias = mx.zeros((args.vocab_size,))
+
+    def __call__(self, h: mx.array, embeddings: nn.Module) -> mx.array:
+        h = self.layer_norm(nn.gelu(self.dense(h)))
+        logits = self.decoder(h) if "decoder" in self else embeddings.as_linear(h)
+        return logits + self.bias
+
+
+class RobertaClassificationHead(nn.Module):
+    """First token (<s>) -> dropout -> dense -> tanh -> dropout -> out_proj; no pooler."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        p = args.classifier_dropout if args.classifier_dropout is not None else args.hidden_dropout_prob
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.dropout = nn.Dropout(p)
+        self.out_proj = nn.Linear(args.hidden_size, args.num_labels)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        x = self.dropout(h[:, 0])
+        x = self.dropout(mx.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+class RobertaForMaskedLM(nn.Module):
+    base_model_prefix = "roberta"
+    task = "mlm"
+    head_modules = ("lm_head",)
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.roberta = RobertaModel(args, add_pooling_layer=False)
+        self.lm_head = RobertaLMHead(args)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
+        h, _ = self.roberta(input_ids, attention_mask, token_type_ids)
+        return self.lm_head(h, self.roberta.embeddings.word_embeddings)  # (B, L, vocab)
+
+
+class RobertaForSequenceClassification(nn.Module):
+    base_model_prefix = "roberta"
+    task = "classify"
+    head_modules = ("classifier",)
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.roberta = RobertaModel(args, add_pooling_layer=False)
+        self.classifier = RobertaClassificationHead(args)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
+        h, _ = self.roberta(input_ids, attention_mask, token_type_ids)
+        return self.classifier(h)  # (B, num_labels)
+
+
+TASKS = {"base": RobertaModel, "mlm": RobertaForMaskedLM, "classify": RobertaForSequenceClassification}

@@ -1,0 +1,131 @@
+"""Cross-check an MLX checkpoint against transformers + PyTorch on a padded batch of real text.
+
+    python -m mlx_models.parity PATH [--dtype float32|float16|bfloat16] [--atol X]
+
+Prints max and mean |Δ| (logits, or hidden states for the bare encoder) and top-1 agreement
+per head, for right and (Llama) left padding; exits 1 when a bound is broken.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .cli import run_cli
+from .loading import load_model, load_tokenizer, read_config, resolve
+from .reference import torch_device, torch_forward, torch_model
+
+SENTENCES = [
+    "The capital of France is Paris.",
+    "I loved this movie: the acting was superb and the story kept me on the edge of my seat until the end.",
+    "Terrible.",
+    "A man is eating a piece of bread while reading the newspaper in the park.",
+]
+TASKS = {
+    "bert": ("base", "mlm", "classify"),
+    "roberta": ("base", "mlm", "classify"),
+    "llama": ("base", "lm", "classify"),
+}
+# Max |Δ| bounds against the fp32 PyTorch reference (same weights). fp32 allows for the
+# depth of real checkpoints; low precision measures MLX's own rounding.
+DEFAULT_ATOL = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 3e-1}
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+@dataclass
+class Row:
+    task: str
+    padding: str
+    max_abs: float
+    mean_abs: float
+    top1: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.task:9s} {self.padding:6s} max|Δ| {self.max_abs:.2e}  "
+            f"mean|Δ| {self.mean_abs:.2e}  top-1 {self.top1:6.1%}"
+        )
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    L = max(map(len, seqs))
+    ids = np.full((len(seqs), L), pad_id, dtype=np.int32)
+    mask = np.zeros((len(seqs), L), dtype=np.int32)
+    for i, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(L - len(s), L)
+        ids[i, sl], mask[i, sl] = s, 1
+    return ids, mask
+
+
+def pad_id_for(tokenizer, config: dict) -> int:
+    """Llama has no pad token: use eos (never inside these sentences); padding is masked."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    eos = config.get("eos_token_id", tokenizer.eos_token_id)
+    return int(eos[0] if isinstance(eos, list) else eos)
+
+
+def compare(mlx_out: np.ndarray, ref: np.ndarray, mask: np.ndarray, task: str) -> tuple[float, float, float]:
+    if task != "classify":  # per token: only the real positions count
+        mlx_out, ref = mlx_out[mask.astype(bool)], ref[mask.astype(bool)]
+    diff = np.abs(mlx_out.astype(np.float64) - ref)
+    return float(diff.max()), float(diff.mean()), float((mlx_out.argmax(-1) == ref.argmax(-1)).mean())
+
+
+def run_parity(
+    path: str | Path,
+    *,
+    dtype: str = "float32",
+    tasks: tuple[str, ...] | None = None,
+    sentences: list[str] = SENTENCES,
+    paddings: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> list[Row]:
+    directory = resolve(path)
+    config = read_config(directory)
+    tokenizer = load_tokenizer(directory)
+    pad_id = pad_id_for(tokenizer, config)
+    special = config["model_type"] != "llama"  # Llama: raw text, as in a continuation
+    seqs = [tokenizer(s, add_special_tokens=special)["input_ids"] for s in sentences]
+    paddings = paddings or (("right", "left") if config["model_type"] == "llama" else ("right",))
+    rows = []
+    for task in tasks or TASKS[config["model_type"]]:
+        mx.random.seed(seed)  # any newly initialised head is the same in both frameworks
+        model = load_model(directory, task)
+        model.set_dtype(DTYPES[dtype], predicate=lambda k: True) if dtype != "float32" else None
+        ref = torch_model(model, config, task, pad_token_id=pad_id)
+        for side in paddings:
+            ids, mask = pad_batch(seqs, pad_id, side)
+            out = model(mx.array(ids), attention_mask=mx.array(mask))
+            out = out[0] if isinstance(out, tuple) else out
+            got = np.array(out.astype(mx.float32))
+            rows.append(Row(task, side, *compare(got, torch_forward(ref, ids, mask, task), mask, task)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mlx_models.parity", description=__doc__.split("\n")[0])
+    p.add_argument("path", help="converted MLX directory, HF directory, .gguf file, hub id or alias")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="precision of the MLX model")
+    p.add_argument(
+        "--atol", type=float, default=None, help=f"max |Δ| bound (default per dtype: {DEFAULT_ATOL})"
+    )
+    p.add_argument("--task", action="append", help="only these heads (base, mlm, classify, lm)")
+    args = p.parse_args(argv)
+    atol = args.atol if args.atol is not None else DEFAULT_ATOL[args.dtype]
+    print(f"reference: transformers on {torch_device()}; MLX {args.dtype} on {mx.default_device()}")
+    rows = run_parity(args.path, dtype=args.dtype, tasks=tuple(args.task) if args.task else None)
+    for r in rows:
+        print(r)
+    failed = [r for r in rows if r.max_abs > atol]
+    print(
+        f"{'FAIL' if failed else 'OK'}: max|Δ| bound {atol:g} ({len(failed)} of {len(rows)} checks over it)"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
