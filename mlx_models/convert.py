@@ -85,6 +85,10 @@ def convert(
         quantized = {f"{p}.weight" for p in quantize(model, q_bits, q_group_size)}
         config["quantization"] = quantization_config(q_bits, q_group_size)
     config.pop("quantization_config", None)
+    if rope := config.get("rope_parameters"):  # also the transformers-4 keys, which mlx-lm reads
+        config.setdefault("rope_theta", rope.get("rope_theta"))
+        if rope.get("rope_type", "default") != "default":
+            config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
     config["dtype"] = config["torch_dtype"] = dtype
 
     with atomic_dir(out, force=force) as tmp:

@@ -99,8 +99,9 @@ def load_model(
     if q := config.get("quantization"):
         quantize(model, q["bits"], q["group_size"], predicate=lambda p, m: f"{p}.scales" in weights)
     expected = checkpoint.parameter_shapes(model)
+    # Heads and the BERT pooler may be absent (an MLM checkpoint has no pooler): initialised anew.
     heads = tuple(f"{h}." for h in model.head_modules)
-    required = {k: v for k, v in expected.items() if not k.startswith(heads)}
+    required = {k: v for k, v in expected.items() if not k.startswith(heads) and "pooler." not in k}
     found = {k: tuple(v.shape) for k, v in weights.items() if k in expected}
     checkpoint.check_weights(found, required, expected, where=str(directory))
     new = sorted(k for k in expected if k not in found)

