@@ -6,15 +6,15 @@ import os
 import sys
 from pathlib import Path
 
-import mlx_models  # noqa: F401  (OpenBLAS before MLX)
 import pytest
+
+import mlx_models  # noqa: F401  (OpenBLAS before MLX)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ["HF_HUB_OFFLINE"] = "1"  # the hub is unreachable here; fail fast, never hang
 
 from hf_fixtures import make_hf_model  # noqa: E402
-
 from mlx_models.convert import convert  # noqa: E402
 
 

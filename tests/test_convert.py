@@ -1,0 +1,218 @@
+"""convert.py: layouts, sharding, quantization, caching, and every kind of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+import mlx_models
+from hf_fixtures import make_hf_model
+from mlx_models import load, load_model
+from mlx_models.checkpoint import read_weights
+from mlx_models.cli import run_cli
+from mlx_models.convert import convert
+from mlx_models.quant import QuantizedLinear
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from convert import main as convert_main  # noqa: E402
+
+
+def test_openblas_is_loaded():
+    if sys.platform == "linux":
+        assert mlx_models.BLAS.startswith("OpenBLAS"), mlx_models.BLAS
+
+
+def test_roberta_base_shape_shards_and_reloads_bit_exact(tmp_path):
+    config = transformers.RobertaConfig(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    model = transformers.RobertaForMaskedLM(config)
+    hf = tmp_path / "hf"
+    model.save_pretrained(hf, safe_serialization=True)
+    from hf_fixtures import make_tokenizer
+
+    make_tokenizer("roberta", hf)
+    out = convert(str(hf), tmp_path / "mlx", max_shard_bytes=100 * 1024**2, progress=False)
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) >= 5
+    assert all(f.stat().st_size <= 100 * 1024**2 + 160 * 1024**2 for f in shards)  # one tensor may overflow
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {f.name for f in shards}
+    theirs = load_file(hf / "model.safetensors")
+    ours = read_weights(out)
+    assert set(ours) == set(theirs) - {"lm_head.decoder.weight", "lm_head.decoder.bias"}
+    for k, v in ours.items():
+        np.testing.assert_array_equal(np.array(v), theirs[k].numpy(), err_msg=k)
+    m = load_model(out)  # and it loads as a model
+    assert m(mx.array([[0, 100, 200, 2]])).shape == (1, 4, 50265)
+
+
+def test_pytorch_bin_checkpoint(tmp_path):
+    hf = make_hf_model(tmp_path / "st", "bert", "classify")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(hf)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")  # the pre-safetensors format
+    for f in [*hf.glob("*token*"), hf / "config.json"]:
+        (bin_dir / f.name).write_bytes(f.read_bytes())
+    assert (bin_dir / "pytorch_model.bin").exists()
+    a = read_weights(convert(str(hf), tmp_path / "a", progress=False))
+    b = read_weights(convert(str(bin_dir), tmp_path / "b", progress=False))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(np.array(a[k]), np.array(b[k]))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_checkpoint_reloads(tmp_path, bits):
+    hf = make_hf_model(tmp_path / "hf", "llama", "classify")
+    out = tmp_path / "q"
+    assert convert_main([str(hf), "--out", str(out), "-q", "--q-bits", str(bits)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 64, "bits": bits, "mode": "affine"}
+    weights = read_weights(out)
+    assert weights["model.layers.0.mlp.up_proj.weight"].dtype == mx.uint32
+    assert "score.scales" not in weights  # the head stays in full precision
+    model = load_model(out)
+    assert isinstance(model.model.layers[0].mlp.up_proj, QuantizedLinear)
+    assert model(mx.array([[1, 2, 3]])).shape == (1, 3)
+
+
+def test_cpu_dequantize_path_equals_fused_kernel():
+    lin = nn.Linear(128, 96)
+    ours, native = QuantizedLinear.from_linear(lin, 64, 4), nn.QuantizedLinear.from_linear(lin, 64, 4)
+    ours.bias = native.bias = mx.random.normal((96,))
+    x = mx.random.normal((3, 7, 128))
+    np.testing.assert_allclose(np.array(ours(x)), np.array(native(x)), atol=1e-4)
+
+
+def test_load_converts_hf_dir_once_into_cache(tmp_path, capsys):
+    hf = make_hf_model(tmp_path / "hf", "roberta", "classify")
+    model, tok = load(hf)
+    assert "converting" in capsys.readouterr().err
+    cached = [p for p in Path(os.environ["MLX_MODELS_CACHE"]).iterdir() if (p / "config.json").exists()]
+    assert cached
+    load(hf)
+    assert "converting" not in capsys.readouterr().err  # second use reads the cache
+    assert model(mx.array(tok(["good film"])["input_ids"])).shape == (1, 3)
+
+
+def test_force_replaces_existing_output(tmp_path):
+    hf = make_hf_model(tmp_path / "hf", "bert", "base")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    assert convert_main([str(hf), "--out", str(out), "--force"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+
+
+# --- bad input: one line, exit code 2, nothing left behind ---------------------------------
+
+
+@pytest.fixture
+def hf_bert(tmp_path):
+    return make_hf_model(tmp_path / "hf", "bert", "mlm")
+
+
+def rewrite_weights(hf: Path, edit) -> None:
+    w = load_file(hf / "model.safetensors")
+    edit(w)
+    save_file(w, hf / "model.safetensors", metadata={"format": "pt"})
+
+
+def corrupt_model_type(hf):
+    c = json.loads((hf / "config.json").read_text())
+    c["model_type"] = "gpt2"
+    (hf / "config.json").write_text(json.dumps(c))
+
+
+def truncate(hf):
+    f = hf / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def wrong_shape(hf):
+    k = "bert.encoder.layer.0.attention.self.query.weight"
+    rewrite_weights(hf, lambda w: w.__setitem__(k, w[k][:, :32].contiguous()))
+
+
+def missing_weight(hf):
+    rewrite_weights(hf, lambda w: w.pop("bert.encoder.layer.1.output.dense.weight"))
+
+
+BAD = {
+    "unsupported model_type": (
+        corrupt_model_type,
+        "unsupported model_type 'gpt2'; supported: bert, llama, roberta",
+    ),
+    "no config.json": (lambda hf: (hf / "config.json").unlink(), "has no config.json"),
+    "truncated safetensors": (truncate, "corrupt or truncated"),
+    "wrong shape": (wrong_shape, "query.weight has shape [64, 32], the config implies [64, 64]"),
+    "missing weight": (missing_weight, "missing weights bert.encoder.layer.1.output.dense.weight"),
+}
+
+
+def assert_clean_failure(code, err, out: Path, expect: str):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expect in lines[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]  # no temp dirs
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_checkpoint(hf_bert, tmp_path, capsys, case):
+    break_it, expect = BAD[case]
+    break_it(hf_bert)
+    out = tmp_path / "out"
+    code = run_cli(convert_main, [str(hf_bert), "--out", str(out)])
+    assert_clean_failure(code, capsys.readouterr().err, out, expect)
+
+
+def test_existing_output_dir(hf_bert, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_cli(convert_main, [str(hf_bert), "--out", str(out)]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_missing_path(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_cli(convert_main, ["./no/such/model", "--out", str(out)])
+    assert_clean_failure(code, capsys.readouterr().err, out, "no such file or directory")
+
+
+def test_unreachable_hub_cli(tmp_path):
+    """The real CLI in a subprocess: exit code 2 and one line on stderr."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable")
