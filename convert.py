@@ -8,7 +8,7 @@ import sys
 
 import mlx_models  # noqa: F401  (loads OpenBLAS before MLX)
 from mlx_models.cli import run_cli
-from mlx_models.convert import DTYPES, convert
+from mlx_models.conversion import DTYPES, convert
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,6 @@
 
 from ._blas import BLAS  # noqa: I001  (must run before the first `import mlx.core`)
 from .errors import ConfigError, DataError, MLXModelsError, SourceError, WeightsError
-from .convert import convert
-from .loading import load, load_model, load_tokenizer
 
 __all__ = [
     "BLAS",
@@ -17,3 +15,16 @@ __all__ = [
     "load_model",
     "load_tokenizer",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: `import mlx_models` stays cheap (the tfidf baseline needs neither MLX nor torch).
+    if name == "convert":
+        from .conversion import convert
+
+        return convert
+    if name in ("load", "load_model", "load_tokenizer"):
+        from . import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module 'mlx_models' has no attribute {name!r}")

@@ -48,7 +48,7 @@ def embedded_path(spec: str) -> Path:
 
 def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = None) -> Path:
     """Path of an MLX checkpoint for ``path_or_alias``, converting into the cache if needed."""
-    from .convert import convert
+    from .conversion import convert
 
     spec = str(path_or_alias)
     name = spec

@@ -19,7 +19,7 @@ from hf_fixtures import make_hf_model
 from mlx_models import load, load_model
 from mlx_models.checkpoint import read_weights
 from mlx_models.cli import run_cli
-from mlx_models.convert import convert
+from mlx_models.conversion import convert
 from mlx_models.quant import QuantizedLinear
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+
 from hf_fixtures import SENTENCES, build_hf_model, make_hf_model, make_tokenizer, padded_batch
 
 AUTO = {

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_fixtures import SENTENCES, padded_batch
 
+from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
 from mlx_models.parity import main as parity_main
 from mlx_models.reference import torch_forward, torch_model

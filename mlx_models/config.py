@@ -1,0 +1,440 @@
+"""Training configuration: the `TrainConfig` dataclass, config.yaml, and the train.py command line.
+
+Precedence, lowest first: `TrainConfig` defaults < config.yaml `train:` < the chosen model's
+`train:` block < `default_run:` (only when the command line names no model) < the profile
+(`--profile`) < the command line (only the values the user gave). Unknown keys are errors
+everywhere; every value is cast to its field's type, so `1e-5` in YAML is a float.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import difflib
+import functools
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .io import atomic_write_json
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+TASKS = ("classify", "mlm", "lm")
+LR_SCHEDULES = ("linear", "cosine", "constant")
+_SECTIONS = ("models", "train", "datasets", "profiles", "default_run")
+_DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
+# Keys that only make sense for one invocation, never as shared defaults.
+_CLI_ONLY = {"out", "resume", "eval_only"}
+_NOT_IN_PROFILE = _CLI_ONLY | {"model", "profile"}
+# What a continued run may change; everything else comes from RUN_DIR/config.json.
+RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "memory_limit")
+EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("minilm-l6", "model alias from config.yaml, a local model directory or a .gguf file")
+    dataset: str = _f("imdb", "dataset name from config.yaml datasets:, or any name with --data-dir")
+    task: str = _f("classify", "classify (sequence classification), mlm (masked LM) or lm (causal LM)")
+    data_dir: str | None = _f(None, "directory with train/validation/test .json/.jsonl/.csv/.parquet files")
+    lora: bool = _f(False, "train LoRA adapters (plus the task head) instead of all weights")
+    lora_rank: int = _f(8, "LoRA rank r")
+    lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is scaled by alpha / rank")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "comma-separated Llama projection names to adapt; mapped to the BERT/RoBERTa ones"},
+    )
+    quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA; needs --lora)")
+    profile: str | None = _f(None, "study profile from config.yaml profiles:, e.g. overfit")
+    epochs: int = _f(1, "passes over the training data")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
+    max_samples: int | None = _f(
+        None, "use at most N training examples, and at most N validation and N test examples"
+    )
+    batch_size: int = _f(8, "examples per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (effective batch = batch_size * grad_accum)")
+    learning_rate: float = _f(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.06, "fraction of the steps spent warming the learning rate up from 0")
+    lr_schedule: str = _f("linear", "learning-rate decay after warm-up: linear, cosine or constant")
+    max_grad_norm: float | None = _f(1.0, "clip the global gradient norm to this value; none disables")
+    max_length: int = _f(512, "truncate every example to this many tokens")
+    grad_checkpoint: bool = _f(False, "recompute layer activations in the backward pass to save memory")
+    dropout: float | None = _f(
+        None, "dropout for the whole model; none keeps the model's own, 0 turns it off"
+    )
+    early_stopping_patience: int | None = _f(
+        None, "stop after this many evaluations without a better validation loss; none never stops"
+    )
+    eval_every: int | None = _f(None, "evaluate every N optimizer steps; none evaluates once per epoch")
+    save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps")
+    seed: int = _f(0, "seed for initialisation, shuffling, dropout and the training subsample")
+    out: str | None = _f(None, "run directory; default results/models/<model>-<dataset>-<YYYYmmdd-HHMMSS>")
+    resume: str | None = _f(None, "continue the run in RUN_DIR from its last checkpoint")
+    eval_only: str | None = _f(None, "only evaluate the best checkpoint of RUN_DIR")
+    memory_limit: float | None = _f(None, "cap on accelerator memory in GB")
+    padding_side: str = _f("right", "pad batches on the right or the left")
+    compile: bool = _f(True, "compile the training step with mx.compile")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, tp in _field_types().items():
+            try:
+                setattr(self, name, _cast(getattr(self, name), tp))
+            except ValueError as e:
+                problems.append(f"{name}: {e}")
+        if not problems:
+            problems = self._problems()
+        if problems:
+            raise ConfigError("invalid training config: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        checks = [
+            (self.task in TASKS, f"task must be one of {', '.join(TASKS)} (got {self.task!r})"),
+            (self.lora_rank >= 1, f"lora_rank must be >= 1 (got {self.lora_rank})"),
+            (self.lora_alpha > 0, f"lora_alpha must be > 0 (got {self.lora_alpha})"),
+            (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})"),
+            (bool(self.lora_targets), "lora_targets must name at least one projection"),
+            (self.quantize in (None, 4, 8), f"quantize must be 4, 8 or none (got {self.quantize})"),
+            (
+                not self.quantize or self.lora,
+                f"quantize={self.quantize} needs lora=true (a quantized base cannot be trained); pass --lora",
+            ),
+            (self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
+            (_none_or(self.max_steps, 1), f"max_steps must be >= 1 (got {self.max_steps})"),
+            (_none_or(self.max_samples, 1), f"max_samples must be >= 1 (got {self.max_samples})"),
+            (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1 (got {self.grad_accum})"),
+            (self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate})"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or none"),
+            (self.max_length >= 2, f"max_length must be >= 2 (got {self.max_length})"),
+            (
+                self.dropout is None or 0 <= self.dropout < 1,
+                f"dropout must be in [0, 1) (got {self.dropout})",
+            ),
+            (_none_or(self.early_stopping_patience, 1), "early_stopping_patience must be >= 1 or none"),
+            (_none_or(self.eval_every, 1), f"eval_every must be >= 1 or none (got {self.eval_every})"),
+            (_none_or(self.save_every, 1), f"save_every must be >= 1 or none (got {self.save_every})"),
+            (self.seed >= 0, f"seed must be >= 0 (got {self.seed})"),
+            (self.memory_limit is None or self.memory_limit > 0, "memory_limit must be > 0 GB or none"),
+            (self.padding_side in ("left", "right"), "padding_side must be left or right"),
+            (not (self.resume and self.eval_only), "resume and eval_only cannot be combined"),
+            (self.model != "tfidf" or self.task == "classify", "the tfidf baseline only does task=classify"),
+        ]
+        return [msg for ok, msg in checks if not ok]
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read training config {path}: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a JSON object of training keys")
+        return cls(**_check_keys(raw, str(path)))
+
+
+def _none_or(value: int | None, low: int) -> bool:
+    return value is None or value >= low
+
+
+def save_train_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    atomic_write_json(path, dataclasses.asdict(cfg))
+
+
+# ---- casting ------------------------------------------------------------------------------------
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _cast(value: Any, tp: Any) -> Any:
+    """Cast a YAML, JSON or command-line value to a field type; ValueError says what was expected."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):  # `X | None`
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        return _cast(value, next(a for a in typing.get_args(tp) if a is not type(None)))
+    if value is None:
+        raise ValueError("must not be null")
+    if typing.get_origin(tp) is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [
+            _cast(v.strip() if isinstance(v, str) else v, typing.get_args(tp)[0]) for v in items if v != ""
+        ]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if not isinstance(value, bool):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"expected a string, got {value!r}")
+
+
+def _check_keys(layer: dict, where: str, forbidden: Collection[str] = ()) -> dict:
+    """Normalise keys (dashes -> underscores), reject unknown or misplaced ones, cast the values."""
+    types_ = _field_types()
+    out, problems = {}, []
+    for raw_key, value in layer.items():
+        key = str(raw_key).strip().lstrip("-").replace("-", "_")
+        if key not in types_:
+            close = difflib.get_close_matches(key, types_, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see `python train.py --help`"
+            problems.append(f"unknown training key {raw_key!r} in {where}; {hint}")
+        elif key in forbidden:
+            problems.append(f"{key!r} cannot be set in {where}; pass it on the command line")
+        else:
+            try:
+                out[key] = _cast(value, types_[key])
+            except ValueError as e:
+                problems.append(f"{where}: {key}: {e}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return out
+
+
+# ---- config.yaml --------------------------------------------------------------------------------
+
+
+def read_config_yaml(config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
+    try:
+        data = yaml.safe_load(Path(config_path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read {config_path}: {e.strerror}; pass an existing config.yaml") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_path} is not valid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path} must be a mapping with sections {', '.join(_SECTIONS)}")
+    unknown = [k for k in data if k not in _SECTIONS]
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {', '.join(map(str, unknown))} in {config_path}; "
+            f"allowed: {', '.join(_SECTIONS)}"
+        )
+    for name in _SECTIONS:
+        if not isinstance(data.get(name) or {}, dict):
+            raise ConfigError(f"section {name}: in {config_path} must be a mapping")
+        data[name] = data.get(name) or {}
+    return data
+
+
+def resolve_model_alias(name: str, config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
+    """The config.yaml entry of a model alias: {"name", "source", "quantize", "train", ...}.
+
+    A local directory or .gguf file is accepted as a model without an entry.
+    """
+    models = read_config_yaml(config_path)["models"]
+    if name in models:
+        if not isinstance(models[name] or {}, dict):
+            raise ConfigError(f"models.{name} in {config_path} must be a mapping with a source: key")
+        entry = dict(models[name] or {})
+        entry.setdefault("quantize", None)
+        entry["train"] = _check_keys(entry.get("train") or {}, f"models.{name}.train", _NOT_IN_PROFILE)
+        return {"name": name, **entry}
+    path = Path(name).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return {"name": path.stem, "source": str(path), "quantize": None, "train": {}}
+    raise ConfigError(
+        f"unknown model {name!r}; known aliases: {', '.join(models)} "
+        f"(or pass a local model directory or .gguf file)"
+    )
+
+
+def dataset_registry(config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict[str, dict]:
+    registry = read_config_yaml(config_path)["datasets"]
+    for name, entry in registry.items():
+        unknown = [k for k in entry or {} if k not in _DATASET_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(unknown)} in datasets.{name} of {config_path}; "
+                f"allowed: {', '.join(_DATASET_KEYS)}"
+            )
+    return {name: dict(entry or {}) for name, entry in registry.items()}
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+_EPILOG = f"""\
+Any option can also be given as key=value (model=roberta-base learning_rate=1e-5); dashes and
+underscores are both accepted in keys. Booleans: --lora / --no-lora or lora=true. Lists: comma
+separated. Precedence, lowest first: built-in defaults < config.yaml train: < the model's train:
+block < default_run: (only when no model is given) < --profile < the command line.
+With --resume RUN_DIR the settings come from RUN_DIR/config.json and only
+{", ".join(RESUME_OVERRIDES)} may be changed; with --eval-only RUN_DIR only
+{", ".join(EVAL_ONLY_OVERRIDES)}."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        allow_abbrev=False,  # --learning must not silently mean --learning-rate
+        exit_on_error=False,  # bad arguments become a one-line ConfigError, not a usage dump
+        description="Finetune or pretrain a model (or the tfidf baseline); results go to the run directory.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="set any option below by its name")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = ",".join(default) if isinstance(default, list) else default
+        text = f"{f.metadata['help']} (built-in default: {'none' if shown is None else shown})"
+        if _field_types()[f.name] is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text
+            )
+    return parser
+
+
+def _parse_command_line(argv: list[str]) -> dict:
+    """The values the user gave, flags and key=value tokens alike, cast and checked."""
+    try:
+        args, unknown = build_parser().parse_known_intermixed_args(argv)
+    except argparse.ArgumentError as e:
+        hint = "; write --flag / --no-flag or flag=true" if "/--no-" in (e.argument_name or "") else ""
+        raise ConfigError(f"{e}{hint}") from e
+    for token in unknown:
+        if token.startswith("-"):
+            _check_keys({token.split("=")[0]: None}, "the command line")  # raises with suggestions
+            raise ConfigError(f"unexpected command-line argument {token!r}")
+    given = {k: v for k, v in vars(args).items() if k != "overrides"}  # defaults are SUPPRESSed
+    pairs = {}
+    for token in args.overrides:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"argument {token!r} is not key=value; write e.g. model=roberta-base or --model X"
+            )
+        pairs[key] = value
+    pairs = _check_keys(pairs, "the command line")
+    flags_given = _check_keys(given, "the command line")
+    both = sorted(set(pairs) & set(flags_given))
+    if both:
+        raise ConfigError(f"{', '.join(both)} given twice on the command line; keep one")
+    return flags_given | pairs
+
+
+def load_train_config(argv: list[str] | None, config_path: str | os.PathLike = DEFAULT_CONFIG) -> TrainConfig:
+    """Resolve the training config from defaults, config.yaml and argv (None = sys.argv[1:])."""
+    cli = _parse_command_line(list(argv) if argv is not None else sys.argv[1:])
+    run_dir = cli.get("resume") or cli.get("eval_only")
+    if run_dir:
+        cfg = _from_run_dir(cli, run_dir)
+    else:
+        cfg = TrainConfig(**_merge_layers(cli, read_config_yaml(config_path), config_path))
+    _check_model_and_data(cfg, config_path)
+    if not (cfg.resume or cfg.eval_only) and Path(cfg.out).exists():
+        raise ConfigError(
+            f"output directory {cfg.out} already exists; choose another --out, "
+            f"or pass --resume {cfg.out} to continue that run"
+        )
+    return cfg
+
+
+def _merge_layers(cli: dict, yaml_cfg: dict, config_path: str | os.PathLike) -> dict:
+    train = _check_keys(yaml_cfg["train"], f"{config_path} train:", _CLI_ONLY)
+    default_run = {}
+    if "model" not in cli:
+        default_run = _check_keys(
+            yaml_cfg["default_run"], f"{config_path} default_run:", _CLI_ONLY | {"profile"}
+        )
+    model = cli.get("model") or default_run.get("model") or train.get("model") or TrainConfig.model
+    model_train = resolve_model_alias(model, config_path)["train"]
+    profile_name = cli.get("profile", train.get("profile"))
+    profile = {}
+    if profile_name is not None:
+        profiles = yaml_cfg["profiles"]
+        if profile_name not in profiles:
+            raise ConfigError(
+                f"unknown profile {profile_name!r}; profiles in {config_path}: {', '.join(profiles)}"
+            )
+        profile = _check_keys(profiles[profile_name] or {}, f"profiles.{profile_name}", _NOT_IN_PROFILE)
+    merged = train | model_train | default_run | profile | cli | {"model": model}
+    if "data_dir" in cli and "dataset" not in cli:
+        merged["dataset"] = "local"  # a run named after the dataset it actually used
+    if merged.get("out") is None:
+        merged["out"] = default_run_dir(model, merged.get("dataset", TrainConfig.dataset), config_path)
+    return merged
+
+
+def _from_run_dir(cli: dict, run_dir: str) -> TrainConfig:
+    mode, allowed = ("resume", RESUME_OVERRIDES) if "resume" in cli else ("eval_only", EVAL_ONLY_OVERRIDES)
+    extra = sorted(set(cli) - set(allowed) - {mode})
+    if extra:
+        raise ConfigError(
+            f"--{mode.replace('_', '-')} takes its settings from {run_dir}/config.json; "
+            f"cannot change {', '.join(extra)} (allowed: {', '.join(allowed)})"
+        )
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} not found; --{mode.replace('_', '-')} needs a run directory written by train.py"
+        )
+    saved = dataclasses.asdict(TrainConfig.from_json(path))
+    saved.update(resume=None, eval_only=None)
+    return TrainConfig(**(saved | cli | {"out": str(run_dir)}))
+
+
+def default_run_dir(model: str, dataset: str, config_path: str | os.PathLike = DEFAULT_CONFIG) -> str:
+    name = resolve_model_alias(model, config_path)["name"]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return str(Path("results") / "models" / f"{name}-{dataset}-{stamp}")
+
+
+def _check_model_and_data(cfg: TrainConfig, config_path: str | os.PathLike) -> None:
+    resolve_model_alias(cfg.model, config_path)  # raises for an unknown alias
+    if cfg.data_dir is not None:
+        if not Path(cfg.data_dir).is_dir():
+            raise ConfigError(
+                f"data_dir {cfg.data_dir} is not a directory; pass a directory with train.* files"
+            )
+        return
+    registry = dataset_registry(config_path)
+    if cfg.dataset not in registry:
+        raise ConfigError(
+            f"unknown dataset {cfg.dataset!r}; registered: {', '.join(registry)} "
+            f"(or pass --data-dir DIR with train/validation/test files)"
+        )

@@ -1,0 +1,66 @@
+"""LoRA (and QLoRA: LoRA around a quantized linear) for any of our models.
+
+The layer is mlx-lm's ``LoRALinear`` (it wraps ``nn.Linear`` and ``nn.QuantizedLinear``,
+which is all QLoRA needs); this module picks the layers, sets scale = alpha / r, freezes
+everything but the adapters and the task head, and fuses adapters back into plain weights.
+"""
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.tuner.lora import LoRALinear
+
+from .errors import ConfigError
+
+# Our default target names are Llama's; the encoders call the same projections differently.
+TARGET_ALIASES = {
+    "q_proj": ("q_proj", "query"),
+    "k_proj": ("k_proj", "key"),
+    "v_proj": ("v_proj", "value"),
+    "o_proj": ("o_proj", "attention.output.dense"),
+    "gate_proj": ("gate_proj",),
+    "up_proj": ("up_proj", "intermediate.dense"),
+    "down_proj": ("down_proj", "output.dense"),
+}
+
+__all__ = ["LoRALinear", "apply_lora", "fuse_lora", "trainable_keys"]
+
+
+def _matches(path: str, targets: list[str]) -> bool:
+    for name in (n for t in targets for n in TARGET_ALIASES.get(t, (t,))):
+        if name == "output.dense" and path.endswith("attention.output.dense"):
+            continue  # BERT's FFN output, not the attention output projection
+        if path == name or path.endswith("." + name):
+            return True
+    return False
+
+
+def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
+    """Wrap the target linears of the base model in LoRA; freeze all but adapters and head."""
+    heads = tuple(model.head_modules)
+    found = []
+    for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+        if path.startswith(heads) or not isinstance(m, nn.Linear | nn.QuantizedLinear):
+            continue
+        if _matches(path, targets):
+            found.append((path, LoRALinear.from_base(m, r=rank, dropout=dropout, scale=alpha / rank)))
+    if not found:
+        raise ConfigError(
+            f"lora_targets {targets} match no linear layer of the model; use e.g. q_proj,v_proj"
+        )
+    model.freeze()
+    model.update_modules(tree_unflatten(found))
+    model.unfreeze(keys=["lora_a", "lora_b"], strict=False)
+    for h in heads:
+        model[h].unfreeze()
+    return [p for p, _ in found]
+
+
+def trainable_keys(model: nn.Module) -> list[str]:
+    return [k for k, _ in tree_flatten(model.trainable_parameters())]
+
+
+def fuse_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by base + scale * B A (dequantized to a dense linear)."""
+    fused = [(p, m.fuse(dequantize=True)) for p, m in model.named_modules() if isinstance(m, LoRALinear)]
+    model.update_modules(tree_unflatten(fused))
+    return model

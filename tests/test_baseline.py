@@ -1,0 +1,85 @@
+"""The tfidf baseline through the real `python train.py` command line."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_models.baseline import run_tfidf
+from mlx_models.cli import run_cli
+from mlx_models.config import TrainConfig
+from mlx_models.data import Split, Splits
+from mlx_models.errors import DataError
+from mlx_models.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--model", "tfidf", "--dataset", "imdb", "--max-samples", "2000"]
+
+
+def train_main():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def snapshot(path: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def tfidf_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tfidf-imdb"
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "train.py", *ARGS, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return out, proc
+
+
+def test_tfidf_run_writes_the_run_layout(tfidf_run):
+    out, proc = tfidf_run
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["split"] == "test" and result["n"] == 2000
+    assert result["accuracy"] > 0.75 and 0 < result["f1"] <= 1
+    splits = [r["split"] for r in read_metrics(out)]
+    assert splits == ["train", "validation", "test"]
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "best" / "model.joblib").is_file() and (out / "last" / "model.joblib").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["model"], saved["max_samples"], saved["out"]) == ("tfidf", 2000, str(out))
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_existing_out_is_an_error_and_nothing_changes(tfidf_run, capsys, monkeypatch):
+    out, _ = tfidf_run
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = snapshot(out)
+    assert run_cli(train_main(), [*ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "already exists" in err and "\n" not in err
+    assert snapshot(out) == before
+
+
+def test_unknown_model_exits_2(capsys):
+    assert run_cli(train_main(), ["--model", "tfidff"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'tfidff'") and "tfidf" in err
+
+
+def test_failed_fit_writes_nothing(tmp_path):
+    one_class = Split([f"text {i}" for i in range(10)], [0] * 10)
+    splits = Splits(one_class, one_class, one_class, 2, None, "test data")
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="single class"):
+        run_tfidf(TrainConfig(model="tfidf", out=str(out)), splits)
+    assert list(tmp_path.iterdir()) == []
