@@ -51,7 +51,10 @@ def test_roberta_base_shape_shards_and_reloads_bit_exact(tmp_path):
     from hf_fixtures import make_tokenizer
 
     make_tokenizer("roberta", hf)
+    mx.reset_peak_memory()
     out = convert(str(hf), tmp_path / "mlx", max_shard_bytes=100 * 1024**2, progress=False)
+    # Streaming: MLX never holds much more than one shard of the 500 MB model.
+    assert mx.get_peak_memory() < 300 * 1024**2, mx.get_peak_memory()
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) >= 5
     assert all(f.stat().st_size <= 100 * 1024**2 + 160 * 1024**2 for f in shards)  # one tensor may overflow
@@ -216,3 +219,38 @@ def test_unreachable_hub_cli(tmp_path):
         timeout=120,
     )
     assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable")
+
+
+@pytest.mark.parametrize(
+    "error,expect",
+    [
+        ("GatedRepoError", "gated repo: accept its license"),
+        ("RepositoryNotFoundError", "was not found on the"),
+    ],
+)
+def test_gated_or_missing_hub_repo(tmp_path, capsys, monkeypatch, error, expect):
+    """What the hub answers for a gated or unknown repo becomes a one-line message."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def refuse(repo_id, **kwargs):
+        request = httpx2.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+        raise getattr(errors, error)(f"{error} for {repo_id}", response=httpx2.Response(401, request=request))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", refuse)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    out = tmp_path / "out"
+    code = run_cli(convert_main, ["meta-llama/Llama-2-7b-hf", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert_clean_failure(code, err, out, expect)
+    assert "hf_secret_value" not in err  # a token is never printed
+
+
+def test_convert_check_runs_the_parity_report(tmp_path, capsys):
+    hf = make_hf_model(tmp_path / "hf", "llama", "lm")
+    assert convert_main([str(hf), "--out", str(tmp_path / "mlx"), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "lm" in out and "left" in out and "OK: max|Δ| bound" in out
