@@ -390,6 +390,13 @@ def batch_order(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def pad_id_for(tokenizer: Any) -> int:
+    """Llama has no pad token: pad with eos (any id works; padding is masked everywhere)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
 def collate(
     seqs: list[list[int]], pad_id: int, padding_side: str = "right", pad_to_multiple_of: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:

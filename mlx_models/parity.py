@@ -15,6 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from .cli import run_cli
+from .data import collate, pad_id_for
 from .loading import load_model, load_tokenizer, read_config, resolve
 from .reference import torch_device, torch_forward, torch_model
 
@@ -50,24 +51,6 @@ class Row:
         )
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
-    L = max(map(len, seqs))
-    ids = np.full((len(seqs), L), pad_id, dtype=np.int32)
-    mask = np.zeros((len(seqs), L), dtype=np.int32)
-    for i, s in enumerate(seqs):
-        sl = slice(0, len(s)) if side == "right" else slice(L - len(s), L)
-        ids[i, sl], mask[i, sl] = s, 1
-    return ids, mask
-
-
-def pad_id_for(tokenizer, config: dict) -> int:
-    """Llama has no pad token: use eos (never inside these sentences); padding is masked."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    eos = config.get("eos_token_id", tokenizer.eos_token_id)
-    return int(eos[0] if isinstance(eos, list) else eos)
-
-
 def compare(mlx_out: np.ndarray, ref: np.ndarray, mask: np.ndarray, task: str) -> tuple[float, float, float]:
     if task != "classify":  # per token: only the real positions count
         mlx_out, ref = mlx_out[mask.astype(bool)], ref[mask.astype(bool)]
@@ -87,7 +70,7 @@ def run_parity(
     directory = resolve(path)
     config = read_config(directory)
     tokenizer = load_tokenizer(directory)
-    pad_id = pad_id_for(tokenizer, config)
+    pad_id = pad_id_for(tokenizer)
     special = config["model_type"] != "llama"  # Llama: raw text, as in a continuation
     seqs = [tokenizer(s, add_special_tokens=special)["input_ids"] for s in sentences]
     paddings = paddings or (("right", "left") if config["model_type"] == "llama" else ("right",))
@@ -98,7 +81,7 @@ def run_parity(
         model.set_dtype(DTYPES[dtype], predicate=lambda k: True) if dtype != "float32" else None
         ref = torch_model(model, config, task, pad_token_id=pad_id)
         for side in paddings:
-            ids, mask = pad_batch(seqs, pad_id, side)
+            ids, mask = collate(seqs, pad_id, side)
             out = model(mx.array(ids), attention_mask=mx.array(mask))
             out = out[0] if isinstance(out, tuple) else out
             got = np.array(out.astype(mx.float32))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import TrainConfig, save_train_config
-from .data import Splits, batch_order, collate, encode, load_splits
+from .data import Splits, batch_order, collate, encode, load_splits, pad_id_for
 from .errors import ConfigError, MLXModelsError
 from .io import atomic_dir, atomic_write_json
 from .loading import load_model, load_tokenizer, resolve
@@ -202,7 +202,7 @@ def run(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.out)
     splits = load_splits(cfg)  # bad data fails here, before anything is written
     model, tokenizer, base = build(cfg, splits.num_labels)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_id_for(tokenizer)
     enc = {s: encode(tokenizer, getattr(splits, s).texts, cfg.max_length) for s in ("train", "validation")}
     labels = {s: getattr(splits, s).labels for s in ("train", "validation")}
     # A fixed train subset as large as validation, scored like it: train vs validation curves.
@@ -214,7 +214,11 @@ def run(cfg: TrainConfig) -> dict:
     steps_per_epoch = -(-len(enc["train"]) // group)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     eval_every = cfg.eval_every or steps_per_epoch
-    optimizer = optim.AdamW(learning_rate=schedule(cfg, total_steps), weight_decay=cfg.weight_decay)
+    # bias_correction: MLX's default is off, unlike torch/HF AdamW; without it the first
+    # updates are ~3x larger and finetuning a pretrained encoder collapses to chance.
+    optimizer = optim.AdamW(
+        learning_rate=schedule(cfg, total_steps), weight_decay=cfg.weight_decay, bias_correction=True
+    )
     optimizer.init(model.trainable_parameters())
     state = {"step": 0, "epoch": 0, "batch": 0, "best_loss": None, "bad_evals": 0}
     state |= {"micro_batch": cfg.batch_size, "grad_accum": cfg.grad_accum}
@@ -225,7 +229,9 @@ def run(cfg: TrainConfig) -> dict:
             raise ConfigError(f"{last} has no checkpoint to resume from; start a new run instead")
         restore_weights(model, last)
         optimizer.state = tree_unflatten(list(mx.load(str(last / "optimizer.safetensors")).items()))
-        mx.random.state[0] = mx.load(str(last / "rng.safetensors"))["key"]
+        # mx.random.state is read-only in MLX >= 0.31; key(s) is [s >> 32, s & 0xFFFFFFFF].
+        hi, lo = (int(x) for x in np.array(mx.load(str(last / "rng.safetensors"))["key"]))
+        mx.random.seed((hi << 32) | lo)
         state = json.loads((last / "trainer_state.json").read_text())
         kept = [r for r in read_metrics(run_dir) if r["step"] <= state["step"] and r["split"] != "test"]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
@@ -387,7 +393,7 @@ def evaluate_run(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.out)
     splits = load_splits(dataclasses.replace(cfg, eval_only=None))
     model, tokenizer, _ = build(cfg, splits.num_labels)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_id_for(tokenizer)
     return test_and_report(cfg, run_dir, model, splits, tokenizer, pad_id)
 
 

@@ -14,6 +14,7 @@ import transformers
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
+from mlx_models.data import collate
 from mlx_models.parity import main as parity_main
 from mlx_models.reference import torch_forward, torch_model
 
@@ -193,12 +194,7 @@ def test_smollm2_logits(smollm2, smollm2_torch):
     eos = tok.eos_token_id
     for side in ("right", "left"):
         seqs = [tok(s, add_special_tokens=False)["input_ids"] for s in SENTENCES]
-        L = max(map(len, seqs))
-        ids = np.full((len(seqs), L), eos, np.int32)
-        mask = np.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            sl = slice(0, len(s)) if side == "right" else slice(L - len(s), L)
-            ids[i, sl], mask[i, sl] = s, 1
+        ids, mask = collate(seqs, eos, side)
         batch = {"input_ids": ids, "attention_mask": mask}
         got = mlx_forward(model, batch)
         want = torch_forward(smollm2_torch, ids, mask, "lm")
