@@ -1,0 +1,41 @@
+"""The optimizer and schedule equal torch's AdamW with HF's warm-up + linear decay, step by step."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from mlx_models.config import TrainConfig
+from mlx_models.trainer import make_optimizer
+
+HF_SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
+
+
+@pytest.mark.parametrize("lr_schedule", ["linear", "cosine"])
+def test_adamw_and_schedule_match_torch(tmp_path, lr_schedule):
+    total, cfg = (
+        8,
+        TrainConfig(
+            learning_rate=1e-2,
+            weight_decay=0.1,
+            warmup_ratio=0.25,
+            lr_schedule=lr_schedule,
+            out=str(tmp_path),
+        ),
+    )
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(4, 3)).astype(np.float32)
+    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(total)]
+
+    params = {"w": mx.array(w0)}
+    opt = make_optimizer(cfg, total)
+    tw = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    topt = torch.optim.AdamW([tw], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = HF_SCHEDULES[lr_schedule](topt, num_warmup_steps=2, num_training_steps=total)
+    for g in grads:
+        params = opt.apply_gradients({"w": mx.array(g)}, params)
+        tw.grad = torch.from_numpy(g)
+        topt.step()
+        sched.step()
+        np.testing.assert_allclose(np.array(params["w"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
