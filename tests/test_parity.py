@@ -233,5 +233,5 @@ def test_parity_cli(tiny, capsys):
     assert parity_main([str(mlx_dir)]) == 0
     out = capsys.readouterr().out
     assert "mlm" in out and "classify" in out and "OK" in out
-    assert parity_main([str(mlx_dir), "--atol", "1e-12"]) == 1  # a broken bound fails
+    assert parity_main([str(mlx_dir), "--tol", "1e-12"]) == 1  # a broken bound fails
     assert "FAIL" in capsys.readouterr().out
