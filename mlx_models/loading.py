@@ -101,6 +101,12 @@ def load_model(
     expected = checkpoint.parameter_shapes(model)
     # Heads and the BERT pooler may be absent (an MLM checkpoint has no pooler): initialised anew.
     heads = tuple(f"{h}." for h in model.head_modules)
+    if "num_labels" in (config_overrides or {}):  # a classifier for another label set: a new head
+        weights = {
+            k: v
+            for k, v in weights.items()
+            if not (k.startswith(heads) and k in expected and tuple(v.shape) != expected[k])
+        }
     required = {k: v for k, v in expected.items() if not k.startswith(heads) and "pooler." not in k}
     found = {k: tuple(v.shape) for k, v in weights.items() if k in expected}
     checkpoint.check_weights(found, required, expected, where=str(directory))

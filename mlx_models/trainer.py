@@ -7,6 +7,7 @@ overfitting picture), atomic checkpoints (iter-<step>/, best/, last/) and exact 
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from functools import partial
@@ -229,6 +230,8 @@ def run(cfg: TrainConfig) -> dict:
 
     if cfg.resume:
         last = run_dir / "last"
+        if not last.exists() and (aside := sorted(run_dir.glob(".last.old-*"))):
+            os.replace(aside[-1], last)  # killed between the two renames of a checkpoint swap
         if not (last / "trainer_state.json").exists():
             raise ConfigError(f"{last} has no checkpoint to resume from; start a new run instead")
         restore_weights(model, last)
@@ -335,42 +338,48 @@ def run(cfg: TrainConfig) -> dict:
         state["bad_evals"] += 1
         return cfg.early_stopping_patience is not None and state["bad_evals"] >= cfg.early_stopping_patience
 
+    lengths = [len(s) for s in enc["train"]]
+
+    def positions():
+        """(batch indices, batch number, batches per epoch) from the saved data position on."""
+        while True:
+            order = batch_order(lengths, group, cfg.seed, state["epoch"])
+            for b in range(state["batch"], len(order)):
+                yield order[b], b, len(order)
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+
     model.train()
     mx.reset_peak_memory()
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", file=sys.stderr)
-    stop, running, tokens, tic = False, [], 0, time.perf_counter()
-    while not stop and state["step"] < total_steps:
-        order = batch_order([len(s) for s in enc["train"]], group, cfg.seed, state["epoch"])
-        for b in range(state["batch"], len(order)):
-            loss, n = optimizer_step(order[b], state["epoch"], b)
-            state["step"] += 1
-            state["batch"] = b + 1
+    running, tokens, tic = [], 0, time.perf_counter()
+    try:
+        for idx, b, n_batches in positions():
+            if state["step"] >= total_steps:
+                break
+            loss, n = optimizer_step(idx, state["epoch"], b)
+            state["step"], state["batch"] = state["step"] + 1, b + 1
             running.append(loss)
             tokens += n
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.4f}",
-                tok_s=f"{tokens / (time.perf_counter() - tic):.0f}",
-                mem_gb=f"{mx.get_active_memory() / 1e9:.2f}/{mx.get_peak_memory() / 1e9:.2f}",
-            )
-            epoch_float = state["epoch"] + state["batch"] / len(order)
+            memory = f"{mx.get_active_memory() / 1e9:.2f}/{mx.get_peak_memory() / 1e9:.2f}"
+            speed = f"{tokens / (time.perf_counter() - tic):.0f}"
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=speed, mem_gb=memory)
             done = state["step"] >= total_steps
+            stop = False
             if state["step"] % eval_every == 0 or done:
-                stop = log_eval(epoch_float, float(np.mean(running)))
+                stop = log_eval(state["epoch"] + state["batch"] / n_batches, float(np.mean(running)))
                 running = []
-            if cfg.save_every and state["step"] % cfg.save_every == 0:
+            periodic = bool(cfg.save_every) and state["step"] % cfg.save_every == 0
+            if periodic:
                 save_checkpoint(
                     run_dir / f"iter-{state['step']}", model, optimizer, state, cfg, tokenizer, base
                 )
-            if cfg.save_every and state["step"] % cfg.save_every == 0 or done or stop:
+            if periodic or done or stop:
                 save_checkpoint(run_dir / "last", model, optimizer, state, cfg, tokenizer, base)
-            if done or stop:
+            if stop or done:
                 break
-        else:
-            state["epoch"], state["batch"] = state["epoch"] + 1, 0
-        if state["step"] >= total_steps:
-            break
-    bar.close()
+    finally:
+        bar.close()
     return test_and_report(cfg, run_dir, model, splits, tokenizer, pad_id)
 
 

@@ -254,3 +254,17 @@ def test_convert_check_runs_the_parity_report(tmp_path, capsys):
     assert convert_main([str(hf), "--out", str(tmp_path / "mlx"), "--check"]) == 0
     out = capsys.readouterr().out
     assert "lm" in out and "left" in out and "OK: bound" in out
+
+
+def test_classifier_for_another_label_set_is_initialised_anew(tiny, capsys):
+    """As transformers' ignore_mismatched_sizes: a 3-label head on 2-label data is replaced."""
+    _, mlx_dir = tiny("roberta", "classify")
+    three = load_model(mlx_dir)
+    two = load_model(mlx_dir, "classify", config_overrides={"num_labels": 2})
+    assert "newly initialised classifier.out_proj.bias, classifier.out_proj.weight" in capsys.readouterr().err
+    assert two.classifier.out_proj.weight.shape == (2, 64)
+    same = (
+        two.roberta.encoder.layer[1].output.dense.weight,
+        three.roberta.encoder.layer[1].output.dense.weight,
+    )
+    np.testing.assert_array_equal(np.array(same[0]), np.array(same[1]))  # the encoder is kept
