@@ -262,17 +262,9 @@ def padded_batch(
     pad_id: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Tokenize `texts` (with special tokens) and pad them: int32 `input_ids` and `attention_mask`, (B, L)."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if pad_id is None:
-        # Llama has no pad token: pad with eos, as is usual.
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from mlx_models.data import collate, pad_id_for
+
     seqs = tokenizer(texts)["input_ids"]
-    length = max(len(s) for s in seqs)
-    input_ids = np.full((len(seqs), length), pad_id, dtype=np.int32)
-    attention_mask = np.zeros((len(seqs), length), dtype=np.int32)
-    for i, s in enumerate(seqs):
-        cols = slice(0, len(s)) if padding_side == "right" else slice(length - len(s), length)
-        input_ids[i, cols] = s
-        attention_mask[i, cols] = 1
+    pad = pad_id if pad_id is not None else pad_id_for(tokenizer)
+    input_ids, attention_mask = collate(seqs, pad, padding_side)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
