@@ -6,6 +6,8 @@ dequantize each weight on the fly and use the BLAS GEMM: storage (and the memory
 model holds) stays 4-bit, the full-precision weight is a transient of one layer.
 """
 
+import functools
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
@@ -23,19 +25,48 @@ def _dequantize(layer: nn.Module) -> mx.array:
     )
 
 
+@functools.cache
+def _dequantized_matmul(group_size: int, bits: int, mode: str):
+    """x @ dequantize(w).T whose backward dequantizes w again instead of keeping the dense
+    copy alive from the forward pass: memory stays that of the 4-bit weights (QLoRA on 7B)."""
+
+    def dense(w, scales, biases, after: mx.array):
+        # depends: dequantize only once `after` exists, so the scheduler cannot materialise
+        # every layer's dense weight ahead of time.
+        w = mx.depends(w, after)
+        return mx.dequantize(w, scales, biases, group_size, bits, mode=mode).astype(after.dtype)
+
+    @mx.custom_function
+    def f(x, w, scales, biases):
+        return x @ dense(w, scales, biases, x).T
+
+    @f.vjp
+    def f_vjp(primals, cotangent, output):
+        x, w, scales, biases = primals
+        dx = cotangent @ dense(w, scales, biases, cotangent)
+        return dx, mx.zeros_like(w), mx.zeros_like(scales), mx.zeros_like(biases)  # frozen
+
+    return f
+
+
+def _cpu_matmul(layer: nn.Module, x: mx.array) -> mx.array:
+    if layer.get("biases") is None:  # not affine: no zero points to pass through
+        return x @ _dequantize(layer).astype(x.dtype).T
+    f = _dequantized_matmul(layer.group_size, layer.bits, layer.mode)
+    return f(x, layer["weight"], layer["scales"], layer["biases"])
+
+
 class QuantizedLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
         if not _on_cpu():
             return super().__call__(x)
-        y = x @ _dequantize(self).astype(x.dtype).T
+        y = _cpu_matmul(self, x)
         return y + self["bias"] if "bias" in self else y
 
 
 class QuantizedEmbedding(nn.QuantizedEmbedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        if not _on_cpu():
-            return super().as_linear(x)
-        return x @ _dequantize(self).astype(x.dtype).T
+        return _cpu_matmul(self, x) if _on_cpu() else super().as_linear(x)
 
 
 def quantizable(path: str, module: nn.Module, group_size: int, skip: tuple[str, ...] = ()) -> bool:
