@@ -1,0 +1,105 @@
+"""Section 1: LoRA / QLoRA train step on a small Llama, ours vs mlx-lm vs transformers + peft."""
+
+import mlx.core as mx
+import mlx.nn as nn
+from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
+
+from mlx_models.lora import apply_lora
+from mlx_models.models import build_model
+from mlx_models.quant import quantizable, quantize
+from mlx_models.trainer import lm_loss
+
+SHAPE = {
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 1376,
+    "vocab_size": 8192,
+}
+QUICK_SHAPE = SHAPE | {"hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 704}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+RANK, ALPHA, BITS, GROUP = 8, 16, 4, 64
+
+
+def ours(cfg: dict, bits: int | None, train_head: bool = False):
+    model = build_model(cfg, "lm")
+    if bits:
+        quantize(model, bits, GROUP)
+    apply_lora(model, TARGETS, RANK, ALPHA, 0.0)
+    if not train_head:  # apply_lora trains the task head too; peft and mlx-lm leave lm_head frozen
+        model.lm_head.freeze()
+    return model
+
+
+def mlx_lm_model(cfg: dict, bits: int | None):
+    from mlx_lm.models import llama
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model = llama.Model(llama.ModelArgs(**cfg))
+    if bits:  # mlx-lm's own QuantizedLinear (fused quantized_matmul), on the layers ours quantizes
+        nn.quantize(model, GROUP, bits, class_predicate=lambda p, m: quantizable(p, m, GROUP, ("lm_head",)))
+    model.freeze()
+    keys = [f"self_attn.{t}" for t in TARGETS]
+    lora = {"rank": RANK, "scale": ALPHA / RANK, "dropout": 0.0, "keys": keys}
+    linear_to_lora_layers(model, len(model.layers), lora)
+    return model
+
+
+def mlx_lm_loss(model, ids, mask, targets):
+    """The same next-token loss as ``lm_loss``; mlx-lm's model takes no padding mask."""
+    logits = model(ids[:, :-1]).astype(mx.float32)
+    keep = mask[:, 1:] != 0
+    ce = nn.losses.cross_entropy(logits, targets[:, 1:]) * keep
+    n = keep.sum()
+    return ce.sum() / n, n
+
+
+def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
+    shape = QUICK_SHAPE if quick else SHAPE
+    if quick:
+        batch, seq = 2, 64
+    cfg = {"model_type": "llama", "rms_norm_eps": 1e-5, "tie_word_embeddings": False, **shape}
+    mx.random.seed(0)
+    ids = mx.random.randint(0, shape["vocab_size"], (batch, seq))
+    mask = mx.ones((batch, seq), mx.int32)
+    tokens = batch * seq
+    w, n = (1, 2) if quick else (2, 8)
+    slow_w, slow_n = (1, 1) if quick else (1, 2)  # native quantized matmul: ~50 s a step here
+
+    batch_args = (ids, mask, ids)
+    ours_row = lambda bits, head=False: mlx_row(ours(cfg, bits, head), lm_loss, batch_args, tokens, w, n)
+    mlx_lm_row = lambda bits, w, n: mlx_row(mlx_lm_model(cfg, bits), mlx_lm_loss, batch_args, tokens, w, n)
+    peft = {"model": cfg, "rank": RANK, "alpha": ALPHA, "targets": TARGETS, "batch": batch, "seq": seq}
+    pt = prepare(
+        "transformers + peft: LoRA, PyTorch CPU fp32", lambda: torch_row("llama", peft, tokens, w, n)
+    )
+    o32 = prepare("ours: LoRA, fp32 base", lambda: ours_row(None))
+    o4 = prepare("ours: QLoRA, 4-bit base (dequantize + BLAS GEMM)", lambda: ours_row(BITS))
+    l32 = prepare("mlx-lm: LoRA, fp32 base", lambda: mlx_lm_row(None, w, n))
+    l4 = prepare(
+        "mlx-lm: QLoRA, 4-bit base (native quantized_matmul)", lambda: mlx_lm_row(BITS, slow_w, slow_n)
+    )
+    head = prepare(
+        "ours: LoRA, fp32 base, lm_head trained too (apply_lora default)", lambda: ours_row(None, True)
+    )
+    rows = time_interleaved([o32, o4, l32, l4, pt, head])
+    desc = (
+        f"Llama {shape['hidden_size']} hidden, {shape['num_hidden_layers']} layers, "
+        f"{shape['num_attention_heads']} heads ({shape['num_key_value_heads']} kv), "
+        f"intermediate {shape['intermediate_size']}, vocab {shape['vocab_size']}; "
+        f"batch {batch} × seq {seq} = {tokens} tokens/step; LoRA r={RANK} alpha={ALPHA} on "
+        f"{', '.join(TARGETS)}; causal-LM loss; AdamW lr 1e-4. Unless said, lm_head is frozen in "
+        "every row (as in peft and mlx-lm). 4-bit rows: group 64; embeddings and every linear whose "
+        "input dim is a multiple of 64 are quantized, in ours and mlx-lm alike (lm_head, and down_proj "
+        "when the intermediate size is not a multiple of 64 as with 1376, stay fp32)."
+    )
+    ratios = ratio_table(
+        [
+            ("ours LoRA ÷ mlx-lm LoRA (fp32)", o32, l32),
+            ("ours QLoRA ÷ mlx-lm QLoRA (4-bit)", o4, l4),
+            ("ours LoRA ÷ PyTorch + peft (fp32)", o32, pt),
+            ("ours QLoRA ÷ PyTorch + peft (fp32)", o4, pt),
+        ]
+    )
+    return f"## 1. LoRA / QLoRA train step, small Llama\n\n{desc}\n\n{table(rows)}\n\nRatios:\n\n{ratios}\n"

@@ -1,0 +1,73 @@
+"""The PyTorch peers, run by run.py in a child process: ``python torch_peers.py KIND JSON``.
+
+A separate process because ``import mlx_models`` loads OpenBLAS with RTLD_GLOBAL, and in such a
+process PyTorch's train step runs ~5x slower on this machine (its own GEMMs are unaffected, but
+other BLAS calls resolve to OpenBLAS, whose threads then fight PyTorch's OpenMP threads). This
+module must not import mlx or mlx_models. Prints one JSON line: warm-up and timed step seconds and
+the peak memory as the growth of the RSS high-water mark from before the model was built.
+"""
+
+import json
+import sys
+import time
+
+LR = 1e-4
+
+
+def rss_kb(key: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def hf_config(cfg: dict) -> dict:
+    return {k: v for k, v in cfg["model"].items() if k != "model_type"}
+
+
+def peft_llama(cfg: dict):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(LlamaConfig(**hf_config(cfg)))
+    lora = LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=0.0, target_modules=cfg["targets"])
+    return get_peft_model(base, lora)
+
+
+def bert(cfg: dict):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(**hf_config(cfg)))
+
+
+def main(kind: str, cfg: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    batch, seq, vocab = cfg["batch"], cfg["seq"], cfg["model"]["vocab_size"]
+    ids = torch.randint(1000, vocab, (batch, seq))
+    mask = torch.ones_like(ids)
+    labels = ids if kind == "llama" else torch.randint(0, 2, (batch,))
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+        f.write("5")
+    base = rss_kb("VmRSS")
+    model = {"llama": peft_llama, "bert": bert}[kind](cfg)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    out: dict = {"warmup_s": [], "times": [], "threads": torch.get_num_threads()}
+    for key, n in (("warmup_s", cfg["warmup"]), ("times", cfg["steps"])):
+        for _ in range(n):
+            tic = time.perf_counter()
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()}")
+            out[key].append(time.perf_counter() - tic)
+    out["peak_gb"] = (rss_kb("VmHWM") - base) / 1e6
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], json.loads(sys.argv[2]))))
