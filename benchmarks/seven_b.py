@@ -113,7 +113,7 @@ def measure(layer_counts: list[int], batch: int, seq: int, compiled: bool, full_
     rows = [row(p, "measured") for p in points]
     est = {k: fit(points, k, full) for k in ("weights", "peak", "time")} | {"layers": full}
     rows.append(row(est, "**extrapolated** (linear per layer)"))
-    if not full_step:
+    if not full_step or not compiled:  # the direct 32-layer run is for the trainer's (compiled) step
         return rows, est, "extrapolated"
     if est["peak"] > 0.85 * (have := available_gb()):
         rows.append(
@@ -153,8 +153,8 @@ def run(layer_counts: list[int], full_step: bool = False, batch: int = 2, seq: i
         )
     span = f"~{min(minutes):.0f}–{max(minutes):.0f} min" if minutes else "minutes"
     how = (
-        f"extrapolated linearly per layer from {', '.join(map(str, layer_counts))} layers and, where "
-        "they fit in this machine's memory, measured directly"
+        f"extrapolated linearly per layer from {', '.join(map(str, layer_counts))} layers and, for the "
+        "compiled step where it fits in this machine's memory, measured directly"
         if full_step
         else f"**extrapolated linearly per layer** from {', '.join(map(str, layer_counts))} layers: a "
         f"{full}-layer step takes {span} on this CPU (estimate), too long for the default run; "
@@ -176,11 +176,11 @@ def run(layer_counts: list[int], full_step: bool = False, batch: int = 2, seq: i
         "peaks are for this CPU path, and are upper bounds for a Mac: here the step computes in fp32 "
         "(MLX's CPU fp16 matmul runs at ~1.4 GFLOP/s) and every weight is dequantized to a transient "
         "fp32 copy, while on Metal activations would be fp16 and the fused quantized matmul makes no "
-        "copy (not measurable here; the 4-bit weights alone are the 'model resident' column). Under "
-        "`mx.compile`, checkpointing saves little on this path: each layer's dequantized fp32 weights "
-        "(~0.8 GB a layer at 7B) stay alive from the forward to the backward pass (the recomputed "
-        "dequantize of a frozen weight is identical to the forward's, and compilation apparently "
-        "merges them); the uncompiled step avoids that."
+        "copy (not measurable here; the 4-bit weights alone are the 'model resident' column). The "
+        "CPU path's quantized linear is a custom function whose backward re-dequantizes its weight, "
+        "ordered by `mx.depends`, so under `mx.compile` only about one layer's dequantized fp32 "
+        "weights (~0.8 GB at 7B) are alive at a time; the uncompiled step is shown for comparison "
+        "(without the compiler's scheduling, more transient copies overlap)."
     )
     return (
         f"## 3. 7B QLoRA memory\n\n{desc}\n\n"

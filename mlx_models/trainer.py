@@ -197,12 +197,13 @@ def schedule(cfg: TrainConfig, total_steps: int):
     return optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optim.AdamW:
-    """AdamW as torch/HF define it. bias_correction: MLX's default is off; without it the first
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optim.Optimizer:
+    """AdamW as torch defines it and HF's Trainer sets it up: no weight decay on biases and norm
+    weights (the 1-D parameters). bias_correction: MLX's default is off; without it the first
     updates are ~3x larger and finetuning a pretrained encoder collapses to chance."""
-    return optim.AdamW(
-        learning_rate=schedule(cfg, total_steps), weight_decay=cfg.weight_decay, bias_correction=True
-    )
+    adamw = partial(optim.AdamW, learning_rate=schedule(cfg, total_steps), bias_correction=True)
+    no_decay = lambda _, p: p.ndim < 2  # noqa: E731
+    return optim.MultiOptimizer([adamw(weight_decay=0.0), adamw(weight_decay=cfg.weight_decay)], [no_decay])
 
 
 def run(cfg: TrainConfig) -> dict:

@@ -25,17 +25,23 @@ def test_adamw_and_schedule_match_torch(tmp_path, lr_schedule):
         ),
     )
     rng = np.random.default_rng(0)
-    w0 = rng.normal(size=(4, 3)).astype(np.float32)
-    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(total)]
+    w0, b0 = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
+    grads = [
+        {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=(3,)).astype(np.float32)}
+        for _ in range(total)
+    ]
 
-    params = {"w": mx.array(w0)}
+    params = {"w": mx.array(w0), "b": mx.array(b0)}
     opt = make_optimizer(cfg, total)
-    tw = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    topt = torch.optim.AdamW([tw], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    tw, tb = (torch.nn.Parameter(torch.from_numpy(x.copy())) for x in (w0, b0))
+    # HF Trainer's parameter groups: biases and norm weights are not decayed.
+    groups = [{"params": [tw], "weight_decay": cfg.weight_decay}, {"params": [tb], "weight_decay": 0.0}]
+    topt = torch.optim.AdamW(groups, lr=cfg.learning_rate)
     sched = HF_SCHEDULES[lr_schedule](topt, num_warmup_steps=2, num_training_steps=total)
     for g in grads:
-        params = opt.apply_gradients({"w": mx.array(g)}, params)
-        tw.grad = torch.from_numpy(g)
+        params = opt.apply_gradients({k: mx.array(v) for k, v in g.items()}, params)
+        tw.grad, tb.grad = torch.from_numpy(g["w"]), torch.from_numpy(g["b"])
         topt.step()
         sched.step()
-        np.testing.assert_allclose(np.array(params["w"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+        for name, t in (("w", tw), ("b", tb)):
+            np.testing.assert_allclose(np.array(params[name]), t.detach().numpy(), rtol=1e-5, atol=1e-6)
