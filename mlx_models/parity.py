@@ -30,8 +30,6 @@ TASKS = {
     "roberta": ("base", "mlm", "classify"),
     "llama": ("base", "lm", "classify"),
 }
-# Max |Δ| bounds against the fp32 PyTorch reference (same weights). fp32 allows for the
-# depth of real checkpoints; low precision measures MLX's own rounding.
 # Bounds on max |Δ| relative to the largest |reference value| (at least 1): a 30-layer model's
 # logits reach ~30, a tiny one's ~1. Measured: SmolLM2 fp32 3e-6, fp16 4e-3, bf16 7e-2 of scale.
 DEFAULT_TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1.5e-1}

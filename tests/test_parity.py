@@ -14,7 +14,9 @@ import transformers
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
+from mlx_models.conversion import convert
 from mlx_models.data import collate
+from mlx_models.parity import DEFAULT_TOL, TASKS, run_parity
 from mlx_models.parity import main as parity_main
 from mlx_models.reference import torch_forward, torch_model
 
@@ -52,6 +54,7 @@ CASES = [
     ),
     ("llama", "classify", {}),
 ]
+EVERY_HEAD = [(model_type, head) for model_type, heads in TASKS.items() for head in heads]
 
 
 def mlx_forward(model, batch) -> np.ndarray:
@@ -123,24 +126,23 @@ def test_transformers4_rope_keys(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("model_type,head", [("bert", "mlm"), ("roberta", "classify"), ("llama", "lm")])
+@pytest.mark.parametrize("model_type,head", EVERY_HEAD)
 def test_tiny_low_precision_parity(tiny, model_type, head, dtype):
     """MLX in fp16/bf16 against fp32 transformers carrying the same (rounded) weights."""
     _, mlx_dir = tiny(model_type, head)
     model = load_model(mlx_dir)
     model.set_dtype(getattr(mx, dtype))
     ref = torch_model(model, json.loads((mlx_dir / "config.json").read_text()), head)
-    batch = padded_batch(load_tokenizer(mlx_dir), SENTENCES)
-    got = mlx_forward(model, batch)
-    want = torch_forward(ref, batch["input_ids"], batch["attention_mask"], head)
-    d = max_diff(got, want, batch, head)
-    assert d <= ATOL[dtype], f"max|Δ| {d:.2e}"
-    assert d > 0  # it really ran in low precision
+    for side in paddings(model_type):
+        batch = padded_batch(load_tokenizer(mlx_dir), SENTENCES, side)
+        got = mlx_forward(model, batch)
+        want = torch_forward(ref, batch["input_ids"], batch["attention_mask"], head)
+        d = max_diff(got, want, batch, head)
+        assert d <= ATOL[dtype], f"{side} padding: max|Δ| {d:.2e}"
+        assert d > 0  # it really ran in low precision
 
 
-@pytest.mark.parametrize(
-    "model_type,head", [("bert", "base"), ("roberta", "mlm"), ("llama", "lm"), ("llama", "classify")]
-)
+@pytest.mark.parametrize("model_type,head", EVERY_HEAD)
 def test_tiny_4bit_parity(tiny, model_type, head):
     """4-bit (group 64) against PyTorch carrying the same dequantized weights."""
     _, mlx_dir = tiny(model_type, head, q_bits=4)
@@ -178,6 +180,33 @@ def test_minilm_hidden_states(minilm, minilm_hf):
     e = (h * m).sum(1) / m.sum(1)
     cos = e[0] @ e[1] / np.linalg.norm(e[0]) / np.linalg.norm(e[1])
     assert abs(cos - 0.755) < 0.005
+
+
+@pytest.mark.parametrize(
+    "checkpoint,task,dtype",
+    [
+        ("minilm", "base", "float16"),
+        ("minilm", "base", "bfloat16"),
+        ("smollm2", "lm", "float16"),
+        ("smollm2", "lm", "bfloat16"),
+        ("smollm2", "lm", "4-bit"),
+    ],
+)
+def test_real_checkpoints_low_precision(request, tmp_path, smollm2_gguf, checkpoint, task, dtype):
+    """The real checkpoints in fp16/bf16 against fp32 PyTorch with the same rounded weights, and
+    SmolLM2 4-bit against PyTorch with the same dequantized weights. Bounds are relative to the
+    logit scale (SmolLM2's logits reach ~35): those of ``python -m mlx_models.parity``."""
+    if dtype == "4-bit":
+        path = convert(str(smollm2_gguf), tmp_path / "q4", dtype="float32", q_bits=4, progress=False)
+        rows = run_parity(path, tasks=(task,), paddings=("right", "left"))
+        tol = DEFAULT_TOL["float32"]
+    else:
+        path = request.getfixturevalue(checkpoint)
+        rows = run_parity(path, dtype=dtype, tasks=(task,), paddings=("right",))
+        tol = DEFAULT_TOL[dtype]
+    for r in rows:
+        assert 0 < r.max_abs <= tol * r.scale, str(r)
+        assert r.top1 >= 0.95, str(r)
 
 
 @pytest.fixture(scope="module")
