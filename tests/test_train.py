@@ -194,16 +194,24 @@ def resume_argv(model: str, data: Path, out: Path) -> list[str]:
     return [*argv, "--eval-every", "4", "--save-every", "4"]
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(models, sentiment, tmp_path):
-    model = models("bert")
-    assert read_config(Path(model))["hidden_dropout_prob"] == 0.1  # dropout on: RNG state matters
+@pytest.mark.parametrize(
+    "family,extra",
+    [("bert", []), ("llama", ["--lora", "--lora-dropout", "0.1"])],
+    ids=["full-bert", "lora-llama"],
+)
+def test_resume_after_sigkill_equals_uninterrupted_run(models, sentiment, tmp_path, family, extra):
+    """Full finetuning and LoRA (adapters + head checkpoint, two optimizer groups); dropout is on,
+    so the RNG state has to be restored too."""
+    model = models(family)
+    if family == "bert":
+        assert read_config(Path(model))["hidden_dropout_prob"] == 0.1
     run_a, run_b = tmp_path / "a", tmp_path / "b"
-    test_a = run_train(resume_argv(model, sentiment, run_a))
+    test_a = run_train([*resume_argv(model, sentiment, run_a), *extra])
 
     log = tmp_path / "b.log"
     with log.open("w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "train.py", *resume_argv(model, sentiment, run_b)],
+            [sys.executable, "train.py", *resume_argv(model, sentiment, run_b), *extra],
             cwd=ROOT,
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -242,8 +250,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(models, sentiment, tmp_pa
         assert rb == pytest.approx(ra, abs=1e-6), (ra, rb)
     for k in ("loss", "accuracy", "f1", "step"):
         assert test_b[k] == pytest.approx(test_a[k], abs=1e-6), k
-    weights_a = mx.load(str(run_a / "last" / "model.safetensors"))
-    weights_b = mx.load(str(run_b / "last" / "model.safetensors"))
+    name = "adapters.safetensors" if extra else "model.safetensors"
+    weights_a, weights_b = (mx.load(str(d / "last" / name)) for d in (run_a, run_b))
     assert weights_a.keys() == weights_b.keys()
     worst = max(float(mx.abs(weights_a[k] - weights_b[k]).max()) for k in weights_a)
     assert worst <= 1e-6
