@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from common import mlx_row
 
+from mlx_models.config import load_train_config
 from mlx_models.lora import apply_lora
 from mlx_models.models import build_model
 from mlx_models.quant import quantize
@@ -27,7 +28,10 @@ SEVEN_B = {
     "vocab_size": 32000,
 }
 MAC_16GB_WORKING_SET_GB = 10.7  # Metal's default recommendedMaxWorkingSetSize on a 16 GB Mac
-BITS, GROUP = 4, 64
+# The study's Llama-2-7b settings as train.py resolves them (config.yaml): batch 2 x 512, 4-bit,
+# LoRA rank/alpha/dropout/targets, gradient checkpointing.
+STUDY = load_train_config(["--model", "llama-2-7b"])
+BITS, GROUP = STUDY.quantize, 64
 
 
 def random_quantized(model: nn.Module) -> None:
@@ -43,7 +47,7 @@ def random_quantized(model: nn.Module) -> None:
 
 
 def step(layers: int, batch: int, seq: int, compiled: bool) -> dict:
-    """Build, LoRA (q, v) + grad checkpointing, one AdamW step; memory in GB."""
+    """Build, LoRA as the study configures it + grad checkpointing, one AdamW step; memory in GB."""
     from mlx_lm.tuner.trainer import grad_checkpoint
 
     cfg = {"model_type": "llama", **SEVEN_B, "num_hidden_layers": layers, "rms_norm_eps": 1e-5}
@@ -51,7 +55,7 @@ def step(layers: int, batch: int, seq: int, compiled: bool) -> dict:
     base = mx.get_active_memory()
     model = build_model(cfg, "classify")
     random_quantized(model)
-    apply_lora(model, ["q_proj", "v_proj"], 8, 16, 0.0)
+    apply_lora(model, STUDY.lora_targets, STUDY.lora_rank, STUDY.lora_alpha, STUDY.lora_dropout)
     for layer in model.layers:
         mx.eval(layer.parameters())
     mx.eval(model.parameters())
@@ -130,7 +134,12 @@ def measure(layer_counts: list[int], batch: int, seq: int, compiled: bool, full_
     return rows, measured, "measured"
 
 
-def run(layer_counts: list[int], full_step: bool = False, batch: int = 2, seq: int = 512) -> str:
+def run(
+    layer_counts: list[int],
+    full_step: bool = False,
+    batch: int = STUDY.batch_size,
+    seq: int = STUDY.max_length,
+) -> str:
     """Both variants at ``layer_counts`` layers, extrapolated to 32; with ``full_step`` the
     32-layer step is also measured where its extrapolated peak fits in this machine's memory."""
     full = SEVEN_B["num_hidden_layers"]
@@ -163,8 +172,10 @@ def run(layer_counts: list[int], full_step: bool = False, batch: int = 2, seq: i
     desc = (
         "Llama-2-7B shape (4096 hidden, 32 heads, intermediate 11008, vocab 32000) as "
         "LlamaForSequenceClassification, RANDOM 4-bit weights (group 64, fp16 scales/biases, "
-        "embeddings quantized; the fp32 weights are never materialised), LoRA r=8 alpha 16 on q_proj "
-        "and v_proj + the 2-label score head, gradient checkpointing on every block "
+        "embeddings quantized; the fp32 weights are never materialised), the study's `llama-2-7b` "
+        f"settings from config.yaml: LoRA r={STUDY.lora_rank} alpha {STUDY.lora_alpha:g} dropout "
+        f"{STUDY.lora_dropout:g} on {', '.join(STUDY.lora_targets)} + the 2-label score head, "
+        "gradient checkpointing on every block "
         "(mlx-lm's `grad_checkpoint`), one AdamW step at batch "
         f"{batch} × {seq} tokens (the first step: the compiled one includes compilation). Peak = "
         "`mx.get_peak_memory()` from before the optimizer is created (weights + optimizer + step). "
