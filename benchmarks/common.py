@@ -124,9 +124,10 @@ def mlx_row(
     steps: int,
     compiled: bool = True,
 ) -> Row:
-    """The trainer's step: value_and_grad + AdamW, compiled with model, optimizer and RNG state
-    captured. Peak memory (minus what other live rows hold) counts weights, optimizer state and
-    the warm-up steps."""
+    """The trainer's step structure: value_and_grad + AdamW, compiled with model, optimizer and
+    RNG state captured. One plain AdamW for every MLX row (ours and mlx-lm's alike), not the
+    trainer's two decay groups, so the rows differ only in the model. Peak memory (minus what
+    other live rows hold) counts weights, optimizer state and the warm-up steps."""
     gc.collect()  # garbage of earlier rows must not be freed inside this row's measurement
     mx.clear_cache()
     base = mx.get_active_memory()
