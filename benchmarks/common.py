@@ -12,12 +12,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
+
+from mlx_models.config import TrainConfig
+from mlx_models.step import TrainStep, make_optimizer
 
 LR = 1e-4
 MLX_PEAK = "MLX peak (`mx.get_peak_memory`)"
@@ -115,43 +116,31 @@ def check(loss: float) -> None:
 # --- harnesses ----------------------------------------------------------------------------------
 
 
+BENCH_CONFIG = TrainConfig(learning_rate=LR, warmup_ratio=0.0, lr_schedule="constant")
+
+
 def mlx_row(
     model: nn.Module,
     loss_fn: Callable,
-    batch: tuple,
+    batch: dict,
     tokens: int,
     warmup: int,
     steps: int,
     compiled: bool = True,
 ) -> Row:
-    """The trainer's step structure: value_and_grad + AdamW, compiled with model, optimizer and
-    RNG state captured. One plain AdamW for every MLX row (ours and mlx-lm's alike), not the
-    trainer's two decay groups, so the rows differ only in the model. Peak memory (minus what
-    other live rows hold) counts weights, optimizer state and the warm-up steps."""
+    """The trainer's own step (``mlx_models.step.TrainStep`` with ``make_optimizer``: AdamW with
+    HF Trainer's decay groups, gradient clipping at 1.0, compiled), for every MLX row alike, so
+    the rows differ only in the model. Peak memory (minus what other live rows hold) counts
+    weights, optimizer state and the warm-up steps."""
     gc.collect()  # garbage of earlier rows must not be freed inside this row's measurement
     mx.clear_cache()
     base = mx.get_active_memory()
     mx.eval(model.parameters())
     mx.reset_peak_memory()
-    optimizer = optim.AdamW(learning_rate=LR)
+    optimizer = make_optimizer(BENCH_CONFIG, max(steps + warmup, 1))
     optimizer.init(model.trainable_parameters())
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
-    state = [model.state, optimizer.state, mx.random.state]
-
-    def step(*batch):
-        (loss, _), grad = loss_and_grad(model, *batch)
-        optimizer.update(model, grad)
-        return loss
-
-    if compiled:
-        step = partial(mx.compile, inputs=state, outputs=state)(step)
-
-    def run() -> float:
-        loss = step(*batch)
-        mx.eval(loss, state)
-        return loss.item()
-
-    row = warm_up(Row("", tokens, steps, run), warmup)
+    step = TrainStep(model, optimizer, loss_fn, max_grad_norm=BENCH_CONFIG.max_grad_norm, compile=compiled)
+    row = warm_up(Row("", tokens, steps, lambda: step([batch])[0]), warmup)
     row.peak_gb, row.memory = (mx.get_peak_memory() - base) / 1e9, MLX_PEAK
     return row
 

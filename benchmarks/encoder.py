@@ -4,7 +4,7 @@ import mlx.core as mx
 from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
 
 from mlx_models.models import build_model
-from mlx_models.trainer import classify_loss
+from mlx_models.tasks import classify_loss
 
 SHAPE = {
     "vocab_size": 30522,
@@ -29,7 +29,7 @@ def run(quick: bool, batch: int = 8, seq: int = 128) -> str:
     tokens = batch * seq
     w, n = (1, 2) if quick else (2, 10)
 
-    batch_args = (ids, mask, labels)
+    batch_args = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     torch_cfg = {"model": cfg, "batch": batch, "seq": seq}
     pt = prepare(
         "transformers BertForSequenceClassification, PyTorch CPU fp32",

@@ -7,7 +7,7 @@ from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch
 from mlx_models.lora import apply_lora
 from mlx_models.models import build_model
 from mlx_models.quant import quantizable, quantize
-from mlx_models.trainer import lm_loss
+from mlx_models.tasks import lm_loss
 
 SHAPE = {
     "hidden_size": 512,
@@ -46,13 +46,9 @@ def mlx_lm_model(cfg: dict, bits: int | None):
     return model
 
 
-def mlx_lm_loss(model, ids, mask, targets):
-    """The same next-token loss as ``lm_loss``; mlx-lm's model takes no padding mask."""
-    logits = model(ids[:, :-1]).astype(mx.float32)
-    keep = mask[:, 1:] != 0
-    ce = nn.losses.cross_entropy(logits, targets[:, 1:]) * keep
-    n = keep.sum()
-    return ce.sum() / n, n
+def mlx_lm_loss(model, batch):
+    """``lm_loss`` for mlx-lm's model, which takes no padding mask (the batch has no padding)."""
+    return lm_loss(lambda ids, attention_mask: model(ids), batch)
 
 
 def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
@@ -67,7 +63,7 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
     w, n = (1, 2) if quick else (2, 8)
     slow_w, slow_n = (1, 1) if quick else (1, 2)  # native quantized matmul: ~50 s a step here
 
-    batch_args = (ids, mask, ids)
+    batch_args = {"input_ids": ids, "attention_mask": mask, "labels": ids}
     ours_row = lambda bits, head=False: mlx_row(ours(cfg, bits, head), lm_loss, batch_args, tokens, w, n)
     mlx_lm_row = lambda bits, w, n: mlx_row(mlx_lm_model(cfg, bits), mlx_lm_loss, batch_args, tokens, w, n)
     peft = {"model": cfg, "rank": RANK, "alpha": ALPHA, "targets": TARGETS, "batch": batch, "seq": seq}

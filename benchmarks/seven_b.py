@@ -18,7 +18,7 @@ from mlx_models.config import load_train_config
 from mlx_models.lora import apply_lora
 from mlx_models.models import build_model
 from mlx_models.quant import quantize
-from mlx_models.trainer import classify_loss
+from mlx_models.tasks import classify_loss
 
 SEVEN_B = {
     "hidden_size": 4096,
@@ -66,7 +66,7 @@ def step(layers: int, batch: int, seq: int, compiled: bool) -> dict:
     call = block.__call__
     grad_checkpoint(model.layers[0])  # patches the class: restored below
     try:
-        args = (ids, mx.ones((batch, seq), mx.int32), labels)
+        args = {"input_ids": ids, "attention_mask": mx.ones((batch, seq), mx.int32), "labels": labels}
         row = mlx_row(model, classify_loss, args, batch * seq, warmup=1, steps=0, compiled=compiled)
     finally:
         block.__call__ = call

@@ -60,6 +60,7 @@ def main(kind: str, cfg: dict) -> dict:
             tic = time.perf_counter()
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the trainer (max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):

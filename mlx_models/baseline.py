@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import DEFAULT_CONFIG, TrainConfig, default_run_dir, resolve_model_alias, save_train_config
-from .data import Splits, load_splits
+from .data import Split, Splits, load_splits
 from .errors import ConfigError, DataError
 from .io import atomic_dir
 from .metrics import append_metrics, classification_metrics, plot_curves
 
 # Overridden by `params:` of the model's entry in config.yaml.
 DEFAULT_PARAMS = {"C": 1.0, "ngram_max": 2, "min_df": 2, "max_features": 200_000}
+SPLITS = ("train", "validation", "test")
 
 
 def run_tfidf(
@@ -30,10 +31,6 @@ def run_tfidf(
 ) -> dict[str, float]:
     """Fit on train, score train, validation and test; return the test metrics."""
     import joblib
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.pipeline import Pipeline
 
     if cfg.resume or cfg.eval_only:
         raise ConfigError(
@@ -43,52 +40,23 @@ def run_tfidf(
     run_dir = Path(cfg.out or default_run_dir(cfg.model, cfg.dataset, config_path))
     if run_dir.exists():
         raise ConfigError(f"output directory {run_dir} already exists; choose another --out")
-    params = DEFAULT_PARAMS | (resolve_model_alias(cfg.model, config_path).get("params") or {})
+    params = DEFAULT_PARAMS | resolve_model_alias(cfg.model, config_path)["params"]
     unknown = sorted(set(params) - set(DEFAULT_PARAMS))
     if unknown:
         raise ConfigError(
             f"unknown tfidf params {unknown} in config.yaml; allowed: {', '.join(DEFAULT_PARAMS)}"
         )
-
     splits = splits or load_splits(cfg, config_path)
     if len(set(splits.train.labels)) < 2:
         raise DataError(f"the training split of {splits.source} has a single class; a classifier needs two")
     print(
         f"tfidf: {len(splits.train)} train examples from {splits.source}; run dir {run_dir}", file=sys.stderr
     )
-    model = Pipeline(
-        [
-            (
-                "tfidf",
-                TfidfVectorizer(
-                    sublinear_tf=True,
-                    ngram_range=(1, int(params["ngram_max"])),
-                    min_df=int(params["min_df"]),
-                    max_features=int(params["max_features"]),
-                    dtype=np.float32,
-                ),
-            ),
-            ("clf", LogisticRegression(C=float(params["C"]), max_iter=1000, random_state=cfg.seed)),
-        ]
-    )
+    model = pipeline(params, cfg.seed)
     start = time.perf_counter()
     model.fit(splits.train.texts, splits.train.labels)
-    fit_seconds = time.perf_counter() - start
-
-    records = []
-    for name in ("train", "validation", "test"):
-        split = getattr(splits, name)
-        proba = model.predict_proba(split.texts)
-        pred = model.classes_[proba.argmax(axis=1)]
-        record = {
-            "split": name,
-            "step": 1,
-            "epoch": 1.0,
-            "n": len(split),
-            "loss": float(log_loss(split.labels, proba, labels=model.classes_)),
-        }
-        records.append(record | classification_metrics(split.labels, pred.tolist(), splits.num_labels))
-    records[0]["fit_seconds"] = round(fit_seconds, 3)
+    records = [score(model, name, getattr(splits, name), splits.num_labels) for name in SPLITS]
+    records[0]["fit_seconds"] = round(time.perf_counter() - start, 3)
 
     with atomic_dir(run_dir) as tmp:
         save_train_config(dataclasses.replace(cfg, out=str(run_dir)), tmp / "config.json")
@@ -100,3 +68,31 @@ def run_tfidf(
             joblib.dump(model, tmp / sub / "model.joblib")
     print(json.dumps(records[-1], sort_keys=True))
     return {k: v for k, v in records[-1].items() if k not in ("split", "step", "epoch")}
+
+
+def pipeline(params: dict, seed: int):
+    """TfidfVectorizer (sublinear tf, n-grams) + LogisticRegression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    tfidf = TfidfVectorizer(
+        sublinear_tf=True,
+        ngram_range=(1, int(params["ngram_max"])),
+        min_df=int(params["min_df"]),
+        max_features=int(params["max_features"]),
+        dtype=np.float32,
+    )
+    clf = LogisticRegression(C=float(params["C"]), max_iter=1000, random_state=seed)
+    return Pipeline([("tfidf", tfidf), ("clf", clf)])
+
+
+def score(model, name: str, split: Split, num_labels: int) -> dict:
+    """The split's metrics record, as the transformer runs write it."""
+    from sklearn.metrics import log_loss
+
+    proba = model.predict_proba(split.texts)
+    pred = model.classes_[proba.argmax(axis=1)]
+    loss = float(log_loss(split.labels, proba, labels=model.classes_))
+    record = {"split": name, "step": 1, "epoch": 1.0, "n": len(split), "loss": loss}
+    return record | classification_metrics(split.labels, pred.tolist(), num_labels)

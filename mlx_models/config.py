@@ -1,9 +1,9 @@
-"""Training configuration: the `TrainConfig` dataclass, config.yaml, and the train.py command line.
+"""Training configuration: `TrainConfig`, config.yaml, and the train.py command line.
 
-Precedence, lowest first: `TrainConfig` defaults < config.yaml `train:` < the chosen model's
-`train:` block < `default_run:` (only when the command line names no model) < the profile
-(`--profile`) < the command line (only the values the user gave). Unknown keys are errors
-everywhere; every value is cast to its field's type, so `1e-5` in YAML is a float.
+Precedence, lowest first: `TrainConfig` defaults < config.yaml (the model's `train:` block, then
+the profile) < the command line (only the values the user gave). With no model on the command
+line, `default_run:` names the model and the profile. Unknown keys are errors everywhere; every
+value is converted to its field's type, so `1e-5` in YAML is a float.
 """
 
 import argparse
@@ -12,9 +12,9 @@ import datetime
 import difflib
 import functools
 import json
+import math
 import os
 import sys
-import types
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -27,13 +27,13 @@ from .errors import ConfigError
 from .io import atomic_write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
-TASKS = ("classify", "mlm", "lm")
+TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-_SECTIONS = ("models", "train", "datasets", "profiles", "default_run")
-_DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
-# Keys that only make sense for one invocation, never as shared defaults.
-_CLI_ONLY = {"out", "resume", "eval_only"}
-_NOT_IN_PROFILE = _CLI_ONLY | {"model", "profile"}
+SECTIONS = ("models", "datasets", "profiles", "default_run")
+MODEL_KEYS = ("source", "quantize", "train", "params")
+DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
+CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
+NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
 # What a continued run may change; everything else comes from RUN_DIR/config.json.
 RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "memory_limit")
 EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
@@ -59,7 +59,7 @@ class TrainConfig:
     )
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA; needs --lora)")
     profile: str | None = _f(None, "study profile from config.yaml profiles:, e.g. overfit")
-    epochs: int = _f(1, "passes over the training data")
+    epochs: int = _f(3, "passes over the training data")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
     max_samples: int | None = _f(
         None, "use at most N training examples, and at most N validation and N test examples"
@@ -91,14 +91,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name, tp in _field_types().items():
+        for name, tp in field_types().items():
             try:
-                setattr(self, name, _cast(getattr(self, name), tp))
+                setattr(self, name, convert(getattr(self, name), tp))
             except ValueError as e:
                 problems.append(f"{name}: {e}")
-        if not problems:
-            problems = self._problems()
-        if problems:
+        if problems or (problems := self._problems()):
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
     def _problems(self) -> list[str]:
@@ -147,7 +145,7 @@ class TrainConfig:
             raise ConfigError(f"cannot read training config {path}: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a JSON object of training keys")
-        return cls(**_check_keys(raw, str(path)))
+        return cls(**check_keys(raw, str(path)))
 
 
 def _none_or(value: int | None, low: int) -> bool:
@@ -158,61 +156,67 @@ def save_train_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     atomic_write_json(path, dataclasses.asdict(cfg))
 
 
-# ---- casting ------------------------------------------------------------------------------------
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+# ---- values and keys ----------------------------------------------------------------------------
 
 
 @functools.cache
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _cast(value: Any, tp: Any) -> Any:
-    """Cast a YAML, JSON or command-line value to a field type; ValueError says what was expected."""
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):  # `X | None`
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+def _int(text: str) -> int:
+    try:
+        number = float(text)  # "1e3" is a fine way to write 1000
+    except ValueError:
+        number = math.nan
+    if not number.is_integer():
+        raise ValueError(f"expected an integer, got {text!r}")
+    return int(number) if "e" in text.lower() or "." in text else int(text)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return text.lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+PARSERS = {
+    int: _int,
+    float: _float,
+    bool: _bool,
+    str: str,
+    list[str]: lambda text: [part.strip() for part in text.split(",") if part.strip()],
+}
+
+
+def convert(value: Any, tp: Any) -> Any:
+    """A YAML, JSON or command-line value -> a field of type ``tp``; ValueError says what was expected."""
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else tp
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        if optional:
             return None
-        return _cast(value, next(a for a in typing.get_args(tp) if a is not type(None)))
-    if value is None:
-        raise ValueError("must not be null")
-    if typing.get_origin(tp) is list:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ValueError(f"expected a list, got {value!r}")
-        return [
-            _cast(v.strip() if isinstance(v, str) else v, typing.get_args(tp)[0]) for v in items if v != ""
-        ]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).strip().lower() in _TRUE + _FALSE:
-            return str(value).strip().lower() in _TRUE
-        raise ValueError(f"expected true or false, got {value!r}")
-    if tp is int:
-        if not isinstance(value, bool):
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = None
-            if number is not None and number.is_integer():
-                return int(number)
-        raise ValueError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if not isinstance(value, bool):
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"expected a string, got {value!r}")
+        raise ValueError("must not be none")
+    if isinstance(value, bool) and base is not bool:
+        raise ValueError(f"expected {base.__name__}, got {value!r}")
+    if isinstance(value, list | tuple):
+        value = ",".join(map(str, value))
+    if isinstance(value, dict):
+        raise ValueError(f"expected a single value, got a mapping {value!r}")
+    return PARSERS[base](str(value).strip())
 
 
-def _check_keys(layer: dict, where: str, forbidden: Collection[str] = ()) -> dict:
-    """Normalise keys (dashes -> underscores), reject unknown or misplaced ones, cast the values."""
-    types_ = _field_types()
+def check_keys(layer: dict, where: str, forbidden: Collection[str] = ()) -> dict:
+    """Normalise keys (dashes -> underscores), reject unknown or misplaced ones, convert the values."""
+    types_ = field_types()
     out, problems = {}, []
     for raw_key, value in layer.items():
         key = str(raw_key).strip().lstrip("-").replace("-", "_")
@@ -224,7 +228,7 @@ def _check_keys(layer: dict, where: str, forbidden: Collection[str] = ()) -> dic
             problems.append(f"{key!r} cannot be set in {where}; pass it on the command line")
         else:
             try:
-                out[key] = _cast(value, types_[key])
+                out[key] = convert(value, types_[key])
             except ValueError as e:
                 problems.append(f"{where}: {key}: {e}")
     if problems:
@@ -236,43 +240,61 @@ def _check_keys(layer: dict, where: str, forbidden: Collection[str] = ()) -> dic
 
 
 def read_config_yaml(config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
+    """config.yaml's sections, checked; parsed once per file version."""
+    path = Path(config_path)
     try:
-        data = yaml.safe_load(Path(config_path).read_text()) or {}
+        stat = path.stat()
     except OSError as e:
-        raise ConfigError(f"cannot read {config_path}: {e.strerror}; pass an existing config.yaml") from e
+        raise ConfigError(f"cannot read {path}: {e.strerror}; pass an existing config.yaml") from e
+    return _read_yaml(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_yaml(path: Path, mtime_ns: int, size: int) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}; pass an existing config.yaml") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{config_path} is not valid YAML: {' '.join(str(e).split())}") from e
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"{config_path} must be a mapping with sections {', '.join(_SECTIONS)}")
-    unknown = [k for k in data if k not in _SECTIONS]
+        raise ConfigError(f"{path} must be a mapping with sections {', '.join(SECTIONS)}")
+    unknown = [str(k) for k in data if k not in SECTIONS]
     if unknown:
         raise ConfigError(
-            f"unknown section(s) {', '.join(map(str, unknown))} in {config_path}; "
-            f"allowed: {', '.join(_SECTIONS)}"
+            f"unknown section(s) {', '.join(unknown)} in {path}; allowed: {', '.join(SECTIONS)}"
         )
-    for name in _SECTIONS:
-        if not isinstance(data.get(name) or {}, dict):
-            raise ConfigError(f"section {name}: in {config_path} must be a mapping")
-        data[name] = data.get(name) or {}
-    return data
+    sections = {name: data.get(name) or {} for name in SECTIONS}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"section {name}: in {path} must be a mapping")
+        entries = section.items() if name in ("models", "datasets") else []
+        for entry, value in entries:
+            _check_entry(f"{name}.{entry} in {path}", value, MODEL_KEYS if name == "models" else DATASET_KEYS)
+    return sections
+
+
+def _check_entry(where: str, entry: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping with keys among {', '.join(allowed)}")
+    unknown = [str(k) for k in entry if k not in allowed]
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(allowed)}")
 
 
 def resolve_model_alias(name: str, config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
-    """The config.yaml entry of a model alias: {"name", "source", "quantize", "train", ...}.
+    """The config.yaml entry of a model: {"name", "source", "quantize", "train", "params"}.
 
     A local directory or .gguf file is accepted as a model without an entry.
     """
     models = read_config_yaml(config_path)["models"]
     if name in models:
-        if not isinstance(models[name] or {}, dict):
-            raise ConfigError(f"models.{name} in {config_path} must be a mapping with a source: key")
-        entry = dict(models[name] or {})
-        entry.setdefault("quantize", None)
-        entry["train"] = _check_keys(entry.get("train") or {}, f"models.{name}.train", _NOT_IN_PROFILE)
-        return {"name": name, **entry}
+        entry = {"name": name, "quantize": None, "params": {}} | models[name]
+        entry["train"] = check_keys(entry.get("train") or {}, f"models.{name}.train", NOT_IN_PROFILE)
+        return entry
     path = Path(name).expanduser()
     if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
-        return {"name": path.stem, "source": str(path), "quantize": None, "train": {}}
+        return {"name": path.stem, "source": str(path), "quantize": None, "train": {}, "params": {}}
     raise ConfigError(
         f"unknown model {name!r}; known aliases: {', '.join(models)} "
         f"(or pass a local model directory or .gguf file)"
@@ -280,15 +302,7 @@ def resolve_model_alias(name: str, config_path: str | os.PathLike = DEFAULT_CONF
 
 
 def dataset_registry(config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict[str, dict]:
-    registry = read_config_yaml(config_path)["datasets"]
-    for name, entry in registry.items():
-        unknown = [k for k in entry or {} if k not in _DATASET_KEYS]
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join(unknown)} in datasets.{name} of {config_path}; "
-                f"allowed: {', '.join(_DATASET_KEYS)}"
-            )
-    return {name: dict(entry or {}) for name, entry in registry.items()}
+    return read_config_yaml(config_path)["datasets"]
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -296,11 +310,11 @@ def dataset_registry(config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict[st
 _EPILOG = f"""\
 Any option can also be given as key=value (model=roberta-base learning_rate=1e-5); dashes and
 underscores are both accepted in keys. Booleans: --lora / --no-lora or lora=true. Lists: comma
-separated. Precedence, lowest first: built-in defaults < config.yaml train: < the model's train:
-block < default_run: (only when no model is given) < --profile < the command line.
-With --resume RUN_DIR the settings come from RUN_DIR/config.json and only
-{", ".join(RESUME_OVERRIDES)} may be changed; with --eval-only RUN_DIR only
-{", ".join(EVAL_ONLY_OVERRIDES)}."""
+separated. Precedence, lowest first: built-in defaults < config.yaml (the model's train: block,
+then the profile) < the command line. Without a model on the command line, config.yaml's
+default_run: names the model and the profile. With --resume RUN_DIR the settings come from
+RUN_DIR/config.json and only {", ".join(RESUME_OVERRIDES)} may be changed; with --eval-only
+RUN_DIR only {", ".join(EVAL_ONLY_OVERRIDES)}."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,23 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="set any option below by its name")
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = ",".join(default) if isinstance(default, list) else default
-        text = f"{f.metadata['help']} (built-in default: {'none' if shown is None else shown})"
-        if _field_types()[f.name] is bool:
-            parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
-            )
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
+        if field_types()[f.name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            parser.add_argument(
-                flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text
-            )
+            kwargs["metavar"] = f.name.upper()
+        help_ = f"{f.metadata['help']} (built-in default: {'none' if shown is None else shown})"
+        parser.add_argument("--" + f.name.replace("_", "-"), help=help_, **kwargs)
     return parser
 
 
-def _parse_command_line(argv: list[str]) -> dict:
-    """The values the user gave, flags and key=value tokens alike, cast and checked."""
+def parse_command_line(argv: list[str]) -> dict:
+    """The values the user gave, flags and key=value tokens alike, converted and checked."""
     try:
         args, unknown = build_parser().parse_known_intermixed_args(argv)
     except argparse.ArgumentError as e:
@@ -338,9 +349,8 @@ def _parse_command_line(argv: list[str]) -> dict:
         raise ConfigError(f"{e}{hint}") from e
     for token in unknown:
         if token.startswith("-"):
-            _check_keys({token.split("=")[0]: None}, "the command line")  # raises with suggestions
-            raise ConfigError(f"unexpected command-line argument {token!r}")
-    given = {k: v for k, v in vars(args).items() if k != "overrides"}  # defaults are SUPPRESSed
+            check_keys({token.split("=")[0]: None}, "the command line")  # raises with suggestions
+        raise ConfigError(f"unexpected command-line argument {token!r}")
     pairs = {}
     for token in args.overrides:
         key, sep, value = token.partition("=")
@@ -349,24 +359,20 @@ def _parse_command_line(argv: list[str]) -> dict:
                 f"argument {token!r} is not key=value; write e.g. model=roberta-base or --model X"
             )
         pairs[key] = value
-    pairs = _check_keys(pairs, "the command line")
-    flags_given = _check_keys(given, "the command line")
-    both = sorted(set(pairs) & set(flags_given))
-    if both:
+    pairs = check_keys(pairs, "the command line")
+    flags = check_keys({k: v for k, v in vars(args).items() if k != "overrides"}, "the command line")
+    if both := sorted(set(pairs) & set(flags)):
         raise ConfigError(f"{', '.join(both)} given twice on the command line; keep one")
-    return flags_given | pairs
+    return flags | pairs
 
 
 def load_train_config(argv: list[str] | None, config_path: str | os.PathLike = DEFAULT_CONFIG) -> TrainConfig:
     """Resolve the training config from defaults, config.yaml and argv (None = sys.argv[1:])."""
-    cli = _parse_command_line(list(argv) if argv is not None else sys.argv[1:])
+    cli = parse_command_line(list(argv) if argv is not None else sys.argv[1:])
     run_dir = cli.get("resume") or cli.get("eval_only")
-    if run_dir:
-        cfg = _from_run_dir(cli, run_dir)
-    else:
-        cfg = TrainConfig(**_merge_layers(cli, read_config_yaml(config_path), config_path))
+    cfg = _from_run_dir(cli, run_dir) if run_dir else TrainConfig(**_merge_layers(cli, config_path))
     _check_model_and_data(cfg, config_path)
-    if not (cfg.resume or cfg.eval_only) and Path(cfg.out).exists():
+    if not run_dir and Path(cfg.out).exists():
         raise ConfigError(
             f"output directory {cfg.out} already exists; choose another --out, "
             f"or pass --resume {cfg.out} to continue that run"
@@ -374,25 +380,22 @@ def load_train_config(argv: list[str] | None, config_path: str | os.PathLike = D
     return cfg
 
 
-def _merge_layers(cli: dict, yaml_cfg: dict, config_path: str | os.PathLike) -> dict:
-    train = _check_keys(yaml_cfg["train"], f"{config_path} train:", _CLI_ONLY)
-    default_run = {}
-    if "model" not in cli:
-        default_run = _check_keys(
-            yaml_cfg["default_run"], f"{config_path} default_run:", _CLI_ONLY | {"profile"}
-        )
-    model = cli.get("model") or default_run.get("model") or train.get("model") or TrainConfig.model
-    model_train = resolve_model_alias(model, config_path)["train"]
-    profile_name = cli.get("profile", train.get("profile"))
+def _merge_layers(cli: dict, config_path: str | os.PathLike) -> dict:
+    project = read_config_yaml(config_path)
+    default_run = {} if "model" in cli else _default_run(project["default_run"], config_path)
+    model = cli.get("model") or default_run.get("model") or TrainConfig.model
+    profile_name = cli.get("profile", default_run.get("profile"))
     profile = {}
     if profile_name is not None:
-        profiles = yaml_cfg["profiles"]
-        if profile_name not in profiles:
+        if profile_name not in project["profiles"]:
             raise ConfigError(
-                f"unknown profile {profile_name!r}; profiles in {config_path}: {', '.join(profiles)}"
+                f"unknown profile {profile_name!r}; "
+                f"profiles in {config_path}: {', '.join(project['profiles'])}"
             )
-        profile = _check_keys(profiles[profile_name] or {}, f"profiles.{profile_name}", _NOT_IN_PROFILE)
-    merged = train | model_train | default_run | profile | cli | {"model": model}
+        where = f"profiles.{profile_name}"
+        profile = check_keys(project["profiles"][profile_name] or {}, where, NOT_IN_PROFILE)
+    merged = resolve_model_alias(model, config_path)["train"] | profile | cli
+    merged |= {"model": model, "profile": profile_name}
     if "data_dir" in cli and "dataset" not in cli:
         merged["dataset"] = "local"  # a run named after the dataset it actually used
     if merged.get("out") is None:
@@ -400,21 +403,28 @@ def _merge_layers(cli: dict, yaml_cfg: dict, config_path: str | os.PathLike) -> 
     return merged
 
 
+def _default_run(section: dict, config_path: str | os.PathLike) -> dict:
+    for key in section:
+        if key not in ("model", "profile"):
+            raise ConfigError(
+                f"unknown training key {key!r} in {config_path} default_run:; it names a model and a "
+                f"profile (put other settings in the profile)"
+            )
+    return {k: convert(v, str | None) for k, v in section.items()}
+
+
 def _from_run_dir(cli: dict, run_dir: str) -> TrainConfig:
     mode, allowed = ("resume", RESUME_OVERRIDES) if "resume" in cli else ("eval_only", EVAL_ONLY_OVERRIDES)
-    extra = sorted(set(cli) - set(allowed) - {mode})
-    if extra:
+    flag = "--" + mode.replace("_", "-")
+    if extra := sorted(set(cli) - set(allowed) - {mode}):
         raise ConfigError(
-            f"--{mode.replace('_', '-')} takes its settings from {run_dir}/config.json; "
+            f"{flag} takes its settings from {run_dir}/config.json; "
             f"cannot change {', '.join(extra)} (allowed: {', '.join(allowed)})"
         )
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise ConfigError(
-            f"{path} not found; --{mode.replace('_', '-')} needs a run directory written by train.py"
-        )
-    saved = dataclasses.asdict(TrainConfig.from_json(path))
-    saved.update(resume=None, eval_only=None)
+        raise ConfigError(f"{path} not found; {flag} needs a run directory written by train.py")
+    saved = dataclasses.asdict(TrainConfig.from_json(path)) | {"resume": None, "eval_only": None}
     return TrainConfig(**(saved | cli | {"out": str(run_dir)}))
 
 

@@ -4,19 +4,19 @@ Output: config.json (+ "quantization"), model.safetensors or shards with an inde
 the tokenizer files. Tensors stream one at a time; the directory appears atomically.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 from tqdm import tqdm
 
-from . import checkpoint
+from . import weights
 from .errors import ConfigError
-from .io import atomic_dir
+from .io import atomic_dir, atomic_write_json
 from .models import build_model, checkpoint_task, model_module
 from .quant import quantization_config, quantize
-from .sources import open_source
+from .sources import Source, open_source
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
@@ -34,7 +34,7 @@ def convert(
     q_bits: int | None = None,
     q_group_size: int = 64,
     force: bool = False,
-    max_shard_bytes: int = checkpoint.MAX_SHARD_BYTES,
+    max_shard_bytes: int = weights.MAX_SHARD_BYTES,
     progress: bool = True,
 ) -> Path:
     """Convert ``source`` into the MLX checkpoint directory ``out``; returns ``out``."""
@@ -50,66 +50,69 @@ def convert(
     src = open_source(source)
     config = dict(src.config)
     model_module(config)  # unsupported model_type -> ConfigError listing the supported ones
-    dtype = dtype or default_dtype(config)
-    task = checkpoint_task(config)
+    model = build_model(config, checkpoint_task(config))
+    names = weight_names(src, config, model)
+    quantized = set()
+    if q_bits:
+        quantized = {f"{p}.weight" for p in quantize(model, q_bits, q_group_size)}
+        config["quantization"] = quantization_config(q_bits, q_group_size)
+    config = output_config(config, dtype or default_dtype(config))
+    with atomic_dir(out, force=force) as tmp:
+        writer = weights.ShardWriter(tmp, max_shard_bytes)
+        for src_name, name in tqdm(names.items(), desc="converting", unit="tensor", disable=not progress):
+            w = src.read(src_name)
+            if mx.issubdtype(w.dtype, mx.floating):
+                w = w.astype(DTYPES[config["dtype"]])
+            if name in quantized:
+                wq, scales, biases = mx.quantize(w, q_group_size, q_bits)
+                base = name.removesuffix(".weight")
+                w = {f"{base}.weight": wq, f"{base}.scales": scales, f"{base}.biases": biases}
+            for k, v in w.items() if isinstance(w, dict) else [(name, w)]:
+                writer.add(k, v)
+        writer.close()
+        atomic_write_json(tmp / "config.json", config)
+        save_tokenizer(src, tmp)
+    return out
 
-    # Our names for the source tensors, and what each model of this type expects.
+
+def weight_names(src: Source, config: dict, model: nn.Module) -> dict[str, str]:
+    """Source tensor name -> our name, for every tensor we keep; raises listing every missing
+    weight and wrong shape, and warns about (and drops) weights no model of this type has."""
     tied = config.get("tie_word_embeddings", config.get("model_type") != "llama")
-    model = build_model(config, task)
     known = {}
-    for t in model_module(config).TASKS:
-        known.update(checkpoint.parameter_shapes(build_model(config, t)))
-    names = {}
-    dropped = []
-    for k in src.shapes:
-        if (reason := checkpoint.drop_reason(checkpoint.rename(k), tied)) is not None:
-            dropped.append(f"{k} ({reason})")
-            continue
-        names[k] = checkpoint.rename(k)
+    for task in model_module(config).TASKS:
+        known.update(weights.parameter_shapes(build_model(config, task)))
+    names = {k: weights.rename(k) for k in src.shapes}
+    names = {k: v for k, v in names.items() if weights.drop_reason(v, tied) is None}
     # A headless checkpoint keeps unprefixed names; head checkpoints keep theirs.
-    prefixing = checkpoint.add_or_strip_prefix(list(names.values()), model)
+    prefixing = weights.add_or_strip_prefix(list(names.values()), model)
     names = {k: prefixing[v] for k, v in names.items()}
     found = {names[k]: src.shapes[k] for k in names}
-    checkpoint.check_weights(found, checkpoint.parameter_shapes(model), known, where=src.description)
+    weights.check_weights(found, weights.parameter_shapes(model), known, where=src.description)
     unexpected = sorted(v for v in found if v not in known)
-    for k in unexpected:
-        dropped.append(f"{k} (not a parameter of any {config['model_type']} model)")
     if unexpected:
         print(
             f"warning: ignoring {len(unexpected)} unknown weights: {', '.join(unexpected[:5])}",
             file=sys.stderr,
         )
+    return {k: v for k, v in names.items() if v in known}
 
-    quantized = set()
-    if q_bits:
-        quantized = {f"{p}.weight" for p in quantize(model, q_bits, q_group_size)}
-        config["quantization"] = quantization_config(q_bits, q_group_size)
-    config.pop("quantization_config", None)
+
+def output_config(config: dict, dtype: str) -> dict:
+    """The config.json we write: the HF config with our dtype, and rope keys mlx-lm reads."""
+    config = {k: v for k, v in config.items() if k != "quantization_config"}
     if rope := config.get("rope_parameters"):  # also the transformers-4 keys, which mlx-lm reads
         config.setdefault("rope_theta", rope.get("rope_theta"))
         if rope.get("rope_type", "default") != "default":
             config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
     config["dtype"] = config["torch_dtype"] = dtype
+    return config
 
-    with atomic_dir(out, force=force) as tmp:
-        writer = checkpoint.ShardWriter(tmp, max_shard_bytes)
-        items = [(k, v) for k, v in names.items() if v in known]
-        for src_name, name in tqdm(items, desc="converting", unit="tensor", disable=not progress):
-            w = src.read(src_name)
-            if mx.issubdtype(w.dtype, mx.floating):
-                w = w.astype(DTYPES[dtype])
-            if name in quantized:
-                base = name[: -len(".weight")]
-                wq, scales, biases = mx.quantize(w, q_group_size, q_bits)
-                writer.add(f"{base}.weight", wq)
-                writer.add(f"{base}.scales", scales)
-                writer.add(f"{base}.biases", biases)
-            else:
-                writer.add(name, w)
-        writer.close()
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        try:
-            src.load_tokenizer().save_pretrained(str(tmp))
-        except Exception as e:  # a checkpoint without tokenizer files still converts
-            print(f"warning: no tokenizer saved ({type(e).__name__}: {e})", file=sys.stderr)
-    return out
+
+def save_tokenizer(src: Source, directory: Path) -> None:
+    try:
+        tokenizer = src.load_tokenizer()
+    except Exception as e:  # a checkpoint without tokenizer files still converts
+        print(f"warning: no tokenizer saved ({type(e).__name__}: {e})", file=sys.stderr)
+        return
+    tokenizer.save_pretrained(str(directory))

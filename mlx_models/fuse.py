@@ -4,9 +4,39 @@ python -m mlx_models.fuse RUN_DIR --out DIR [--checkpoint best|last]
 """
 
 import argparse
+import dataclasses
+import json
 import sys
+from pathlib import Path
 
+from mlx.utils import tree_flatten
+
+from . import run_dir as rd
 from .cli import run_cli
+from .config import TrainConfig
+from .errors import ConfigError
+from .io import atomic_dir, atomic_write_json
+from .lora import fuse_lora
+from .trainer import build
+from .weights import save_weights
+
+
+def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best") -> Path:
+    """Fold a LoRA run's adapters into its base: a plain checkpoint directory for ``load``.
+    Layers without adapters keep the base's format (a 4-bit base stays 4-bit there)."""
+    ckpt = Path(run_dir) / checkpoint_name
+    cfg = TrainConfig.from_json(ckpt / "train_config.json")
+    if not cfg.lora:
+        raise ConfigError(f"{run_dir} is a full finetuning run: {ckpt} is already a plain checkpoint")
+    num_labels = json.loads((ckpt / rd.CONFIG).read_text())["num_labels"]
+    model, tokenizer, base = build(dataclasses.replace(cfg, grad_checkpoint=False), num_labels)
+    rd.restore_weights(model, ckpt)
+    fuse_lora(model)
+    with atomic_dir(out) as tmp:
+        save_weights(tmp, dict(tree_flatten(model.parameters())))
+        atomic_write_json(tmp / rd.CONFIG, rd.model_config(base, model, cfg.task))
+        tokenizer.save_pretrained(str(tmp))
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--checkpoint", default="best", help="which checkpoint of the run (default: best)")
     args = p.parse_args(argv)
-    from .trainer import fuse
-
     print(f"saved {fuse(args.run_dir, args.out, args.checkpoint)}")
     return 0
 

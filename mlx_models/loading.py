@@ -13,25 +13,17 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import yaml
 from mlx.utils import tree_flatten
 
-from . import checkpoint
+from . import weights
+from .config import DEFAULT_CONFIG, read_config_yaml
 from .errors import ConfigError, SourceError
-from .models import build_model
+from .models import TASKS, build_model
 from .quant import quantize
-
-CONFIG_YAML = Path(__file__).resolve().parent.parent / "config.yaml"
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MLX_MODELS_CACHE", Path.home() / ".cache" / "mlx_models"))
-
-
-def model_aliases(config_path: Path = CONFIG_YAML) -> dict[str, dict]:
-    if not Path(config_path).exists():
-        return {}
-    return (yaml.safe_load(Path(config_path).read_text()) or {}).get("models") or {}
 
 
 def embedded_path(spec: str) -> Path:
@@ -52,7 +44,7 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
 
     spec = str(path_or_alias)
     name = spec
-    aliases = model_aliases()
+    aliases = read_config_yaml()["models"] if DEFAULT_CONFIG.exists() else {}
     if spec in aliases:
         entry = aliases[spec]
         spec = entry["source"]
@@ -60,7 +52,7 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
     if spec.startswith("embedded:"):
         spec = str(embedded_path(spec))
     path = Path(spec).expanduser()
-    if path.is_dir() and checkpoint.is_mlx_checkpoint(path) and not quantize_bits:
+    if path.is_dir() and weights.is_mlx_checkpoint(path) and not quantize_bits:
         return path
     key = hashlib.sha256(
         f"{os.path.abspath(spec) if path.exists() else spec}|q{quantize_bits}".encode()
@@ -93,28 +85,28 @@ def load_model(
     directory = Path(directory)
     config = {**read_config(directory), **(config_overrides or {})}
     model = build_model(config, task)
-    weights = checkpoint.read_weights(directory)
-    mapping = checkpoint.add_or_strip_prefix(list(weights), model)
-    weights = {mapping[k]: v for k, v in weights.items()}
+    tensors = weights.read_weights(directory)
+    mapping = weights.add_or_strip_prefix(list(tensors), model)
+    tensors = {mapping[k]: v for k, v in tensors.items()}
     if q := config.get("quantization"):
-        quantize(model, q["bits"], q["group_size"], predicate=lambda p, m: f"{p}.scales" in weights)
-    expected = checkpoint.parameter_shapes(model)
+        quantize(model, q["bits"], q["group_size"], predicate=lambda p, m: f"{p}.scales" in tensors)
+    expected = weights.parameter_shapes(model)
     # Heads and the BERT pooler may be absent (an MLM checkpoint has no pooler): initialised anew.
     heads = tuple(f"{h}." for h in model.head_modules)
     if "num_labels" in (config_overrides or {}):  # a classifier for another label set: a new head
-        weights = {
+        tensors = {
             k: v
-            for k, v in weights.items()
+            for k, v in tensors.items()
             if not (k.startswith(heads) and k in expected and tuple(v.shape) != expected[k])
         }
     required = {k: v for k, v in expected.items() if not k.startswith(heads) and "pooler." not in k}
-    found = {k: tuple(v.shape) for k, v in weights.items() if k in expected}
-    checkpoint.check_weights(found, required, expected, where=str(directory))
+    found = {k: tuple(v.shape) for k, v in tensors.items() if k in expected}
+    weights.check_weights(found, required, expected, where=str(directory))
     new = sorted(k for k in expected if k not in found)
     if new:
         init_head(model, new, config.get("initializer_range", 0.02))
         print(f"note: newly initialised {', '.join(new)} (train them before use)", file=sys.stderr)
-    model.load_weights(list((k, v) for k, v in weights.items() if k in expected), strict=False)
+    model.load_weights([(k, v) for k, v in tensors.items() if k in expected], strict=False)
     model.eval()
     mx.eval(model.parameters())
     return model
@@ -142,6 +134,6 @@ def load_tokenizer(directory: str | os.PathLike):
 def load(path_or_alias: str | os.PathLike, task: str | None = None, **kwargs) -> tuple[nn.Module, object]:
     """(model, tokenizer) for a converted directory, an HF directory/GGUF/hub id or an alias."""
     directory = resolve(path_or_alias)
-    if task is not None and task not in ("base", "mlm", "classify", "lm"):
-        raise ConfigError(f"unknown task {task!r}; use base, mlm, classify or lm")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     return load_model(directory, task, **kwargs), load_tokenizer(directory)

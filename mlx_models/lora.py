@@ -22,7 +22,7 @@ TARGET_ALIASES = {
     "down_proj": ("down_proj", "output.dense"),
 }
 
-__all__ = ["LoRALinear", "apply_lora", "fuse_lora", "trainable_keys"]
+__all__ = ["LoRALinear", "apply_lora", "fuse_lora"]
 
 
 def _matches(path: str, targets: list[str]) -> bool:
@@ -53,10 +53,6 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
     for h in heads:
         model[h].unfreeze()
     return [p for p, _ in found]
-
-
-def trainable_keys(model: nn.Module) -> list[str]:
-    return [k for k, _ in tree_flatten(model.trainable_parameters())]
 
 
 def fuse_lora(model: nn.Module) -> nn.Module:

@@ -56,6 +56,14 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
+def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run redoes what came after its checkpoint)."""
+    kept = [r for r in read_metrics(run_dir) if r["step"] <= step and r["split"] != "test"]
+    atomic_write_bytes(
+        Path(run_dir) / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode()
+    )
+
+
 def plot_curves(run_dir: str | os.PathLike, title: str | None = None) -> Path:
     """Write RUN_DIR/curves.png: loss and accuracy against step, train vs validation (test as stars)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state

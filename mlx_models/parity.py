@@ -14,9 +14,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .batching import collate, pad_id_for
 from .cli import run_cli
-from .data import collate, pad_id_for
+from .conversion import DTYPES
 from .loading import load_model, load_tokenizer, read_config, resolve
+from .models import tasks_of
 from .reference import torch_device, torch_forward, torch_model
 
 SENTENCES = [
@@ -25,15 +27,9 @@ SENTENCES = [
     "Terrible.",
     "A man is eating a piece of bread while reading the newspaper in the park.",
 ]
-TASKS = {
-    "bert": ("base", "mlm", "classify"),
-    "roberta": ("base", "mlm", "classify"),
-    "llama": ("base", "lm", "classify"),
-}
 # Bounds on max |Δ| relative to the largest |reference value| (at least 1): a 30-layer model's
 # logits reach ~30, a tiny one's ~1. Measured: SmolLM2 fp32 3e-6, fp16 4e-3, bf16 7e-2 of scale.
 DEFAULT_TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1.5e-1}
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
 @dataclass
@@ -79,7 +75,7 @@ def run_parity(
     seqs = [tokenizer(s, add_special_tokens=special)["input_ids"] for s in sentences]
     paddings = paddings or (("right", "left") if config["model_type"] == "llama" else ("right",))
     rows = []
-    for task in tasks or TASKS[config["model_type"]]:
+    for task in tasks or tasks_of(config["model_type"]):
         mx.random.seed(seed)  # any newly initialised head is the same in both frameworks
         model = load_model(directory, task)
         model.set_dtype(DTYPES[dtype], predicate=lambda k: True) if dtype != "float32" else None

@@ -2,8 +2,8 @@
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -30,11 +30,6 @@ class Source:
     read: Callable[[str], mx.array]
     load_tokenizer: Callable[[], object]
     description: str
-    notes: list[str] = field(default_factory=list)
-
-    def tensors(self) -> Iterator[tuple[str, mx.array]]:
-        for name in self.shapes:
-            yield name, self.read(name)
 
 
 def looks_like_path(spec: str) -> bool:
@@ -169,8 +164,8 @@ def open_gguf(path: Path) -> Source:
     for k in ("_name_or_path", "transformers_version"):
         config.pop(k, None)
 
-    from .checkpoint import parameter_shapes
     from .models import build_model
+    from .weights import parameter_shapes
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     tensors = {t.name: t for t in reader.tensors}
@@ -200,6 +195,4 @@ def open_gguf(path: Path) -> Source:
 
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
-    return Source(
-        config, shapes, read, load_tokenizer, f"GGUF {path}", notes=["weights dequantized from GGUF"]
-    )
+    return Source(config, shapes, read, load_tokenizer, f"GGUF {path}")

@@ -262,7 +262,7 @@ def padded_batch(
     pad_id: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Tokenize `texts` (with special tokens) and pad them: int32 `input_ids` and `attention_mask`, (B, L)."""
-    from mlx_models.data import collate, pad_id_for
+    from mlx_models.batching import collate, pad_id_for
 
     seqs = tokenizer(texts)["input_ids"]
     pad = pad_id if pad_id is not None else pad_id_for(tokenizer)

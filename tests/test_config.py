@@ -24,19 +24,15 @@ models:
     source: org/m2
   tfidf:
     source: builtin:tfidf
-train:
-  dataset: d1
-  epochs: 2
-  learning_rate: 1e-4
-  batch_size: 16
-  weight_decay: 0.1
 default_run:
   model: m2
-  max_samples: 10
+  profile: small
 datasets:
   d1: {hub: org/d1, text: text, label: label, num_labels: 2}
+  imdb: {hub: org/imdb}
 profiles:
   p: {weight_decay: 0.0, batch_size: 2, dropout: 0.0}
+  small: {dataset: d1, max_samples: 10, epochs: 2}
 """
 
 
@@ -54,14 +50,14 @@ def load(argv, path):
 
 def test_precedence_yaml_model_profile_cli(cfg_path):
     cfg = load(["--model", "m1", "--dataset", "d1", "--profile", "p", "epochs=5"], cfg_path)
-    assert cfg.epochs == 5  # yaml 2 < CLI 5
-    assert cfg.learning_rate == 1e-3  # yaml 1e-4 < model 1e-3 (YAML's `1e-3` is a string: cast)
+    assert cfg.epochs == 5  # default 3 < CLI 5
+    assert cfg.learning_rate == 1e-3  # default 2e-5 < model 1e-3 (YAML's `1e-3` is a string: cast)
     assert cfg.max_length == 256  # model block
-    assert cfg.batch_size == 2  # yaml 16 < model 4 < profile 2
-    assert cfg.weight_decay == 0.0  # yaml 0.1 < profile 0.0
+    assert cfg.batch_size == 2  # default 8 < model 4 < profile 2
+    assert cfg.weight_decay == 0.0  # default 0.01 < profile 0.0
     assert cfg.dropout == 0.0
     assert cfg.warmup_ratio == 0.06  # untouched dataclass default
-    assert cfg.max_samples is None  # default_run only applies when no model is given
+    assert cfg.max_samples is None  # default_run (model and profile) only applies when no model is given
     assert load(["--model", "m1", "--profile", "p", "--batch-size", "3"], cfg_path).batch_size == 3
 
 
@@ -128,7 +124,6 @@ BASE = "models:\n  m1: {source: x}\ndatasets:\n  d1: {hub: x}\n"
 @pytest.mark.parametrize(
     ("yaml_text", "where"),
     [
-        (BASE + "train:\n  epoch: 3\n", "train:"),
         (
             "models:\n  m1:\n    source: x\n    train: {lerning_rate: 1}\ndatasets:\n  d1: {hub: x}\n",
             "models.m1.train",
@@ -151,6 +146,9 @@ def test_unknown_yaml_section_and_dataset_key(tmp_path):
     path.write_text("trian: {}\n")
     with pytest.raises(ConfigError, match="trian"):
         load([], path)
+    path.write_text(BASE + "train:\n  epochs: 3\n")  # the global train: layer is gone: profiles do that
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) train in .*allowed: models, datasets"):
+        load(["--model", "m1", "--dataset", "d1"], path)
     path.write_text("models:\n  m1: {source: x}\ndatasets:\n  d1: {hub: x, colum: y}\n")
     with pytest.raises(ConfigError, match="colum"):
         load(["--model", "m1", "--dataset", "d1"], path)

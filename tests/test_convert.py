@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 import mlx_models
 from hf_fixtures import make_hf_model
 from mlx_models import load, load_model
-from mlx_models.checkpoint import read_weights
 from mlx_models.cli import run_cli
 from mlx_models.conversion import convert
 from mlx_models.quant import QuantizedLinear
+from mlx_models.weights import read_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mlx_models import data
+from mlx_models.batching import batch_order, collate, encode
 from mlx_models.config import TrainConfig
-from mlx_models.data import batch_order, collate, encode, load_splits
+from mlx_models.data import load_splits
 from mlx_models.errors import DataError
 
 

@@ -4,15 +4,23 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from mlx_models.config import TrainConfig
-from mlx_models.trainer import make_optimizer
+from mlx_models.step import make_optimizer
 
-HF_SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
+HF_SCHEDULES = {
+    "linear": get_linear_schedule_with_warmup,
+    "cosine": get_cosine_schedule_with_warmup,
+    "constant": lambda opt, num_training_steps, **kw: get_constant_schedule_with_warmup(opt, **kw),
+}
 
 
-@pytest.mark.parametrize("lr_schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("lr_schedule", list(HF_SCHEDULES))
 def test_adamw_and_schedule_match_torch(tmp_path, lr_schedule):
     total, cfg = (
         8,

@@ -14,9 +14,10 @@ import transformers
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
+from mlx_models.batching import collate
 from mlx_models.conversion import convert
-from mlx_models.data import collate
-from mlx_models.parity import DEFAULT_TOL, TASKS, run_parity
+from mlx_models.models import MODULES, tasks_of
+from mlx_models.parity import DEFAULT_TOL, run_parity
 from mlx_models.parity import main as parity_main
 from mlx_models.reference import torch_forward, torch_model
 
@@ -54,7 +55,7 @@ CASES = [
     ),
     ("llama", "classify", {}),
 ]
-EVERY_HEAD = [(model_type, head) for model_type, heads in TASKS.items() for head in heads]
+EVERY_HEAD = [(model_type, head) for model_type in MODULES for head in tasks_of(model_type)]
 
 
 def mlx_forward(model, batch) -> np.ndarray:

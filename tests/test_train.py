@@ -27,10 +27,13 @@ from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
 from mlx_models.cli import run_cli
 from mlx_models.config import TrainConfig, load_train_config
+from mlx_models.fuse import fuse
 from mlx_models.loading import read_config
-from mlx_models.lora import LoRALinear, apply_lora, trainable_keys
+from mlx_models.lora import LoRALinear, apply_lora
 from mlx_models.metrics import read_metrics
 from mlx_models.reference import torch_model
+from mlx_models.run_dir import restore_weights
+from mlx_models.tasks import classify_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,9 +95,9 @@ def models(tiny):
     return lambda model_type: str(tiny(model_type, "classify", num_labels=2)[1])
 
 
-def run_train(argv: list[str]) -> dict:
+def run_train(argv: list[str], fault=None) -> dict:
     """In-process train.py; returns the test record (also the stdout line)."""
-    return trainer.run(load_train_config(argv))
+    return trainer.run(load_train_config(argv), fault=fault)
 
 
 def records(run_dir: Path, split: str) -> list[dict]:
@@ -348,9 +351,7 @@ def oom_argv(model: str, data: Path, out: Path) -> list[str]:
     return argv + ["--batch-size", "8", "--max-steps", "6", "--dropout", "0", "--learning-rate", "1e-3"]
 
 
-def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(
-    models, sentiment, tmp_path, monkeypatch, capsys
-):
+def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(models, sentiment, tmp_path, capsys):
     reference = run_train(oom_argv(models("bert"), sentiment, tmp_path / "reference"))
     calls = []
 
@@ -359,10 +360,9 @@ def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(
         if step == 3 and micro_batch > 2:
             raise RuntimeError("[malloc] out of memory")
 
-    monkeypatch.setattr(trainer, "fault_hook", fault)
     capsys.readouterr()
     out = tmp_path / "oom"
-    result = run_train(oom_argv(models("bert"), sentiment, out))
+    result = run_train(oom_argv(models("bert"), sentiment, out), fault=fault)
     err = capsys.readouterr().err
     first = err.index("out of memory at step 4: micro-batch -> 4, accumulation -> 2 (same effective batch 8)")
     second = err.index(
@@ -379,12 +379,12 @@ def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(
     assert val["loss"] == pytest.approx(val_ref["loss"], rel=1e-4)
 
 
-def test_oom_at_micro_batch_1_exits_2_with_advice(models, sentiment, tmp_path, monkeypatch, capsys):
+def test_oom_at_micro_batch_1_exits_2_with_advice(models, sentiment, tmp_path, capsys):
     def always(step: int, micro_batch: int) -> None:
         raise RuntimeError("[malloc] out of memory")
 
-    monkeypatch.setattr(trainer, "fault_hook", always)
-    assert run_cli(train.main, oom_argv(models("bert"), sentiment, tmp_path / "run")) == 2
+    main = lambda argv: trainer.run(load_train_config(argv), fault=always)  # noqa: E731
+    assert run_cli(main, oom_argv(models("bert"), sentiment, tmp_path / "run")) == 2
     lines = capsys.readouterr().err.splitlines()
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1, errors
@@ -413,7 +413,7 @@ def test_lora_at_init_is_exactly_the_base_model(models, model_type):
     assert len(wrapped) == 8  # q, k, v, o projections of both layers
     assert all(isinstance(m, LoRALinear) for p, m in model.named_modules() if p in wrapped)
     head = model.head_modules[0]
-    keys = trainable_keys(model)
+    keys = [k for k, _ in tree_flatten(model.trainable_parameters())]
     assert keys and all(k.endswith(("lora_a", "lora_b")) or k.startswith(head + ".") for k in keys), keys
     np.testing.assert_array_equal(logits(model, batch), base)
 
@@ -423,12 +423,12 @@ def test_fused_checkpoint_equals_base_plus_adapters(learned, tmp_path, name):
     run_dir = learned(name)[0]
     cfg = TrainConfig.from_json(run_dir / "best" / "train_config.json")
     model, tok, _ = trainer.build(cfg, 2)
-    trainer.restore_weights(model, run_dir / "best")
+    restore_weights(model, run_dir / "best")
     model.eval()
     batch = padded_batch(tok, SENTENCES)
     adapted = logits(model, batch)
 
-    fused = load_model(trainer.fuse(run_dir, tmp_path / "fused"), "classify")
+    fused = load_model(fuse(run_dir, tmp_path / "fused"), "classify")
     assert not any(isinstance(m, LoRALinear) for _, m in fused.named_modules())
     np.testing.assert_allclose(logits(fused, batch), adapted, atol=1e-4)
 
@@ -448,7 +448,8 @@ def test_classify_loss_and_gradients_match_pytorch(models, model_type):
     assert batch["attention_mask"].min() == 0  # padded: pooling and masks are part of the check
     labels = np.array([1, 0, 1, 1, 0, 1], np.int32)
     ids, mask = mx.array(batch["input_ids"]), mx.array(batch["attention_mask"])
-    (loss, n), grads = nn.value_and_grad(model, trainer.classify_loss)(model, ids, mask, mx.array(labels))
+    batch_in = {"input_ids": ids, "attention_mask": mask, "labels": mx.array(labels)}
+    (loss, n), grads = nn.value_and_grad(model, classify_loss)(model, batch_in)
     grads = {k: np.array(v) for k, v in tree_flatten(grads)}
     assert n.item() == len(labels)
 

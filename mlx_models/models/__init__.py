@@ -1,24 +1,17 @@
-"""Model registry: one module per HF ``model_type``, each with ``ModelArgs`` and ``TASKS``."""
+"""Model registry: one module per HF ``model_type``.
+
+Each model module declares ``MODEL_TYPE``, ``ModelArgs`` and ``TASKS`` (task -> head class). A
+head class's name is the HF architecture name and its ``head_modules`` are the task head's
+submodules; everything else (loading, conversion, parity, training, the CLIs) derives from here.
+"""
 
 import mlx.nn as nn
 
 from ..errors import ConfigError
 from . import bert, llama, roberta
 
-MODULES = {"bert": bert, "roberta": roberta, "llama": llama}
-
-# HF architecture name -> task of our head class.
-ARCHITECTURE_TASKS = {
-    f"{prefix}{suffix}": task
-    for prefix in ("Bert", "Roberta", "Llama")
-    for suffix, task in (
-        ("Model", "base"),
-        ("ForMaskedLM", "mlm"),
-        ("ForPreTraining", "mlm"),
-        ("ForSequenceClassification", "classify"),
-        ("ForCausalLM", "lm"),
-    )
-}
+MODULES = {m.MODEL_TYPE: m for m in (bert, roberta, llama)}
+TASKS = ("base", "mlm", "classify", "lm")  # every head of any family; train.py trains all but base
 
 
 def model_module(config: dict):
@@ -28,27 +21,39 @@ def model_module(config: dict):
     return MODULES[model_type]
 
 
+def tasks_of(model_type: str) -> tuple[str, ...]:
+    """The heads a family has, e.g. ('base', 'mlm', 'classify') for BERT."""
+    return tuple(t for t in TASKS if t in MODULES[model_type].TASKS)
+
+
+def architecture(model_type: str, task: str) -> str:
+    """The transformers class name of our head for ``task`` (what config.json records)."""
+    return MODULES[model_type].TASKS[task].__name__
+
+
+def head_modules() -> set[str]:
+    """Top-level module names of every task head of every family ('cls', 'score', ...)."""
+    return {h for m in MODULES.values() for cls in m.TASKS.values() for h in cls.head_modules}
+
+
 def checkpoint_task(config: dict) -> str:
     """The task of the head a checkpoint was saved with (from ``architectures``)."""
+    module = model_module(config)
+    by_name = {cls.__name__: task for task, cls in module.TASKS.items()} | module.ARCHITECTURE_ALIASES
     for arch in config.get("architectures") or []:
-        if arch in ARCHITECTURE_TASKS:
-            return ARCHITECTURE_TASKS[arch]
-    return "lm" if config.get("model_type") == "llama" else "base"
+        if arch in by_name:
+            return by_name[arch]
+    return "lm" if "lm" in module.TASKS else "base"
 
 
-def model_class(config: dict, task: str | None = None) -> tuple[type[nn.Module], object]:
-    """(head class, parsed ModelArgs) for ``config`` and ``task`` (default: the checkpoint's)."""
+def build_model(config: dict, task: str | None = None) -> nn.Module:
+    """A randomly initialised (lazy, nothing materialised) model for ``config`` and ``task``
+    (default: the checkpoint's head)."""
     module = model_module(config)
     task = task or checkpoint_task(config)
     if task not in module.TASKS:
         raise ConfigError(
             f"task {task!r} is not available for {config['model_type']}; "
-            f"choose one of: {', '.join(module.TASKS)}"
+            f"choose one of: {', '.join(tasks_of(module.MODEL_TYPE))}"
         )
-    return module.TASKS[task], module.ModelArgs.from_dict(config)
-
-
-def build_model(config: dict, task: str | None = None) -> nn.Module:
-    """A randomly initialised (lazy, nothing materialised) model for ``config``."""
-    cls, args = model_class(config, task)
-    return cls(args)
+    return module.TASKS[task](module.ModelArgs.from_dict(config))

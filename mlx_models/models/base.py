@@ -1,8 +1,9 @@
-"""What every model file shares: config parsing and attention masks."""
+"""What every model file shares: config parsing, attention masks and the task-model layout."""
 
-import dataclasses
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -22,6 +23,8 @@ ACTIVATIONS = {
 class BaseModelArgs:
     """Fields are the exact HF ``config.json`` keys; extra keys in the file are ignored."""
 
+    activations = tuple(ACTIVATIONS)  # the hidden_act values a family supports
+
     @classmethod
     def from_dict(cls, config: dict) -> "BaseModelArgs":
         params = inspect.signature(cls).parameters
@@ -35,8 +38,16 @@ class BaseModelArgs:
             config = {**config, "num_labels": num_labels_of(config)}
         return cls(**{k: v for k, v in config.items() if k in params})
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        bad = [k for k in sizes if type(getattr(self, k)) is not int or getattr(self, k) < 1]
+        self._raise([f"{k} {getattr(self, k)!r} (must be a positive integer)" for k in bad])
+        self._raise([what for wrong, what in self.checks() if wrong])
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(is it wrong, what is wrong) for every rule of the family; the sizes are checked first."""
+        supported = ", ".join(self.activations)
+        return [(self.hidden_act not in self.activations, f"hidden_act {self.hidden_act!r} ({supported})")]
 
     def _raise(self, problems: list[str]) -> None:
         if problems:
@@ -52,6 +63,36 @@ def num_labels_of(config: dict) -> int:
 
 def activation(name: str):
     return ACTIVATIONS[name]
+
+
+class TaskModel(nn.Module):
+    """A base model under a task head, laid out as HF's ``<Family>For<Task>``: the base model
+    at ``base_model_prefix``, the head's modules beside it, built from ``heads`` (name ->
+    constructor taking the ModelArgs; None leaves the module out). The class name is the HF
+    architecture name that config.json records."""
+
+    base_class: type[nn.Module]
+    base_model_prefix: str
+    task: str
+    base_kwargs: dict = {}
+    heads: dict[str, Callable[[Any], nn.Module | None]] = {}
+    head_modules: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.head_modules = tuple(cls.heads)
+
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        setattr(self, self.base_model_prefix, self.base_class(args, **self.base_kwargs))
+        for name, make in self.heads.items():
+            if (module := make(args)) is not None:
+                setattr(self, name, module)
+
+    @property
+    def layers(self) -> list:
+        return self[self.base_model_prefix].layers
 
 
 def padding_mask(attention_mask: mx.array | None) -> mx.array | None:

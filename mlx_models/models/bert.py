@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import ACTIVATIONS, BaseModelArgs, activation, padding_mask
+from .base import BaseModelArgs, TaskModel, activation, padding_mask
 
 
 @dataclass
@@ -30,19 +30,13 @@ class ModelArgs(BaseModelArgs):
     initializer_range: float = 0.02
     is_decoder: bool = False
 
-    def __post_init__(self):
-        problems = []
-        if self.hidden_act not in ACTIVATIONS:
-            problems.append(f"hidden_act {self.hidden_act!r} (supported: {', '.join(ACTIVATIONS)})")
-        if self.position_embedding_type != "absolute":
-            problems.append(f"position_embedding_type {self.position_embedding_type!r} (only 'absolute')")
-        if self.hidden_size % self.num_attention_heads:
-            problems.append(
-                f"hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"
-            )
-        if self.is_decoder:
-            problems.append("is_decoder=true (only the bidirectional encoder is supported)")
-        self._raise(problems)
+    def checks(self) -> list[tuple[bool, str]]:
+        D, heads, positions = self.hidden_size, self.num_attention_heads, self.position_embedding_type
+        return super().checks() + [
+            (positions != "absolute", f"position_embedding_type {positions!r} (only 'absolute')"),
+            (D % heads != 0, f"hidden_size {D} not divisible by {heads} heads"),
+            (self.is_decoder, "is_decoder=true (only the bidirectional encoder is supported)"),
+        ]
 
 
 class BertEmbeddings(nn.Module):
@@ -165,7 +159,7 @@ class BertModel(nn.Module):
     """The encoder. Returns (last hidden state (B, L, D), pooled first token (B, D) or None)."""
 
     embeddings_class = BertEmbeddings
-    base_model_prefix = "bert"
+    base_model_prefix, task, head_modules = "bert", "base", ()
 
     def __init__(self, args: ModelArgs, add_pooling_layer: bool = True):
         super().__init__()
@@ -220,40 +214,36 @@ class BertOnlyMLMHead(nn.Module):
         self.predictions = BertLMPredictionHead(args)
 
 
-class BertForMaskedLM(nn.Module):
-    base_model_prefix = "bert"
-    task = "mlm"
-    head_modules = ("cls",)
+def classifier_dropout(args: ModelArgs) -> nn.Dropout:
+    p = args.classifier_dropout
+    return nn.Dropout(args.hidden_dropout_prob if p is None else p)
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.bert = BertModel(args, add_pooling_layer=False)
-        self.cls = BertOnlyMLMHead(args)
+
+class EncoderTaskModel(TaskModel):
+    """The encoder under a head: ``head(hidden states (B, L, D), pooled (B, D) or None)``."""
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
-        h, _ = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.head(*self[self.base_model_prefix](input_ids, attention_mask, token_type_ids))
+
+
+class BertForMaskedLM(EncoderTaskModel):
+    base_class, base_model_prefix, task = BertModel, "bert", "mlm"
+    base_kwargs, heads = {"add_pooling_layer": False}, {"cls": BertOnlyMLMHead}
+
+    def head(self, h: mx.array, pooled: None) -> mx.array:
         return self.cls.predictions(h, self.bert.embeddings.word_embeddings)  # (B, L, vocab)
 
 
-class BertForSequenceClassification(nn.Module):
-    base_model_prefix = "bert"
-    task = "classify"
-    head_modules = ("classifier",)
+class BertForSequenceClassification(EncoderTaskModel):
+    base_class, base_model_prefix, task = BertModel, "bert", "classify"
+    heads = {"classifier": lambda a: nn.Linear(a.hidden_size, a.num_labels), "dropout": classifier_dropout}
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.bert = BertModel(args)
-        p = args.classifier_dropout if args.classifier_dropout is not None else args.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(args.hidden_size, args.num_labels)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
-        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+    def head(self, h: mx.array, pooled: mx.array) -> mx.array:
         return self.classifier(self.dropout(pooled))  # (B, num_labels)
 
 
-BertModel.task = "base"
-BertModel.head_modules = ()
+MODEL_TYPE = "bert"
+# Task -> head class; the class name is the HF architecture name.
 TASKS = {"base": BertModel, "mlm": BertForMaskedLM, "classify": BertForSequenceClassification}
+# Other HF architectures whose checkpoints hold one of our heads.
+ARCHITECTURE_ALIASES = {"BertForPreTraining": "mlm"}

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
-from .base import BaseModelArgs, causal_mask, last_token_index
+from .base import BaseModelArgs, TaskModel, causal_mask, last_token_index
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -36,6 +36,8 @@ class ModelArgs(BaseModelArgs):
     num_labels: int = 2
     initializer_range: float = 0.02
 
+    activations = ("silu",)
+
     def __post_init__(self):
         # transformers 5 folds rope_theta and rope_scaling into rope_parameters.
         if self.rope_parameters:
@@ -44,20 +46,18 @@ class ModelArgs(BaseModelArgs):
         if self.rope_scaling and self._rope_type() == "default":
             self.rope_scaling = None
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
-        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
-        problems = []
-        if self.rope_scaling and self._rope_type() not in ROPE_TYPES:
-            problems.append(f"rope type {self._rope_type()!r} (supported: {', '.join(ROPE_TYPES)})")
-        if self.hidden_act != "silu":
-            problems.append(f"hidden_act {self.hidden_act!r} (only 'silu')")
-        if self.num_attention_heads % self.num_key_value_heads:
-            problems.append(
-                f"num_attention_heads {self.num_attention_heads} not a multiple of "
-                f"num_key_value_heads {self.num_key_value_heads}"
-            )
-        if self.attention_dropout:
-            problems.append("attention_dropout > 0 (Llama is trained without it; set it to 0.0)")
-        self._raise(problems)
+        if isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
+            self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        super().__post_init__()
+
+    def checks(self) -> list[tuple[bool, str]]:
+        rope = self._rope_type() if self.rope_scaling else "default"
+        heads, kv = self.num_attention_heads, self.num_key_value_heads
+        return super().checks() + [
+            (rope not in ROPE_TYPES, f"rope type {rope!r} (supported: {', '.join(ROPE_TYPES)})"),
+            (heads % kv != 0, f"num_attention_heads {heads} not a multiple of num_key_value_heads {kv}"),
+            (bool(self.attention_dropout), "attention_dropout > 0 (Llama trains without it; set it to 0.0)"),
+        ]
 
     def _rope_type(self) -> str:
         return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
@@ -115,9 +115,7 @@ class TransformerBlock(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    base_model_prefix = "model"
-    task = "base"
-    head_modules = ()
+    base_model_prefix, task, head_modules = "model", "base", ()
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -134,19 +132,12 @@ class LlamaModel(nn.Module):
         return self.norm(h)  # (B, L, D)
 
 
-class Model(nn.Module):
-    """LlamaForCausalLM."""
+def untied_lm_head(args: ModelArgs) -> nn.Linear | None:
+    return None if args.tie_word_embeddings else nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    base_model_prefix = "model"
-    task = "lm"
-    head_modules = ("lm_head",)
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model = LlamaModel(args)
-        if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+class LlamaForCausalLM(TaskModel):
+    base_class, base_model_prefix, task, heads = LlamaModel, "model", "lm", {"lm_head": untied_lm_head}
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
         h = self.model(input_ids, attention_mask)
@@ -154,21 +145,13 @@ class Model(nn.Module):
             return self.lm_head(h)
         return self.model.embed_tokens.as_linear(h)  # (B, L, vocab)
 
-    @property
-    def layers(self) -> list:
-        return self.model.layers
+
+Model = LlamaForCausalLM  # mlx-lm's name for the causal LM
 
 
-class LlamaForSequenceClassification(nn.Module):
-    base_model_prefix = "model"
-    task = "classify"
-    head_modules = ("score",)
-
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model = LlamaModel(args)
-        self.score = nn.Linear(args.hidden_size, args.num_labels, bias=False)
+class LlamaForSequenceClassification(TaskModel):
+    base_class, base_model_prefix, task = LlamaModel, "model", "classify"
+    heads = {"score": lambda a: nn.Linear(a.hidden_size, a.num_labels, bias=False)}
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
         h = self.model(input_ids, attention_mask)
@@ -180,9 +163,7 @@ class LlamaForSequenceClassification(nn.Module):
             last = h[mx.arange(h.shape[0]), last_token_index(attention_mask)]
         return self.score(last)  # (B, num_labels)
 
-    @property
-    def layers(self) -> list:
-        return self.model.layers
 
-
-TASKS = {"base": LlamaModel, "lm": Model, "classify": LlamaForSequenceClassification}
+MODEL_TYPE = "llama"
+TASKS = {"base": LlamaModel, "lm": LlamaForCausalLM, "classify": LlamaForSequenceClassification}
+ARCHITECTURE_ALIASES: dict[str, str] = {}

@@ -30,8 +30,6 @@ class RobertaEmbeddings(bert.BertEmbeddings):
 class RobertaModel(bert.BertModel):
     embeddings_class = RobertaEmbeddings
     base_model_prefix = "roberta"
-    task = "base"
-    head_modules = ()
 
 
 class RobertaLMHead(nn.Module):
@@ -54,9 +52,8 @@ class RobertaClassificationHead(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        p = args.classifier_dropout if args.classifier_dropout is not None else args.hidden_dropout_prob
         self.dense = nn.Linear(args.hidden_size, args.hidden_size)
-        self.dropout = nn.Dropout(p)
+        self.dropout = bert.classifier_dropout(args)
         self.out_proj = nn.Linear(args.hidden_size, args.num_labels)
 
     def __call__(self, h: mx.array) -> mx.array:
@@ -65,36 +62,22 @@ class RobertaClassificationHead(nn.Module):
         return self.out_proj(x)
 
 
-class RobertaForMaskedLM(nn.Module):
-    base_model_prefix = "roberta"
-    task = "mlm"
-    head_modules = ("lm_head",)
+class RobertaForMaskedLM(bert.EncoderTaskModel):
+    base_class, base_model_prefix, task = RobertaModel, "roberta", "mlm"
+    base_kwargs, heads = {"add_pooling_layer": False}, {"lm_head": RobertaLMHead}
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.roberta = RobertaModel(args, add_pooling_layer=False)
-        self.lm_head = RobertaLMHead(args)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
-        h, _ = self.roberta(input_ids, attention_mask, token_type_ids)
+    def head(self, h: mx.array, pooled: None) -> mx.array:
         return self.lm_head(h, self.roberta.embeddings.word_embeddings)  # (B, L, vocab)
 
 
-class RobertaForSequenceClassification(nn.Module):
-    base_model_prefix = "roberta"
-    task = "classify"
-    head_modules = ("classifier",)
+class RobertaForSequenceClassification(bert.EncoderTaskModel):
+    base_class, base_model_prefix, task = RobertaModel, "roberta", "classify"
+    base_kwargs, heads = {"add_pooling_layer": False}, {"classifier": RobertaClassificationHead}
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.roberta = RobertaModel(args, add_pooling_layer=False)
-        self.classifier = RobertaClassificationHead(args)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
-        h, _ = self.roberta(input_ids, attention_mask, token_type_ids)
+    def head(self, h: mx.array, pooled: None) -> mx.array:
         return self.classifier(h)  # (B, num_labels)
 
 
+MODEL_TYPE = "roberta"
 TASKS = {"base": RobertaModel, "mlm": RobertaForMaskedLM, "classify": RobertaForSequenceClassification}
+ARCHITECTURE_ALIASES: dict[str, str] = {}

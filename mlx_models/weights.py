@@ -13,6 +13,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import WeightsError
+from .models import head_modules
 
 # Old BERT checkpoints name LayerNorm parameters gamma/beta (TF heritage).
 RENAMES = [
@@ -59,18 +60,12 @@ def add_or_strip_prefix(keys: list[str], model: nn.Module) -> dict[str, str]:
     prefix = model.base_model_prefix + "."
     has_base = hasattr(model, model.base_model_prefix) and model.task != "base"
     ckpt_prefixed = any(k.startswith(prefix) for k in keys)
-    heads = tuple(f"{h}." for h in _all_head_modules(model))
+    heads = tuple(f"{h}." for h in head_modules())
     if has_base and not ckpt_prefixed:
         return {k: k if k.startswith(heads) else prefix + k for k in keys}
     if not has_base and ckpt_prefixed:
         return {k: k[len(prefix) :] if k.startswith(prefix) else k for k in keys}
     return {k: k for k in keys}
-
-
-def _all_head_modules(model: nn.Module) -> set[str]:
-    from .models import MODULES
-
-    return {h for m in MODULES.values() for cls in m.TASKS.values() for h in cls.head_modules}
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
