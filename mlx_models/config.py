@@ -39,103 +39,70 @@ RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "memory_l
 EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    """A field with its --help text and its valid values: min/max (inclusive), above/below
+    (exclusive), choices. Floats must also be finite; None is always allowed for `X | None`."""
+    return field(default=default, metadata={"help": help, "bounds": bounds})
 
 
 @dataclass
 class TrainConfig:
     model: str = _f("minilm-l6", "model alias from config.yaml, a local model directory or a .gguf file")
     dataset: str = _f("imdb", "dataset name from config.yaml datasets:, or any name with --data-dir")
-    task: str = _f("classify", "classify (sequence classification), mlm (masked LM) or lm (causal LM)")
+    task: str = _f("classify", "classify (sequence classification), mlm or lm (causal)", choices=TASKS)
     data_dir: str | None = _f(None, "directory with train/validation/test .json/.jsonl/.csv/.parquet files")
     lora: bool = _f(False, "train LoRA adapters (plus the task head) instead of all weights")
-    lora_rank: int = _f(8, "LoRA rank r")
-    lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is scaled by alpha / rank")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_rank: int = _f(8, "LoRA rank r", min=1)
+    lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is scaled by alpha / rank", above=0)
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input", min=0, below=1)
     lora_targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "comma-separated Llama projection names to adapt; mapped to the BERT/RoBERTa ones"},
     )
-    quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA; needs --lora)")
+    quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA)", choices=(4, 8))
     profile: str | None = _f(None, "study profile from config.yaml profiles:, e.g. overfit")
-    epochs: int = _f(3, "passes over the training data")
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
-    max_samples: int | None = _f(
-        None, "use at most N training examples, and at most N validation and N test examples"
-    )
-    batch_size: int = _f(8, "examples per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step (effective batch = batch_size * grad_accum)")
-    learning_rate: float = _f(2e-5, "peak learning rate (AdamW)")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    warmup_ratio: float = _f(0.06, "fraction of the steps spent warming the learning rate up from 0")
-    lr_schedule: str = _f("linear", "learning-rate decay after warm-up: linear, cosine or constant")
-    max_grad_norm: float | None = _f(1.0, "clip the global gradient norm to this value; none disables")
-    max_length: int = _f(512, "truncate every example to this many tokens")
+    epochs: int = _f(3, "passes over the training data", min=1)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)", min=1)
+    max_samples: int | None = _f(None, "use at most N train, N validation and N test examples", min=1)
+    batch_size: int = _f(8, "examples per micro-batch", min=1)
+    grad_accum: int = _f(1, "micro-batches per optimizer step (batch = batch_size * grad_accum)", min=1)
+    learning_rate: float = _f(2e-5, "peak learning rate (AdamW)", above=0, max=10)
+    weight_decay: float = _f(0.01, "AdamW weight decay", min=0)
+    warmup_ratio: float = _f(0.06, "fraction of the steps warming the learning rate up", min=0, below=1)
+    lr_schedule: str = _f("linear", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
+    max_grad_norm: float | None = _f(1.0, "clip the global gradient norm; none disables", above=0)
+    max_length: int = _f(512, "truncate every example to this many tokens", min=2)
     grad_checkpoint: bool = _f(False, "recompute layer activations in the backward pass to save memory")
-    dropout: float | None = _f(
-        None, "dropout for the whole model; none keeps the model's own, 0 turns it off"
-    )
-    early_stopping_patience: int | None = _f(
-        None, "stop after this many evaluations without a better validation loss; none never stops"
-    )
-    eval_every: int | None = _f(None, "evaluate every N optimizer steps; none evaluates once per epoch")
-    save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps")
-    seed: int = _f(0, "seed for initialisation, shuffling, dropout and the training subsample")
+    dropout: float | None = _f(None, "dropout of the whole model; none keeps the model's own", min=0, below=1)
+    early_stopping_patience: int | None = _f(None, "stop after N evaluations without a better one", min=1)
+    eval_every: int | None = _f(None, "evaluate every N optimizer steps; none: once per epoch", min=1)
+    save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps", min=1)
+    seed: int = _f(0, "seed of initialisation, shuffling, dropout, subsampling", min=0, max=2**32 - 1)
     out: str | None = _f(None, "run directory; default results/models/<model>-<dataset>-<YYYYmmdd-HHMMSS>")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last checkpoint")
     eval_only: str | None = _f(None, "only evaluate the best checkpoint of RUN_DIR")
-    memory_limit: float | None = _f(None, "cap on accelerator memory in GB")
-    padding_side: str = _f("right", "pad batches on the right or the left")
+    memory_limit: float | None = _f(None, "cap on accelerator memory in GB", above=0, max=1e6)
+    padding_side: str = _f("right", "pad batches on the right or the left", choices=("right", "left"))
     compile: bool = _f(True, "compile the training step with mx.compile")
 
     def __post_init__(self) -> None:
         problems = []
-        for name, tp in field_types().items():
+        for f in dataclasses.fields(self):
             try:
-                setattr(self, name, convert(getattr(self, name), tp))
+                setattr(self, f.name, convert(getattr(self, f.name), field_types()[f.name]))
             except ValueError as e:
-                problems.append(f"{name}: {e}")
-        if problems or (problems := self._problems()):
-            raise ConfigError("invalid training config: " + "; ".join(problems))
-
-    def _problems(self) -> list[str]:
+                problems.append(f"{f.name}: {e}")
+                continue
+            problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
         checks = [
-            (self.task in TASKS, f"task must be one of {', '.join(TASKS)} (got {self.task!r})"),
-            (self.lora_rank >= 1, f"lora_rank must be >= 1 (got {self.lora_rank})"),
-            (self.lora_alpha > 0, f"lora_alpha must be > 0 (got {self.lora_alpha})"),
-            (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})"),
-            (bool(self.lora_targets), "lora_targets must name at least one projection"),
-            (self.quantize in (None, 4, 8), f"quantize must be 4, 8 or none (got {self.quantize})"),
-            (
-                not self.quantize or self.lora,
-                f"quantize={self.quantize} needs lora=true (a quantized base cannot be trained); pass --lora",
-            ),
-            (self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
-            (_none_or(self.max_steps, 1), f"max_steps must be >= 1 (got {self.max_steps})"),
-            (_none_or(self.max_samples, 1), f"max_samples must be >= 1 (got {self.max_samples})"),
-            (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1 (got {self.grad_accum})"),
-            (self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate})"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})"),
-            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
-            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or none"),
-            (self.max_length >= 2, f"max_length must be >= 2 (got {self.max_length})"),
-            (
-                self.dropout is None or 0 <= self.dropout < 1,
-                f"dropout must be in [0, 1) (got {self.dropout})",
-            ),
-            (_none_or(self.early_stopping_patience, 1), "early_stopping_patience must be >= 1 or none"),
-            (_none_or(self.eval_every, 1), f"eval_every must be >= 1 or none (got {self.eval_every})"),
-            (_none_or(self.save_every, 1), f"save_every must be >= 1 or none (got {self.save_every})"),
-            (self.seed >= 0, f"seed must be >= 0 (got {self.seed})"),
-            (self.memory_limit is None or self.memory_limit > 0, "memory_limit must be > 0 GB or none"),
-            (self.padding_side in ("left", "right"), "padding_side must be left or right"),
-            (not (self.resume and self.eval_only), "resume and eval_only cannot be combined"),
-            (self.model != "tfidf" or self.task == "classify", "the tfidf baseline only does task=classify"),
+            (not self.lora_targets, "lora_targets must name at least one projection"),
+            (self.quantize and not self.lora, f"quantize={self.quantize} needs lora=true; pass --lora"),
+            (self.resume and self.eval_only, "resume and eval_only cannot be combined"),
+            (self.model == "tfidf" and self.task != "classify", "the tfidf baseline only does task=classify"),
         ]
-        return [msg for ok, msg in checks if not ok]
+        problems += [what for wrong, what in checks if wrong]
+        if problems:
+            raise ConfigError("invalid training config: " + "; ".join(problems))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -148,10 +115,6 @@ class TrainConfig:
         return cls(**check_keys(raw, str(path)))
 
 
-def _none_or(value: int | None, low: int) -> bool:
-    return value is None or value >= low
-
-
 def save_train_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     atomic_write_json(path, dataclasses.asdict(cfg))
 
@@ -162,6 +125,28 @@ def save_train_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 @functools.cache
 def field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
+
+
+def bound_problems(name: str, value: Any, **bounds: Any) -> list[str]:
+    """What is wrong with ``value`` against the field's bounds (see `_f`), if anything."""
+    if value is None:
+        return []
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{name} must be a finite number (got {value})"]
+    rules = {
+        "min": (lambda v, b: v >= b, ">="),
+        "max": (lambda v, b: v <= b, "<="),
+        "above": (lambda v, b: v > b, ">"),
+        "below": (lambda v, b: v < b, "<"),
+        "choices": (lambda v, b: v in b, "one of"),
+    }
+    problems = []
+    for rule, bound in bounds.items():
+        ok, word = rules[rule]
+        if not ok(value, bound):
+            shown = ", ".join(map(str, bound)) if rule == "choices" else bound
+            problems.append(f"{name} must be {word} {shown} (got {value!r})")
+    return problems
 
 
 def _int(text: str) -> int:
@@ -329,13 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="set any option below by its name")
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        shown = ",".join(default) if isinstance(default, list) else default
+        shown = ",".join(default) if isinstance(default, list) else "none" if default is None else default
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
         if field_types()[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["metavar"] = f.name.upper()
-        help_ = f"{f.metadata['help']} (built-in default: {'none' if shown is None else shown})"
+        bounds = [
+            f"{rule} {', '.join(map(str, b)) if rule == 'choices' else b}"
+            for rule, b in f.metadata.get("bounds", {}).items()
+        ]
+        help_ = f"{f.metadata['help']} ({'; '.join([*bounds, f'built-in default: {shown}'])})"
         parser.add_argument("--" + f.name.replace("_", "-"), help=help_, **kwargs)
     return parser
 
