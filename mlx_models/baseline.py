@@ -54,7 +54,10 @@ def run_tfidf(
     )
     model = pipeline(params, cfg.seed)
     start = time.perf_counter()
-    model.fit(splits.train.texts, splits.train.labels)
+    try:
+        model.fit(splits.train.texts, splits.train.labels)
+    except ValueError as e:  # e.g. "empty vocabulary": texts without a word that occurs min_df times
+        raise DataError(f"the tfidf baseline cannot fit {splits.source}: {e}; check the texts") from e
     records = [score(model, name, getattr(splits, name), splits.num_labels) for name in SPLITS]
     records[0]["fit_seconds"] = round(time.perf_counter() - start, 3)
 

@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import difflib
 import functools
-import json
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
@@ -35,7 +34,7 @@ DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
 # What a continued run may change; everything else comes from RUN_DIR/config.json.
-RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "memory_limit")
+RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "save_minutes", "memory_limit")
 EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
 
 
@@ -77,6 +76,9 @@ class TrainConfig:
     early_stopping_patience: int | None = _f(None, "stop after N evaluations without a better one", min=1)
     eval_every: int | None = _f(None, "evaluate every N optimizer steps; none: once per epoch", min=1)
     save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps", min=1)
+    save_minutes: float | None = _f(
+        5.0, "also write last/ when this many minutes passed since it was", above=0
+    )
     seed: int = _f(0, "seed of initialisation, shuffling, dropout, subsampling", min=0, max=2**32 - 1)
     out: str | None = _f(None, "run directory; default results/models/<model>-<dataset>-<YYYYmmdd-HHMMSS>")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last checkpoint")
@@ -106,12 +108,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read training config {path}: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a JSON object of training keys")
+        raw = read_json(path, ConfigError, "it is written by train.py: start a new run")
         return cls(**check_keys(raw, str(path)))
 
 

@@ -18,16 +18,15 @@ import functools
 import importlib.util
 import os
 import re
-import socket
 import sys
 import tempfile
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import hub
 from .config import DEFAULT_CONFIG, TrainConfig, dataset_registry
 from .errors import DataError
 
@@ -284,45 +283,40 @@ def _columns(where: str, ds, text_col: str, label_col: str | None) -> _Raw:
 # ---- hub and embedded copies --------------------------------------------------------------------
 
 
-def _offline() -> bool:
-    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return any(f in ("1", "true", "yes", "on") for f in flags)
-
-
 def _read_registered(
     name: str, info: dict, text_col: str, label_col: str | None
 ) -> tuple[dict[str, _Raw], list[str] | None, str, int | None]:
     """(raw splits, label names, source, held-out size) from the hub or the embedded copy."""
-    hub, embedded = info.get("hub"), info.get("embedded")
-    if embedded and (_offline() or not hub or not _hub_reachable()):
-        why = "HF_HUB_OFFLINE is set" if _offline() else f"the hub is unreachable ({_endpoint()})"
-        _notice(f"{why}: using the embedded {embedded['package']} copy of {name} instead of hub {hub}")
+    repo, embedded = info.get("hub"), info.get("embedded")
+    if embedded and (hub.offline() or not repo or not hub.reachable()):
+        why = "HF_HUB_OFFLINE is set" if hub.offline() else f"the hub is unreachable ({hub.endpoint()})"
+        _notice(f"{why}: using the embedded {embedded['package']} copy of {name} instead of hub {repo}")
         return _read_embedded_split(name, embedded, label_col)
-    if not hub:
+    if not repo:
         raise DataError(
             f"dataset {name} has neither hub: nor embedded: in config.yaml; add one or use --data-dir"
         )
-    if not _offline() and not _hub_reachable():
+    if not hub.offline() and not hub.reachable():
         raise DataError(
-            f"dataset {name} needs the hub ({hub}), which is unreachable ({_endpoint()}) and has no "
-            f"embedded copy; connect to the network or pass --data-dir with local files"
+            f"dataset {name} needs the hub ({repo}) and has no embedded copy: {hub.unreachable()}; "
+            "or pass --data-dir with local files"
         )
     try:
         import datasets
 
-        dd = datasets.load_dataset(hub)
+        dd = datasets.load_dataset(repo)
     except Exception as e:  # network, cache and format errors all mean the same to the user
         raise DataError(
-            f"cannot load hub dataset {hub}: {type(e).__name__}: {' '.join(str(e).split())}; "
+            f"cannot load hub dataset {repo}: {type(e).__name__}: {' '.join(str(e).split())}; "
             f"check the network (or HF_DATASETS_OFFLINE=1 with a cached copy), or use --data-dir"
         ) from e
     raw = {}
     for split, aliases in SPLIT_FILES.items():
         found = next((a for a in aliases if a in dd), None)
         if found is not None:
-            raw[split] = _columns(f"hub {hub} split {found}", dd[found], text_col, label_col)
+            raw[split] = _columns(f"hub {repo} split {found}", dd[found], text_col, label_col)
     names = getattr(dd["train"].features.get(label_col), "names", None) if label_col else None
-    return raw, names, f"hub {hub}", None
+    return raw, names, f"hub {repo}", None
 
 
 def _read_embedded_split(name: str, embedded: dict, label_col: str | None):
@@ -333,22 +327,6 @@ def _read_embedded_split(name: str, embedded: dict, label_col: str | None):
     raw = {"train": _Raw(list(texts), list(labels) if label_col else None, where)}
     source = f"embedded {embedded['package']} copy of {name} (validation and test held out from its train)"
     return raw, None, source, int(embedded.get("holdout", 0)) or None
-
-
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-@functools.cache
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe, so an offline machine falls back at once instead of after the
-    datasets library's minute of retries."""
-    url = urllib.parse.urlparse(_endpoint())
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 @functools.cache

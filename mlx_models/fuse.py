@@ -1,9 +1,8 @@
 """Fold a LoRA run's adapters into its base model: a plain checkpoint for ``load``/``convert --check``.
 
-python -m mlx_models.fuse RUN_DIR --out DIR [--checkpoint best|last]
+python -m mlx_models.fuse RUN_DIR --out DIR [--checkpoint best|last|iter-N] [--force]
 """
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 from mlx.utils import tree_flatten
 
 from . import run_dir as rd
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .config import TrainConfig
 from .errors import ConfigError
 from .io import atomic_dir, atomic_write_json
@@ -21,10 +20,15 @@ from .trainer import build
 from .weights import save_weights
 
 
-def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best") -> Path:
+def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best", force: bool = False) -> Path:
     """Fold a LoRA run's adapters into its base: a plain checkpoint directory for ``load``.
     Layers without adapters keep the base's format (a 4-bit base stays 4-bit there)."""
     ckpt = Path(run_dir) / checkpoint_name
+    if not (ckpt / rd.STATE).is_file():
+        have = ", ".join(p.name for p in rd.checkpoints(Path(run_dir))) if Path(run_dir).is_dir() else ""
+        raise ConfigError(f"{ckpt} is not a checkpoint of a train.py run (checkpoints: {have or 'none'})")
+    if Path(out).exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
     cfg = TrainConfig.from_json(ckpt / "train_config.json")
     if not cfg.lora:
         raise ConfigError(f"{run_dir} is a full finetuning run: {ckpt} is already a plain checkpoint")
@@ -32,7 +36,7 @@ def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best") ->
     model, tokenizer, base = build(dataclasses.replace(cfg, grad_checkpoint=False), num_labels)
     rd.restore_weights(model, ckpt)
     fuse_lora(model)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         save_weights(tmp, dict(tree_flatten(model.parameters())))
         atomic_write_json(tmp / rd.CONFIG, rd.model_config(base, model, cfg.task))
         tokenizer.save_pretrained(str(tmp))
@@ -40,12 +44,13 @@ def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mlx_models.fuse", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m mlx_models.fuse", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a LoRA run directory written by train.py")
-    p.add_argument("--out", required=True, help="output directory (must not exist)")
-    p.add_argument("--checkpoint", default="best", help="which checkpoint of the run (default: best)")
+    p.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
+    p.add_argument("--checkpoint", default="best", help="best, last or iter-N (default: best)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = p.parse_args(argv)
-    print(f"saved {fuse(args.run_dir, args.out, args.checkpoint)}")
+    print(f"saved {fuse(args.run_dir, args.out, args.checkpoint, force=args.force)}")
     return 0
 
 

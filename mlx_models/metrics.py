@@ -36,7 +36,7 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
     # fsync per record: after a crash metrics.jsonl still holds every finished evaluation.
     path = Path(run_dir) / METRICS_FILE
     with path.open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

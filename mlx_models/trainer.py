@@ -6,8 +6,11 @@ The step is `step.TrainStep` (compiled, accumulation, clipping); batches come fr
 `tasks.make_batch`; checkpoints live in `run_dir`; evaluation is `evaluation.evaluate`.
 """
 
+import contextlib
 import dataclasses
 import json
+import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +26,12 @@ from tqdm import tqdm
 
 from . import run_dir as rd
 from .batching import batch_order, encode, pad_id_for
+from .cli import deferred_signals, stop_for
 from .config import TrainConfig
 from .data import Splits, load_splits
-from .errors import ConfigError, MLXModelsError
+from .errors import ConfigError, DataError, MLXModelsError
 from .evaluation import evaluate
-from .loading import load_model, load_tokenizer, read_config, resolve
+from .loading import check_tokenizer, load_model, load_tokenizer, read_config, resolve
 from .lora import apply_lora
 from .metrics import append_metrics, plot_curves, truncate_metrics
 from .step import TrainStep, make_optimizer
@@ -39,6 +43,10 @@ Fault = Callable[[int, int], None]  # fault(step, micro_batch): tests raise out-
 
 class OutOfMemory(MLXModelsError):
     pass
+
+
+class TrainingError(MLXModelsError):
+    """Training that cannot go on (the loss diverged)."""
 
 
 def is_oom(e: Exception) -> bool:
@@ -55,6 +63,12 @@ def build(cfg: TrainConfig, num_labels: int) -> tuple[nn.Module, Any, Path]:
     mx.random.seed(cfg.seed)
     model = load_model(directory, cfg.task, config_overrides=overrides)
     tokenizer = load_tokenizer(directory)
+    check_tokenizer(tokenizer, read_config(directory), cfg.model)
+    if model.args.max_positions and cfg.max_length > model.args.max_positions:
+        raise ConfigError(
+            f"max_length {cfg.max_length} is longer than the {model.args.max_positions} positions of "
+            f"{cfg.model}; pass --max-length {model.args.max_positions} or less"
+        )
     if cfg.task == "mlm" and tokenizer.mask_token_id is None:
         raise ConfigError(f"{cfg.model} has no mask token, so it cannot train masked-LM; use --task lm")
     if cfg.lora:
@@ -84,6 +98,7 @@ class Run:
     total_steps: int
     eval_every: int
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
+    saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
 
     @property
     def group(self) -> int:  # examples per optimizer step
@@ -104,6 +119,8 @@ class Run:
         )
 
     def save(self, name: str, state: rd.TrainState) -> None:
+        if name == "last":
+            self.saved_at = time.monotonic()
         rd.save_checkpoint(
             self.dir / name, self.model, self.optimizer, state, self.cfg, self.tokenizer, self.base
         )
@@ -129,11 +146,16 @@ def setup(cfg: TrainConfig) -> Run:
 
 
 def start_or_resume(run: Run) -> rd.TrainState:
+    """A new run directory, or the state of the furthest checkpoint of the run to resume (a run
+    killed before its first checkpoint starts again from step 0)."""
+    fresh = rd.TrainState(micro_batch=run.cfg.batch_size, grad_accum=run.cfg.grad_accum)
     if not run.cfg.resume:
         rd.create(run.dir, run.cfg)
-        return rd.TrainState(micro_batch=run.cfg.batch_size, grad_accum=run.cfg.grad_accum)
-    rd.recover(run.dir)
-    state = rd.restore_checkpoint(run.dir / "last", run.model, run.optimizer)
+        return fresh
+    ckpt = rd.latest_checkpoint(run.dir)
+    if ckpt is None:
+        print(f"notice: {run.dir} has no checkpoint yet: starting it again from step 0", file=sys.stderr)
+    state = fresh if ckpt is None else rd.restore_checkpoint(ckpt, run.model, run.optimizer)
     truncate_metrics(run.dir, state.step)
     return state
 
@@ -155,35 +177,57 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
         f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
         file=sys.stderr,
     )
-    train_loop(run, state, fault)
+    try:
+        train_loop(run, state, fault)
+    except BaseException:
+        if not cfg.resume and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
     return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer)
 
 
 def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
+    """Steps until done or early-stopped; SIGINT/SIGTERM save last/ and stop at the next step."""
     run.model.train()
     mx.reset_peak_memory()
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", file=sys.stderr)
     running, tokens, tic = [], 0, time.perf_counter()
-    try:
+    with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
+            check_finite(run, state, "training loss", loss)
             state.step, state.batch = state.step + 1, b + 1
             running.append(loss)
             tokens += n
             bar.update(1)
             memory = f"{mx.get_active_memory() / 1e9:.2f}/{mx.get_peak_memory() / 1e9:.2f}"
-            bar.set_postfix(
-                loss=f"{loss:.4f}", tok_s=f"{tokens / (time.perf_counter() - tic):.0f}", mem_gb=memory
-            )
+            speed = f"{tokens / (time.perf_counter() - tic):.0f}"
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=speed, mem_gb=memory)
             done, stop = state.step >= run.total_steps, False
             if state.step % run.eval_every == 0 or done:
                 stop = evaluate_and_keep_best(run, state, state.epoch + state.batch / n_batches, running)
                 running = []
-            save_periodic(run, state, final=done or stop)
+            save_periodic(run, state, final=done or stop or bool(signals))
+            if signals:
+                print(f"\nstopped at step {state.step}: saved {run.dir / 'last'}; "
+                      f"continue with --resume {run.dir}", file=sys.stderr)  # fmt: skip
+                raise stop_for(signals[0])
             if done or stop:
                 break
-    finally:
-        bar.close()
+
+
+def check_finite(run: Run, state: rd.TrainState, what: str, value: float) -> None:
+    """A non-finite loss ends the run; the checkpoints written so far are kept as they are."""
+    if math.isfinite(value):
+        return
+    kept = rd.checkpoints(run.dir)
+    where = "no checkpoint was written"
+    if kept:
+        where = f"the last good checkpoint is {kept[-1]} (step {rd.checkpoint_step(kept[-1])})"
+    raise TrainingError(
+        f"the {what} became {value} at step {state.step + 1}: training diverged; {where}; start a new "
+        f"run with a lower --learning-rate (now {run.cfg.learning_rate:g}) or --max-grad-norm"
+    )
 
 
 def positions(run: Run, state: rd.TrainState) -> Iterator[tuple[list[int], int, int]]:
@@ -244,6 +288,7 @@ def optimizer_step(run: Run, state: rd.TrainState, idx: list[int], b: int, fault
 def evaluate_and_keep_best(run: Run, state: rd.TrainState, epoch: float, running: list[float]) -> bool:
     """Evaluate, record, keep best/; returns True when early stopping says stop."""
     val, tr = run.evaluate("validation"), run.evaluate("probe")
+    check_finite(run, state, "validation loss", val["loss"])
     mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
     common = {"step": state.step, "epoch": round(epoch, 4)}
     append_metrics(
@@ -266,38 +311,52 @@ def evaluate_and_keep_best(run: Run, state: rd.TrainState, epoch: float, running
 
 
 def save_periodic(run: Run, state: rd.TrainState, final: bool) -> None:
+    """iter-<step>/ every save_every steps; last/ then, at the end, and every save_minutes."""
     periodic = bool(run.cfg.save_every) and state.step % run.cfg.save_every == 0
+    minutes = run.cfg.save_minutes
+    timed = minutes is not None and time.monotonic() - run.saved_at >= 60 * minutes
     if periodic:
         run.save(f"iter-{state.step}", state)
-    if periodic or final:
+    if periodic or final or timed:
         run.save("last", state)
+
+
+def scored_checkpoint(run_dir: Path) -> Path:
+    """best/ (lowest validation loss), else last/: the checkpoint a run is scored with."""
+    for name in ("best", "last"):
+        if (run_dir / name / rd.STATE).is_file():
+            return run_dir / name
+    raise ConfigError(f"{run_dir} has no checkpoint (best/ or last/) to evaluate; train or --resume it first")
 
 
 def test_and_report(cfg: TrainConfig, run_dir: Path, model: nn.Module, splits: Splits, tokenizer) -> dict:
     """Score the best checkpoint on the test split: one JSON line, and a metrics.jsonl record."""
-    best = run_dir / ("best" if (run_dir / "best").exists() else "last")
+    best = scored_checkpoint(run_dir)
     rd.restore_weights(model, best)
+    encoded = encode(tokenizer, splits.test.texts, cfg.max_length)
     result = evaluate(
-        model,
-        cfg.task,
-        encode(tokenizer, splits.test.texts, cfg.max_length),
-        splits.test.labels,
-        batch_size=cfg.batch_size,
-        pad_id=pad_id_for(tokenizer),
-        padding_side=cfg.padding_side,
-        tokenizer=tokenizer,
-        seed=cfg.seed,
-    )
+        model, cfg.task, encoded, splits.test.labels, batch_size=cfg.batch_size, pad_id=pad_id_for(tokenizer),
+        padding_side=cfg.padding_side, tokenizer=tokenizer, seed=cfg.seed,
+    )  # fmt: skip
+    if not math.isfinite(result["loss"]):
+        raise TrainingError(f"the test loss of {best} is {result['loss']}: its weights are not usable")
     record = {"split": "test", "checkpoint": best.name, "step": rd.checkpoint_step(best)}
     record |= result | {"peak_gb": mx.get_peak_memory() / 1e9}
     append_metrics(run_dir, record)
     plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
-    print(json.dumps(record, sort_keys=True))
+    print(json.dumps(record, sort_keys=True, allow_nan=False))
     return record
 
 
 def evaluate_run(cfg: TrainConfig) -> dict:
     """``train.py --eval-only RUN``: reload the best checkpoint and score the test split."""
+    run_dir = Path(cfg.out)
+    head = read_config(scored_checkpoint(run_dir)).get("num_labels", 2)
     splits = load_splits(dataclasses.replace(cfg, eval_only=None))
-    model, tokenizer, _ = build(cfg, splits.num_labels)
-    return test_and_report(cfg, Path(cfg.out), model, splits, tokenizer)
+    if cfg.task == "classify" and splits.num_labels > head:
+        raise DataError(
+            f"the data has {splits.num_labels} labels but the classifier of {run_dir} has {head}; "
+            "evaluate it on data with the labels it was trained on"
+        )
+    model, tokenizer, _ = build(cfg, head)
+    return test_and_report(cfg, run_dir, model, splits, tokenizer)

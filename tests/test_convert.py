@@ -15,6 +15,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import mlx_models
+import mlx_models.hub
 from hf_fixtures import make_hf_model
 from mlx_models import load, load_model
 from mlx_models.cli import run_cli
@@ -239,6 +240,7 @@ def test_gated_or_missing_hub_repo(tmp_path, capsys, monkeypatch, error, expect)
         raise getattr(errors, error)(f"{error} for {repo_id}", response=httpx2.Response(401, request=request))
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(mlx_models.hub, "reachable", lambda: True)  # the fake hub answers
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setattr(huggingface_hub, "list_repo_files", refuse)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)

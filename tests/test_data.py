@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_models import data
+from mlx_models import hub
 from mlx_models.batching import batch_order, collate, encode
 from mlx_models.config import TrainConfig
 from mlx_models.data import load_splits
@@ -151,7 +151,7 @@ def test_embedded_imdb_max_samples(offline):
 def test_unreachable_hub_falls_back_or_explains(monkeypatch, capsys):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     s = load_splits(TrainConfig(dataset="imdb", max_samples=50))
     assert "unreachable" in capsys.readouterr().err and "embedded" in s.source
     with pytest.raises(DataError, match="ag_news.*unreachable.*--data-dir"):
@@ -163,7 +163,7 @@ def test_hub_dataset_uses_registry_columns(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
     fake = {
         name: {
             "title": [f"t{i}" for i in range(n)],
