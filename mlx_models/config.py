@@ -355,6 +355,8 @@ def parse_command_line(argv: list[str]) -> dict:
 def load_train_config(argv: list[str] | None, config_path: str | os.PathLike = DEFAULT_CONFIG) -> TrainConfig:
     """Resolve the training config from defaults, config.yaml and argv (None = sys.argv[1:])."""
     cli = parse_command_line(list(argv) if argv is not None else sys.argv[1:])
+    if cli.get("resume") and cli.get("eval_only"):
+        raise ConfigError("--resume and --eval-only cannot be combined; pass one of them")
     run_dir = cli.get("resume") or cli.get("eval_only")
     cfg = _from_run_dir(cli, run_dir) if run_dir else TrainConfig(**_merge_layers(cli, config_path))
     _check_model_and_data(cfg, config_path)

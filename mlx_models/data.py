@@ -256,28 +256,36 @@ def _columns(where: str, ds, text_col: str, label_col: str | None) -> _Raw:
     """Check and extract the text and label columns of a dataset (a `datasets.Dataset`)."""
     if len(ds) == 0:
         raise DataError(f"{where} has no examples; add some or remove the file")
-    have = ds.column_names
-    for role, col in (("text", text_col), ("label", label_col)):
-        if col is not None and col not in have:
-            raise DataError(
-                f"{where} has no {role} column {col!r} (columns: {', '.join(have) or 'none'}); "
-                f"rename the column to {col!r}"
-            )
-    texts, labels = ds[text_col], None if label_col is None else ds[label_col]
-    for role, values in (("text", texts), ("label", labels or [])):
-        missing = [i for i, v in enumerate(values, 1) if v is None or (role == "label" and v == "")]
-        if missing:
-            raise DataError(
-                f"{where}: {len(missing)} example(s) without a {role} (first: example {missing[0]}); "
-                f"fill in or remove them"
-            )
-    not_text = [i for i, t in enumerate(texts, 1) if not isinstance(t, str)]
-    if not_text:
+    _require_column(where, ds, "text", text_col)
+    texts = ds[text_col]
+    _require_values(where, "text", [t is None for t in texts])
+    if not_text := [i for i, t in enumerate(texts, 1) if not isinstance(t, str)]:
         raise DataError(
             f"{where}: the {text_col!r} column must hold strings, found {texts[not_text[0] - 1]!r} "
             f'(example {not_text[0]}); write one object per example, like {{"text": ..., "label": ...}}'
         )
+    labels = None
+    if label_col is not None:
+        _require_column(where, ds, "label", label_col)
+        labels = ds[label_col]
+        _require_values(where, "label", [v is None or v == "" for v in labels])
     return _Raw(list(texts), labels, where)
+
+
+def _require_column(where: str, ds, role: str, col: str) -> None:
+    if col not in ds.column_names:
+        have = ", ".join(ds.column_names) or "none"
+        raise DataError(
+            f"{where} has no {role} column {col!r} (columns: {have}); rename the column to {col!r}"
+        )
+
+
+def _require_values(where: str, role: str, missing: list[bool]) -> None:
+    if first := next((i for i, m in enumerate(missing, 1) if m), None):
+        raise DataError(
+            f"{where}: {sum(missing)} example(s) without a {role} (first: example {first}); "
+            "fill in or remove them"
+        )
 
 
 # ---- hub and embedded copies --------------------------------------------------------------------

@@ -62,8 +62,8 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
         cache_dir() / f"{slug}-q{quantize_bits}-{key}" if quantize_bits else cache_dir() / f"{slug}-{key}"
     )
     if not (target / "config.json").exists():
-        print(f"converting {name} into {target} (first use)", file=sys.stderr)
         convert(spec, target, q_bits=quantize_bits, force=target.exists())
+        print(f"note: converted {name} into {target} (first use; cached)", file=sys.stderr)
     return target
 
 

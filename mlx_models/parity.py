@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", action="append", choices=TASKS, help="only these heads (repeat the flag)")
     args = p.parse_args(argv)
     tol = args.tol if args.tol is not None else DEFAULT_TOL[args.dtype]
-    print(f"reference: transformers on {torch_device()}; MLX {args.dtype} on {mx.default_device()}")
     rows = run_parity(args.path, dtype=args.dtype, tasks=tuple(args.task) if args.task else None)
+    print(f"reference: transformers on {torch_device()}; MLX {args.dtype} on {mx.default_device()}")
     for r in rows:
         print(r)
     failed = [r for r in rows if not r.max_abs <= tol * r.scale]  # NaN fails

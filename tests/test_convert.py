@@ -70,12 +70,14 @@ def test_roberta_base_shape_shards_and_reloads_bit_exact(tmp_path):
     assert m(mx.array([[0, 100, 200, 2]])).shape == (1, 4, 50265)
 
 
-def test_pytorch_bin_checkpoint(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pytorch_bin_checkpoint(tmp_path, zip_format):
+    """Both torch.save formats: the zip one (torch >= 1.6) and the legacy one, still weights_only."""
     hf = make_hf_model(tmp_path / "st", "bert", "classify")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(hf)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")  # the pre-safetensors format
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
     for f in [*hf.glob("*token*"), hf / "config.json"]:
         (bin_dir / f.name).write_bytes(f.read_bytes())
     assert (bin_dir / "pytorch_model.bin").exists()
@@ -127,6 +129,11 @@ def test_force_replaces_existing_output(tmp_path):
     (out / "stale.txt").write_text("old")
     assert convert_main([str(hf), "--out", str(out), "--force"]) == 0
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    file_out = tmp_path / "a-file"
+    file_out.write_text("in the way")  # --force onto a file replaces it, and leaves no .old-PID
+    assert convert_main([str(hf), "--out", str(file_out), "--force"]) == 0
+    assert (file_out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "hf", "out"]
 
 
 # --- bad input: one line, exit code 2, nothing left behind ---------------------------------

@@ -54,6 +54,15 @@ def test_local_formats(tmp_path, ext):
     assert s.source == f"local dir {tmp_path}"
 
 
+def test_csv_with_a_byte_order_mark_and_na_like_texts(tmp_path):
+    """As Excel saves it: UTF-8 with a BOM; "NA"/"null" are texts and "007" keeps its zeros."""
+    body = "text,label\nNA,0\nnull,1\n007,0\n" + "".join(f"review {i},{i % 2}\n" for i in range(20))
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    s = local(tmp_path)
+    texts = s.train.texts + s.validation.texts + s.test.texts
+    assert {"NA", "null", "007"} <= set(texts) and len(texts) == 23
+
+
 def test_string_labels_map_to_sorted_names(tmp_path):
     write(tmp_path / "train.csv", rows(10, labels=("pos", "neg", "meh")))
     write(tmp_path / "test.csv", rows(3, 50, labels=("neg",)))

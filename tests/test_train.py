@@ -34,43 +34,9 @@ from mlx_models.metrics import read_metrics
 from mlx_models.reference import torch_model
 from mlx_models.run_dir import restore_weights
 from mlx_models.tasks import classify_loss
+from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
-
-POSITIVE = ["great", "brilliant", "wonderful", "charming", "powerful"]
-POSITIVE += ["smart", "funny", "sweet", "beautiful", "impressive"]
-NEGATIVE = ["terrible", "lazy", "clumsy", "boring", "forced"]
-NEGATIVE += ["confusing", "predictable", "weak", "forgettable", "dull"]
-SUBJECTS = ["acting", "story", "music", "plot", "ending", "cast", "script", "dialogue", "camera work", "film"]
-TEMPLATES = [
-    "The {s} was {w}, truly {w}.",
-    "I thought the {s} was {w}.",
-    "Honestly, a {w} {s}; just {w}.",
-    "What a {w} {s}!",
-]
-SIZES = {"train": 48, "validation": 16, "test": 16}  # per label: 96 / 32 / 32 examples
-
-
-def sentiment_splits(seed: int = 0) -> dict[str, list[dict]]:
-    """Balanced, disjoint, deterministic splits; no sentence appears in two splits."""
-    rng = np.random.default_rng(seed)
-    pools = {}
-    for label, words in ((1, POSITIVE), (0, NEGATIVE)):
-        texts = [t.format(s=s, w=w) for t in TEMPLATES for s in SUBJECTS for w in words]
-        pools[label] = [texts[i] for i in rng.permutation(len(texts))]
-    splits, start = {}, 0
-    for name, n in SIZES.items():
-        rows = [{"text": t, "label": label} for label in (1, 0) for t in pools[label][start : start + n]]
-        splits[name] = [rows[i] for i in rng.permutation(len(rows))]
-        start += n
-    return splits
-
-
-def write_splits(directory: Path, splits: dict[str, list]) -> Path:
-    directory.mkdir(parents=True)
-    for name, rows in splits.items():
-        (directory / f"{name}.json").write_text(json.dumps(rows))
-    return directory
 
 
 @pytest.fixture(scope="module")
