@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -227,6 +228,24 @@ def test_unreachable_hub_cli(tmp_path):
         timeout=120,
     )
     assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable")
+
+
+def test_network_down_without_offline_mode_is_one_quick_line(tmp_path):
+    """HF_HUB_OFFLINE unset and the hub unreachable (a closed local port): the probe answers at
+    once, where the hub client would retry for ~25 s and end in a traceback."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    tic = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable (127.0.0.1)")
+    assert "HF_HUB_OFFLINE=1" in r.stderr and time.monotonic() - tic < 25
 
 
 @pytest.mark.parametrize(
