@@ -78,7 +78,7 @@ def load_splits(cfg: TrainConfig, config_path: str | os.PathLike = DEFAULT_CONFI
         raw, num_labels, label_names = _label_ids(
             raw, int(info["num_labels"]) if "num_labels" in info else None, info.get("label_names") or names
         )
-    splits = _hold_out({name: Split(r.texts, r.labels) for name, r in raw.items()}, holdout, source)
+    splits = hold_out({name: Split(r.texts, r.labels) for name, r in raw.items()}, holdout, source)
     if cfg.max_samples:
         for name, split in splits.items():
             if len(split) > cfg.max_samples:
@@ -87,7 +87,7 @@ def load_splits(cfg: TrainConfig, config_path: str | os.PathLike = DEFAULT_CONFI
     return Splits(**splits, num_labels=num_labels, label_names=label_names, source=source)
 
 
-def _hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict[str, Split]:
+def hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict[str, Split]:
     """Carve a missing validation or test split out of train (``holdout`` examples, else 10%)."""
     for name in ("validation", "test"):
         if name in splits:
@@ -325,6 +325,13 @@ def _read_registered(
             raw[split] = _columns(f"hub {repo} split {found}", dd[found], text_col, label_col)
     names = getattr(dd["train"].features.get(label_col), "names", None) if label_col else None
     return raw, names, f"hub {repo}", None
+
+
+def read_embedded_texts(name: str, config_path: str | os.PathLike = DEFAULT_CONFIG) -> list[str]:
+    """The texts of a registered dataset's embedded copy (for a default pretraining corpus)."""
+    embedded = dataset_registry(config_path)[name]["embedded"]
+    match = tuple(embedded.get("where", {}).items())
+    return list(_read_embedded(embedded["package"], embedded["file"], match)[0])
 
 
 def _read_embedded_split(name: str, embedded: dict, label_col: str | None):

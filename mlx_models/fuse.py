@@ -11,12 +11,12 @@ from pathlib import Path
 from mlx.utils import tree_flatten
 
 from . import run_dir as rd
+from .build import build
 from .cli import ArgumentParser, run_cli
 from .config import TrainConfig
 from .errors import ConfigError
 from .io import atomic_dir, atomic_write_json
 from .lora import fuse_lora
-from .trainer import build
 from .weights import save_weights
 
 

@@ -41,6 +41,7 @@ class TrainState:
     batch: int = 0  # next batch of the epoch's order
     best_loss: float | None = None
     bad_evals: int = 0  # evaluations since the best one
+    tokens: int = 0  # real (not padding) tokens trained on
 
 
 def create(run_dir: Path, cfg: TrainConfig) -> None:
@@ -122,10 +123,14 @@ def restore_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer)
     # mx.random.state is read-only in MLX >= 0.31; key(s) is [s >> 32, s & 0xFFFFFFFF].
     hi, lo = (int(x) for x in np.array(mx.load(str(path / "rng.safetensors"))["key"]))
     mx.random.seed((hi << 32) | lo)
-    state = TrainState(**read_json(path / STATE, WeightsError, "use another checkpoint"))
-    print(f"resuming {path.parent} at step {state.step}", file=sys.stderr)
+    state = checkpoint_state(path)
+    print(f"resuming {path.parent} at step {state.step} ({path.name}/)", file=sys.stderr)
     return state
 
 
+def checkpoint_state(path: Path) -> TrainState:
+    return TrainState(**read_json(path / STATE, WeightsError, "use another checkpoint"))
+
+
 def checkpoint_step(path: Path) -> int:
-    return int(read_json(path / STATE, WeightsError, "use another checkpoint")["step"])
+    return checkpoint_state(path).step

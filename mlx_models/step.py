@@ -12,16 +12,19 @@ from .config import TrainConfig
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> Callable:
-    warmup = int(cfg.warmup_ratio * total_steps)
+    """Linear warm-up from 0 (warmup_steps, else warmup_ratio of the steps), then linear or cosine
+    decay to min_learning_rate, or constant: HF's get_*_schedule_with_warmup."""
+    lr, end = cfg.learning_rate, cfg.min_learning_rate
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
     decay_steps = max(total_steps - warmup, 1)
     decay = {
-        "linear": optim.linear_schedule(cfg.learning_rate, 0.0, decay_steps),
-        "cosine": optim.cosine_decay(cfg.learning_rate, decay_steps),
-        "constant": lambda _: mx.array(cfg.learning_rate),
+        "linear": optim.linear_schedule(lr, end, decay_steps),
+        "cosine": optim.cosine_decay(lr, decay_steps, end),
+        "constant": lambda _: mx.array(lr),
     }[cfg.lr_schedule]
     if warmup == 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
+    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optim.Optimizer:

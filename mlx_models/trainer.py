@@ -25,19 +25,19 @@ import numpy as np
 from tqdm import tqdm
 
 from . import run_dir as rd
-from .batching import batch_order, encode, pad_id_for
+from . import scratch
+from .batching import batch_order, pad_id_for
+from .build import build, encode_split, examples, load_data, total_steps
 from .cli import deferred_signals, stop_for
 from .config import TrainConfig
-from .data import Splits, load_splits
+from .data import Splits
 from .errors import ConfigError, DataError, MLXModelsError
 from .evaluation import evaluate
-from .loading import check_tokenizer, load_model, load_tokenizer, read_config, resolve
-from .lora import apply_lora
+from .loading import read_config
 from .metrics import append_metrics, plot_curves, truncate_metrics
 from .step import TrainStep, make_optimizer
-from .tasks import LOSSES, make_batch
+from .tasks import LOSSES, Masking, make_batch
 
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 Fault = Callable[[int, int], None]  # fault(step, micro_batch): tests raise out-of-memory from it
 
 
@@ -54,35 +54,6 @@ def is_oom(e: Exception) -> bool:
     return isinstance(e, MemoryError) or "out of memory" in text or "allocat" in text
 
 
-def build(cfg: TrainConfig, num_labels: int) -> tuple[nn.Module, Any, Path]:
-    """(model, tokenizer, model directory) ready for training as ``cfg`` says."""
-    directory = resolve(cfg.model, quantize_bits=cfg.quantize)
-    overrides = {"num_labels": num_labels} if cfg.task == "classify" else {}
-    if cfg.dropout is not None:
-        overrides.update(dict.fromkeys(DROPOUT_KEYS, cfg.dropout))
-    mx.random.seed(cfg.seed)
-    model = load_model(directory, cfg.task, config_overrides=overrides)
-    tokenizer = load_tokenizer(directory)
-    check_tokenizer(tokenizer, read_config(directory), cfg.model)
-    if model.args.max_positions and cfg.max_length > model.args.max_positions:
-        raise ConfigError(
-            f"max_length {cfg.max_length} is longer than the {model.args.max_positions} positions of "
-            f"{cfg.model}; pass --max-length {model.args.max_positions} or less"
-        )
-    if cfg.task == "mlm" and tokenizer.mask_token_id is None:
-        raise ConfigError(f"{cfg.model} has no mask token, so it cannot train masked-LM; use --task lm")
-    if cfg.lora:
-        dropout = cfg.lora_dropout if cfg.dropout is None else cfg.dropout
-        apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, dropout)
-    elif "quantization" in read_config(directory):
-        raise ConfigError(f"{directory} is quantized: train it with --lora (QLoRA)")
-    if cfg.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(model.layers[0])
-    return model, tokenizer, directory
-
-
 @dataclass
 class Run:
     """Everything a training run holds while it trains."""
@@ -97,6 +68,7 @@ class Run:
     optimizer: optim.Optimizer
     total_steps: int
     eval_every: int
+    masking: Masking | None
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
     saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
 
@@ -114,7 +86,7 @@ class Run:
             batch_size=self.cfg.batch_size,
             pad_id=pad_id_for(self.tokenizer),
             padding_side=self.cfg.padding_side,
-            tokenizer=self.tokenizer,
+            masking=self.masking,
             seed=self.cfg.seed,
         )
 
@@ -127,22 +99,23 @@ class Run:
 
 
 def setup(cfg: TrainConfig) -> Run:
-    splits = load_splits(cfg)  # bad data fails here, before anything is written
-    model, tokenizer, base = build(cfg, splits.num_labels)
-    data = {}
-    for name in ("train", "validation"):
-        split = getattr(splits, name)
-        data[name] = (encode(tokenizer, split.texts, cfg.max_length), split.labels)
-    # A fixed train subset as large as validation, scored like it: train vs validation curves.
-    encoded, labels = data["train"]
-    probe = np.random.default_rng(cfg.seed).permutation(len(encoded))[: len(data["validation"][0])]
-    data["probe"] = ([encoded[i] for i in probe], None if labels is None else [labels[i] for i in probe])
-    steps_per_epoch = -(-len(encoded) // (cfg.batch_size * cfg.grad_accum))
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    optimizer = make_optimizer(cfg, total_steps)
+    """Data, model, examples and optimizer; bad input fails here, before anything is written."""
+    splits = load_data(cfg)
+    model, tokenizer, base = build(cfg, splits.num_labels, splits.train.texts)
+    data = examples(cfg, splits, tokenizer)
+    steps, per_epoch = total_steps(cfg, len(data["train"][0]))
+    optimizer = make_optimizer(cfg, steps)
     optimizer.init(model.trainable_parameters())
-    eval_every = cfg.eval_every or steps_per_epoch
-    return Run(cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, total_steps, eval_every)
+    eval_every, masking = cfg.eval_every or per_epoch, masking_for(cfg, tokenizer)
+    return Run(
+        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, masking
+    )
+
+
+def masking_for(cfg: TrainConfig, tokenizer) -> Masking | None:
+    if cfg.task != "mlm":
+        return None
+    return Masking.for_tokenizer(tokenizer, cfg.mlm_probability, cfg.whole_word_masking)
 
 
 def start_or_resume(run: Run) -> rd.TrainState:
@@ -151,6 +124,8 @@ def start_or_resume(run: Run) -> rd.TrainState:
     fresh = rd.TrainState(micro_batch=run.cfg.batch_size, grad_accum=run.cfg.grad_accum)
     if not run.cfg.resume:
         rd.create(run.dir, run.cfg)
+        if run.cfg.from_scratch:
+            scratch.save(run.base, scratch.config_for(run.cfg, run.tokenizer), run.tokenizer)
         return fresh
     ckpt = rd.latest_checkpoint(run.dir)
     if ckpt is None:
@@ -196,16 +171,17 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
             check_finite(run, state, "training loss", loss)
-            state.step, state.batch = state.step + 1, b + 1
+            state.step, state.batch, state.tokens = state.step + 1, b + 1, state.tokens + n
             running.append(loss)
             tokens += n
-            bar.update(1)
+            speed = tokens / (time.perf_counter() - tic)  # this session's, evaluations included
             memory = f"{mx.get_active_memory() / 1e9:.2f}/{mx.get_peak_memory() / 1e9:.2f}"
-            speed = f"{tokens / (time.perf_counter() - tic):.0f}"
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=speed, mem_gb=memory)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{speed:.0f}", mem_gb=memory)
             done, stop = state.step >= run.total_steps, False
             if state.step % run.eval_every == 0 or done:
-                stop = evaluate_and_keep_best(run, state, state.epoch + state.batch / n_batches, running)
+                epoch = state.epoch + state.batch / n_batches
+                stop = evaluate_and_keep_best(run, state, epoch, running, speed)
                 running = []
             save_periodic(run, state, final=done or stop or bool(signals))
             if signals:
@@ -253,7 +229,7 @@ def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> lis
                 None if labels is None else [labels[j] for j in part],
                 pad_id=pad_id_for(run.tokenizer),
                 padding_side=cfg.padding_side,
-                tokenizer=run.tokenizer,
+                masking=run.masking,
                 rng=rng,
             )
         )
@@ -285,17 +261,19 @@ def optimizer_step(run: Run, state: rd.TrainState, idx: list[int], b: int, fault
             mx.clear_cache()
 
 
-def evaluate_and_keep_best(run: Run, state: rd.TrainState, epoch: float, running: list[float]) -> bool:
+def evaluate_and_keep_best(
+    run: Run, state: rd.TrainState, epoch: float, running: list[float], tokens_per_s: float
+) -> bool:
     """Evaluate, record, keep best/; returns True when early stopping says stop."""
     val, tr = run.evaluate("validation"), run.evaluate("probe")
     check_finite(run, state, "validation loss", val["loss"])
     mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
-    common = {"step": state.step, "epoch": round(epoch, 4)}
+    common = {"step": state.step, "epoch": round(epoch, 4), "tokens": state.tokens}
     append_metrics(
         run.dir, {"split": "train", **common, **tr, "running_loss": float(np.mean(running)), **mem}
     )
     append_metrics(run.dir, {"split": "validation", **common, **val})
-    plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})")
+    plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})", x=curve_axis(run.cfg))
     tqdm.write(
         f"step {state.step}: train loss {tr['loss']:.4f}, validation loss {val['loss']:.4f}"
         + (f", accuracy {val['accuracy']:.4f}" if "accuracy" in val else ""),
@@ -333,26 +311,31 @@ def test_and_report(cfg: TrainConfig, run_dir: Path, model: nn.Module, splits: S
     """Score the best checkpoint on the test split: one JSON line, and a metrics.jsonl record."""
     best = scored_checkpoint(run_dir)
     rd.restore_weights(model, best)
-    encoded = encode(tokenizer, splits.test.texts, cfg.max_length)
+    encoded, labels = encode_split(cfg, splits, "test", tokenizer)
     result = evaluate(
-        model, cfg.task, encoded, splits.test.labels, batch_size=cfg.batch_size, pad_id=pad_id_for(tokenizer),
-        padding_side=cfg.padding_side, tokenizer=tokenizer, seed=cfg.seed,
+        model, cfg.task, encoded, labels, batch_size=cfg.batch_size, pad_id=pad_id_for(tokenizer),
+        padding_side=cfg.padding_side, masking=masking_for(cfg, tokenizer), seed=cfg.seed,
     )  # fmt: skip
     if not math.isfinite(result["loss"]):
         raise TrainingError(f"the test loss of {best} is {result['loss']}: its weights are not usable")
-    record = {"split": "test", "checkpoint": best.name, "step": rd.checkpoint_step(best)}
+    state = rd.checkpoint_state(best)
+    record = {"split": "test", "checkpoint": best.name, "step": state.step, "tokens": state.tokens}
     record |= result | {"peak_gb": mx.get_peak_memory() / 1e9}
     append_metrics(run_dir, record)
-    plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
+    plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})", x=curve_axis(cfg))
     print(json.dumps(record, sort_keys=True, allow_nan=False))
     return record
+
+
+def curve_axis(cfg: TrainConfig) -> str:
+    return "step" if cfg.task == "classify" else "tokens"  # pretraining: loss against tokens seen
 
 
 def evaluate_run(cfg: TrainConfig) -> dict:
     """``train.py --eval-only RUN``: reload the best checkpoint and score the test split."""
     run_dir = Path(cfg.out)
     head = read_config(scored_checkpoint(run_dir)).get("num_labels", 2)
-    splits = load_splits(dataclasses.replace(cfg, eval_only=None))
+    splits = load_data(dataclasses.replace(cfg, eval_only=None))
     if cfg.task == "classify" and splits.num_labels > head:
         raise DataError(
             f"the data has {splits.num_labels} labels but the classifier of {run_dir} has {head}; "

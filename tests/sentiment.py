@@ -6,6 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_fixtures import SENTENCES
+
+# Real English with repeated structure: a tiny language model learns it in a few dozen steps.
+CORPUS = [
+    f"The {s} of the film was {a}, and the audience {v} it."
+    for s in ("story", "music", "acting", "ending", "camera work", "dialogue")
+    for a in ("wonderful", "dull", "moving", "clumsy")
+    for v in ("loved", "hated", "remembered")
+] + SENTENCES
+
 POSITIVE = ["great", "brilliant", "wonderful", "charming", "powerful"]
 POSITIVE += ["smart", "funny", "sweet", "beautiful", "impressive"]
 NEGATIVE = ["terrible", "lazy", "clumsy", "boring", "forced"]

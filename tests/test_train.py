@@ -25,6 +25,7 @@ import mlx_models.trainer as trainer
 import train
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
+from mlx_models.build import build
 from mlx_models.cli import run_cli
 from mlx_models.config import TrainConfig, load_train_config
 from mlx_models.fuse import fuse
@@ -388,7 +389,7 @@ def test_lora_at_init_is_exactly_the_base_model(models, model_type):
 def test_fused_checkpoint_equals_base_plus_adapters(learned, tmp_path, name):
     run_dir = learned(name)[0]
     cfg = TrainConfig.from_json(run_dir / "best" / "train_config.json")
-    model, tok, _ = trainer.build(cfg, 2)
+    model, tok, _ = build(cfg, 2)
     restore_weights(model, run_dir / "best")
     model.eval()
     batch = padded_batch(tok, SENTENCES)
