@@ -216,17 +216,16 @@ def test_missing_path(tmp_path, capsys):
     assert_clean_failure(code, capsys.readouterr().err, out, "no such file or directory")
 
 
+def convert_hub_id(out: Path, env: dict) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, asked for a hub id."""
+    cmd = [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
 def test_unreachable_hub_cli(tmp_path):
-    """The real CLI in a subprocess: exit code 2 and one line on stderr."""
+    """Exit code 2 and one line on stderr."""
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    r = convert_hub_id(out, {**os.environ, "HF_HUB_OFFLINE": "1"})
     assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable")
 
 
@@ -234,16 +233,11 @@ def test_network_down_without_offline_mode_is_one_quick_line(tmp_path):
     """HF_HUB_OFFLINE unset and the hub unreachable (a closed local port): the probe answers at
     once, where the hub client would retry for ~25 s and end in a traceback."""
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {
+        "HF_ENDPOINT": "http://127.0.0.1:9"
+    }
     tic = time.monotonic()
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    r = convert_hub_id(out, env)
     assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable (127.0.0.1)")
     assert "HF_HUB_OFFLINE=1" in r.stderr and time.monotonic() - tic < 25
 
