@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .batching import encode
 from .config import TrainConfig
-from .data import SPLIT_FILES, Split, Splits, hold_out, load_splits, read_embedded_texts
+from .data import SPLIT_FILES, Split, Splits, hold_out, load_splits
 from .errors import DataError
 from .io import atomic_dir
 
@@ -68,8 +68,11 @@ def read_text_dir(directory: Path, whole_files: bool) -> list[str]:
 
 
 def write_default_corpus(directory: Path) -> None:
-    """Fill a missing --data-dir with real text: the embedded IMDB reviews, one per line."""
-    texts = read_embedded_texts("imdb")[:DEFAULT_CORPUS_DOCS]
+    """Fill a missing --data-dir with real text: embedded IMDB reviews, one per line, taken from the
+    training split of `--dataset imdb` only (its held-out validation and test reviews never appear
+    in a pretraining corpus)."""
+    imdb = load_splits(TrainConfig(dataset="imdb", task="mlm", out=str(directory)))
+    texts = imdb.train.texts[:DEFAULT_CORPUS_DOCS]
     with atomic_dir(directory) as tmp:
         (tmp / "imdb.txt").write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
     print(

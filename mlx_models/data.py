@@ -327,13 +327,6 @@ def _read_registered(
     return raw, names, f"hub {repo}", None
 
 
-def read_embedded_texts(name: str, config_path: str | os.PathLike = DEFAULT_CONFIG) -> list[str]:
-    """The texts of a registered dataset's embedded copy (for a default pretraining corpus)."""
-    embedded = dataset_registry(config_path)[name]["embedded"]
-    match = tuple(embedded.get("where", {}).items())
-    return list(_read_embedded(embedded["package"], embedded["file"], match)[0])
-
-
 def _read_embedded_split(name: str, embedded: dict, label_col: str | None):
     texts, labels = _read_embedded(
         embedded["package"], embedded["file"], tuple(embedded.get("where", {}).items())
