@@ -14,6 +14,7 @@ from .batching import encode
 from .config import TrainConfig
 from .corpus import blocks, load_corpus
 from .data import Splits, load_splits
+from .distributed import world
 from .errors import ConfigError, DataError
 from .loading import check_tokenizer, load_model, load_tokenizer, read_config, resolve
 from .lora import apply_lora
@@ -32,7 +33,7 @@ def build(cfg: TrainConfig, num_labels: int, texts: list[str] | None = None) -> 
     if cfg.from_scratch:
         model, tokenizer, directory = _from_scratch(cfg, overrides, texts)
     else:
-        directory = resolve(cfg.model, quantize_bits=cfg.quantize)
+        directory = resolve_once(cfg)
         mx.random.seed(cfg.seed)
         model = load_model(directory, cfg.task, config_overrides=overrides)
         tokenizer = load_tokenizer(directory)
@@ -48,6 +49,15 @@ def build(cfg: TrainConfig, num_labels: int, texts: list[str] | None = None) -> 
 
         grad_checkpoint(model.layers[0])
     return model, tokenizer, directory
+
+
+def resolve_once(cfg: TrainConfig) -> Path:
+    """The model's MLX directory; a conversion into the cache happens once, on rank 0, while the
+    other ranks wait (they would race on the cache)."""
+    w = world()
+    directory = resolve(cfg.model, quantize_bits=cfg.quantize) if w.main else None
+    w.barrier("rank 0's conversion of the model into the cache")
+    return directory or resolve(cfg.model, quantize_bits=cfg.quantize)
 
 
 def _from_scratch(cfg: TrainConfig, overrides: dict, texts: list[str] | None):
@@ -105,9 +115,28 @@ def examples(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> dict[str, tupl
     return data
 
 
-def total_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
-    """(optimizer steps of the run, steps per epoch): max_tokens, else max_steps, else epochs."""
-    group = cfg.batch_size * cfg.grad_accum
+def accumulation(cfg: TrainConfig, ranks: int) -> int:
+    """Micro-batches per optimizer step on each rank: global_batch_size = batch_size x that x ranks
+    when a global batch is given, else grad_accum."""
+    if not cfg.global_batch_size:
+        return cfg.grad_accum
+    accum, rest = divmod(cfg.global_batch_size, cfg.batch_size * ranks)
+    if rest or not accum:
+        raise ConfigError(
+            f"global_batch_size {cfg.global_batch_size} is not a multiple of batch_size {cfg.batch_size} "
+            f"x {ranks} rank(s); change one of them"
+        )
+    if cfg.grad_accum not in (1, accum):
+        raise ConfigError(
+            f"grad_accum {cfg.grad_accum} contradicts global_batch_size {cfg.global_batch_size} = "
+            f"batch_size {cfg.batch_size} x {accum} x {ranks} rank(s); give only one of them"
+        )
+    return accum
+
+
+def total_steps(cfg: TrainConfig, n_train: int, group: int) -> tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch) for ``group`` examples per step (the global
+    batch): max_tokens, else max_steps, else epochs."""
     per_epoch = -(-n_train // group)
     if cfg.max_tokens:
         return -(-cfg.max_tokens // (group * cfg.max_length)), per_epoch

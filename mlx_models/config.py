@@ -34,7 +34,15 @@ DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
 # What a continued run may change; everything else comes from RUN_DIR/config.json.
-RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "save_minutes", "memory_limit")
+RESUME_OVERRIDES = (
+    "epochs",
+    "max_steps",
+    "eval_every",
+    "save_every",
+    "save_minutes",
+    "memory_limit",
+    "dist_timeout",
+)
 EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
 
 
@@ -104,6 +112,9 @@ class TrainConfig:
     memory_limit: float | None = _f(None, "cap on accelerator memory in GB", above=0, max=1e6)
     padding_side: str = _f("right", "pad batches on the right or the left", choices=("right", "left"))
     compile: bool = _f(True, "compile the training step with mx.compile")
+    dist_timeout: float = _f(
+        600.0, "mlx.launch runs: seconds a rank waits for the others before it stops", above=0
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,16 +143,10 @@ class TrainConfig:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
     def _batch_problems(self) -> list[str]:
-        """global_batch_size = batch_size x grad_accum (x data-parallel ranks): set grad_accum."""
+        """global_batch_size = batch_size x grad_accum x ranks (build.accumulation sets grad_accum)."""
         size, micro = self.global_batch_size, self.batch_size
-        if not size or micro < 1:
-            return []
-        accum, rest = divmod(size, micro)
-        if rest or not accum:
+        if size and micro >= 1 and size % micro:
             return [f"global_batch_size {size} is not a multiple of batch_size {micro}"]
-        if self.grad_accum not in (1, accum):
-            return [f"grad_accum {self.grad_accum} contradicts global_batch_size {size} / batch_size {micro}"]
-        self.grad_accum = accum
         return []
 
     @classmethod

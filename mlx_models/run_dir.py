@@ -22,8 +22,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from . import weights
 from .config import TrainConfig, save_train_config
-from .errors import WeightsError
-from .io import atomic_dir, atomic_write_json, clear_stale, read_json, save_safetensors
+from .errors import ConfigError, WeightsError
+from .io import atomic_dir, atomic_write_json, read_json, save_safetensors
 from .models import architecture
 
 CONFIG = "config.json"
@@ -42,6 +42,7 @@ class TrainState:
     best_loss: float | None = None
     bad_evals: int = 0  # evaluations since the best one
     tokens: int = 0  # real (not padding) tokens trained on
+    ranks: int = 1  # data-parallel processes: a resume needs as many
 
 
 def create(run_dir: Path, cfg: TrainConfig) -> None:
@@ -56,9 +57,8 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: the furthest one (last/ on a tie). What a kill left half
-    done (a temp directory, a checkpoint swap cut between its renames) is cleared first."""
-    clear_stale(run_dir)
+    """The checkpoint to continue from: the furthest one (last/ on a tie). Clear what a kill left
+    half done first (`clear_stale`)."""
     found = checkpoints(run_dir)
     return found[-1] if found else None
 
@@ -116,8 +116,16 @@ def restore_weights(model: nn.Module, path: Path) -> None:
     model.load_weights(list(tensors.items()), strict=False)
 
 
-def restore_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> TrainState:
+def restore_checkpoint(
+    path: Path, model: nn.Module, optimizer: optim.Optimizer, ranks: int = 1
+) -> TrainState:
     """Weights, optimizer state, random state and trainer state of the checkpoint at ``path``."""
+    saved = checkpoint_state(path)
+    if saved.ranks != ranks:  # the global batches (and dropout streams) would differ: not exact
+        raise ConfigError(
+            f"{path} was trained on {saved.ranks} rank(s); resume it with {saved.ranks} "
+            f"(mlx.launch -n {saved.ranks}), not {ranks}"
+        )
     restore_weights(model, path)
     optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
     # mx.random.state is read-only in MLX >= 0.31; key(s) is [s >> 32, s & 0xFFFFFFFF].

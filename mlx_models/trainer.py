@@ -8,9 +8,9 @@ The step is `step.TrainStep` (compiled, accumulation, clipping); batches come fr
 
 import contextlib
 import dataclasses
-import json
 import math
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +27,16 @@ from tqdm import tqdm
 from . import run_dir as rd
 from . import scratch
 from .batching import batch_order, pad_id_for
-from .build import build, encode_split, examples, load_data, total_steps
+from .build import accumulation, build, examples, load_data, total_steps
 from .cli import deferred_signals, stop_for
 from .config import TrainConfig
 from .data import Splits
-from .errors import ConfigError, DataError, MLXModelsError
+from .distributed import World, world
+from .errors import MLXModelsError
 from .evaluation import evaluate
-from .loading import read_config
+from .io import clear_stale
 from .metrics import append_metrics, plot_curves, truncate_metrics
+from .scoring import TrainingError, curve_axis, evaluate_run, masking_for, test_and_report
 from .step import TrainStep, make_optimizer
 from .tasks import LOSSES, Masking, make_batch
 
@@ -43,10 +45,6 @@ Fault = Callable[[int, int], None]  # fault(step, micro_batch): tests raise out-
 
 class OutOfMemory(MLXModelsError):
     pass
-
-
-class TrainingError(MLXModelsError):
-    """Training that cannot go on (the loss diverged)."""
 
 
 def is_oom(e: Exception) -> bool:
@@ -69,12 +67,14 @@ class Run:
     total_steps: int
     eval_every: int
     masking: Masking | None
+    accum: int  # micro-batches per optimizer step, on each rank
+    world: World
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
     saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
 
     @property
-    def group(self) -> int:  # examples per optimizer step
-        return self.cfg.batch_size * self.cfg.grad_accum
+    def group(self) -> int:  # examples per optimizer step: the global batch, over every rank
+        return self.cfg.batch_size * self.accum * self.world.size
 
     def evaluate(self, name: str) -> dict:
         encoded, labels = self.data[name]
@@ -88,9 +88,13 @@ class Run:
             padding_side=self.cfg.padding_side,
             masking=self.masking,
             seed=self.cfg.seed,
+            world=self.world,
         )
 
     def save(self, name: str, state: rd.TrainState) -> None:
+        """Write a checkpoint (rank 0 alone writes)."""
+        if not self.world.main:
+            return
         if name == "last":
             self.saved_at = time.monotonic()
         rd.save_checkpoint(
@@ -100,72 +104,87 @@ class Run:
 
 def setup(cfg: TrainConfig) -> Run:
     """Data, model, examples and optimizer; bad input fails here, before anything is written."""
+    w = world()
+    accum = accumulation(cfg, w.size)
     splits = load_data(cfg)
     model, tokenizer, base = build(cfg, splits.num_labels, splits.train.texts)
     data = examples(cfg, splits, tokenizer)
-    steps, per_epoch = total_steps(cfg, len(data["train"][0]))
+    steps, per_epoch = total_steps(cfg, len(data["train"][0]), cfg.batch_size * accum * w.size)
     optimizer = make_optimizer(cfg, steps)
     optimizer.init(model.trainable_parameters())
     eval_every, masking = cfg.eval_every or per_epoch, masking_for(cfg, tokenizer)
     return Run(
-        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, masking
-    )
-
-
-def masking_for(cfg: TrainConfig, tokenizer) -> Masking | None:
-    if cfg.task != "mlm":
-        return None
-    return Masking.for_tokenizer(tokenizer, cfg.mlm_probability, cfg.whole_word_masking)
+        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, masking,
+        accum, w,
+    )  # fmt: skip
 
 
 def start_or_resume(run: Run) -> rd.TrainState:
-    """A new run directory, or the state of the furthest checkpoint of the run to resume (a run
-    killed before its first checkpoint starts again from step 0)."""
-    fresh = rd.TrainState(micro_batch=run.cfg.batch_size, grad_accum=run.cfg.grad_accum)
-    if not run.cfg.resume:
-        rd.create(run.dir, run.cfg)
-        if run.cfg.from_scratch:
-            scratch.save(run.base, scratch.config_for(run.cfg, run.tokenizer), run.tokenizer)
+    """A new run directory (rank 0 writes it, once every rank has checked its arguments), or the
+    state of the furthest checkpoint of the run to resume (a run killed before its first
+    checkpoint starts again from step 0)."""
+    cfg, w = run.cfg, run.world
+    fresh = rd.TrainState(micro_batch=cfg.batch_size, grad_accum=run.accum, ranks=w.size)
+    if not cfg.resume:
+        w.barrier("the start of the run")
+        if w.main:
+            rd.create(run.dir, cfg)
+            if cfg.from_scratch:
+                scratch.save(run.base, scratch.config_for(cfg, run.tokenizer), run.tokenizer)
         return fresh
+    if w.main:
+        clear_stale(run.dir)  # what a kill left half done
+    w.barrier("rank 0's recovery of the run directory")
     ckpt = rd.latest_checkpoint(run.dir)
     if ckpt is None:
         print(f"notice: {run.dir} has no checkpoint yet: starting it again from step 0", file=sys.stderr)
-    state = fresh if ckpt is None else rd.restore_checkpoint(ckpt, run.model, run.optimizer)
-    truncate_metrics(run.dir, state.step)
+        state = fresh
+    else:
+        state = rd.restore_checkpoint(ckpt, run.model, run.optimizer, ranks=w.size)
+    if w.main:
+        truncate_metrics(run.dir, state.step)
     return state
 
 
 def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
     """Train as ``cfg`` says, score the best checkpoint on the test split; returns the test record.
     ``fault(step, micro_batch)`` is called before every optimizer step (tests inject failures)."""
+    world().timeout = cfg.dist_timeout
     if cfg.eval_only:
         return evaluate_run(cfg)
     run = setup(cfg)
     state = start_or_resume(run)
     clip, loss_fn = cfg.max_grad_norm, LOSSES[cfg.task]
-    run.step = TrainStep(run.model, run.optimizer, loss_fn, max_grad_norm=clip, compile=cfg.compile)
+    run.step = TrainStep(
+        run.model, run.optimizer, loss_fn, max_grad_norm=clip, compile=cfg.compile, world=run.world
+    )
     if cfg.memory_limit:
         mx.set_memory_limit(int(cfg.memory_limit * 1024**3))
     kind = ("LoRA" if cfg.lora else "full") + (", 4-bit base" if cfg.quantize else "")
+    ranks = f", {run.world.size} ranks x {cfg.batch_size} x {run.accum}" if run.world.size > 1 else ""
     print(
-        f"training {cfg.model} ({kind}) on {len(run.data['train'][0])} examples from "
+        f"training {cfg.model} ({kind}{ranks}) on {len(run.data['train'][0])} examples from "
         f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
         file=sys.stderr,
     )
     try:
         train_loop(run, state, fault)
     except BaseException:
-        if not cfg.resume and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
+        new = not cfg.resume and run.world.main
+        if new and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
             shutil.rmtree(run.dir, ignore_errors=True)
         raise
-    return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer)
+    return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer, run.world)
 
 
 def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
     """Steps until done or early-stopped; SIGINT/SIGTERM save last/ and stop at the next step."""
     run.model.train()
     mx.reset_peak_memory()
-    bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", file=sys.stderr)
+    bar = tqdm(
+        total=run.total_steps, initial=state.step, desc="train", unit="step", file=sys.stderr,
+        disable=not run.world.main,
+    )  # fmt: skip
     running, tokens, tic = [], 0, time.perf_counter()
     with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
@@ -183,11 +202,13 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
                 epoch = state.epoch + state.batch / n_batches
                 stop = evaluate_and_keep_best(run, state, epoch, running, speed)
                 running = []
-            save_periodic(run, state, final=done or stop or bool(signals))
-            if signals:
-                print(f"\nstopped at step {state.step}: saved {run.dir / 'last'}; "
-                      f"continue with --resume {run.dir}", file=sys.stderr)  # fmt: skip
-                raise stop_for(signals[0])
+            halt = run.world.any(bool(signals), "a stop request (SIGINT/SIGTERM)")
+            save_periodic(run, state, final=done or stop or halt)
+            if halt:
+                if run.world.main:
+                    print(f"\nstopped at step {state.step}: saved {run.dir / 'last'}; "
+                          f"continue with --resume {run.dir}", file=sys.stderr)  # fmt: skip
+                raise stop_for(signals[0] if signals else signal.SIGTERM)
             if done or stop:
                 break
 
@@ -218,7 +239,8 @@ def positions(run: Run, state: rd.TrainState) -> Iterator[tuple[list[int], int, 
 
 def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> list[dict]:
     cfg, (encoded, labels) = run.cfg, run.data["train"]
-    rng = np.random.default_rng((cfg.seed, state.epoch, b))  # masks depend on the position: resume-safe
+    idx = run.world.part(idx)  # this rank's share of the global batch
+    rng = np.random.default_rng((cfg.seed, state.epoch, b, run.world.rank))  # by position: resume-safe
     out = []
     for i in range(0, len(idx), state.micro_batch):
         part = idx[i : i + state.micro_batch]
@@ -237,28 +259,37 @@ def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> lis
 
 
 def optimizer_step(run: Run, state: rd.TrainState, idx: list[int], b: int, fault: Fault | None):
-    """One optimizer step over ``idx``; on out-of-memory halve the micro-batch and retry."""
+    """One optimizer step over ``idx``; when any rank runs out of memory, every rank halves its
+    micro-batch (same global batch) and retries, together."""
     while True:
+        pending, oom = None, None
         try:
             if fault:
                 fault(state.step, state.micro_batch)
-            return run.step(micro_batches(run, state, idx, b))
+            pending = run.step.accumulate(micro_batches(run, state, idx, b))
         except Exception as e:
             if not is_oom(e):
                 raise
-            if state.micro_batch == 1:
-                raise OutOfMemory(
-                    "out of memory at micro-batch 1; lower --max-length, add --grad-checkpoint, "
-                    "use --lora (with --quantize 4) or raise --memory-limit"
-                ) from e
-            state.micro_batch //= 2
-            state.grad_accum = -(-run.group // state.micro_batch)
-            print(
-                f"out of memory at step {state.step + 1}: micro-batch -> {state.micro_batch}, "
-                f"accumulation -> {state.grad_accum} (same effective batch {run.group}); retrying",
-                file=sys.stderr,
-            )
-            mx.clear_cache()
+            oom = e
+        if not run.world.any(oom is not None, "the out-of-memory check"):
+            return run.step.apply(pending)
+        back_off(run, state, oom)
+
+
+def back_off(run: Run, state: rd.TrainState, error: Exception | None) -> None:
+    if state.micro_batch == 1:
+        raise OutOfMemory(
+            "out of memory at micro-batch 1; lower --max-length, add --grad-checkpoint, "
+            "use --lora (with --quantize 4) or raise --memory-limit"
+        ) from error
+    state.micro_batch //= 2
+    state.grad_accum = -(-run.cfg.batch_size * run.accum // state.micro_batch)
+    print(
+        f"out of memory at step {state.step + 1}: micro-batch -> {state.micro_batch}, "
+        f"accumulation -> {state.grad_accum} (same effective batch {run.group}); retrying",
+        file=sys.stderr,
+    )
+    mx.clear_cache()
 
 
 def evaluate_and_keep_best(
@@ -267,18 +298,10 @@ def evaluate_and_keep_best(
     """Evaluate, record, keep best/; returns True when early stopping says stop."""
     val, tr = run.evaluate("validation"), run.evaluate("probe")
     check_finite(run, state, "validation loss", val["loss"])
-    mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
-    common = {"step": state.step, "epoch": round(epoch, 4), "tokens": state.tokens}
-    append_metrics(
-        run.dir, {"split": "train", **common, **tr, "running_loss": float(np.mean(running)), **mem}
-    )
-    append_metrics(run.dir, {"split": "validation", **common, **val})
-    plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})", x=curve_axis(run.cfg))
-    tqdm.write(
-        f"step {state.step}: train loss {tr['loss']:.4f}, validation loss {val['loss']:.4f}"
-        + (f", accuracy {val['accuracy']:.4f}" if "accuracy" in val else ""),
-        file=sys.stderr,
-    )
+    if run.world.main:
+        record_evaluation(
+            run, state, epoch, val, tr | {"running_loss": float(np.mean(running))}, tokens_per_s
+        )
     if state.best_loss is None or val["loss"] < state.best_loss:
         state.best_loss, state.bad_evals = val["loss"], 0
         run.save("best", state)
@@ -286,6 +309,22 @@ def evaluate_and_keep_best(
     state.bad_evals += 1
     patience = run.cfg.early_stopping_patience
     return patience is not None and state.bad_evals >= patience
+
+
+def record_evaluation(
+    run: Run, state: rd.TrainState, epoch: float, val: dict, tr: dict, speed: float
+) -> None:
+    """metrics.jsonl, curves.png and a line on stderr: the training probe and validation scores."""
+    mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
+    common = {"step": state.step, "epoch": round(epoch, 4), "tokens": state.tokens}
+    append_metrics(run.dir, {"split": "train", **common, **tr, "tokens_per_s": round(speed, 1), **mem})
+    append_metrics(run.dir, {"split": "validation", **common, **val})
+    plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})", x=curve_axis(run.cfg))
+    tqdm.write(
+        f"step {state.step}: train loss {tr['loss']:.4f}, validation loss {val['loss']:.4f}"
+        + (f", accuracy {val['accuracy']:.4f}" if "accuracy" in val else ""),
+        file=sys.stderr,
+    )
 
 
 def save_periodic(run: Run, state: rd.TrainState, final: bool) -> None:
@@ -297,49 +336,3 @@ def save_periodic(run: Run, state: rd.TrainState, final: bool) -> None:
         run.save(f"iter-{state.step}", state)
     if periodic or final or timed:
         run.save("last", state)
-
-
-def scored_checkpoint(run_dir: Path) -> Path:
-    """best/ (lowest validation loss), else last/: the checkpoint a run is scored with."""
-    for name in ("best", "last"):
-        if (run_dir / name / rd.STATE).is_file():
-            return run_dir / name
-    raise ConfigError(f"{run_dir} has no checkpoint (best/ or last/) to evaluate; train or --resume it first")
-
-
-def test_and_report(cfg: TrainConfig, run_dir: Path, model: nn.Module, splits: Splits, tokenizer) -> dict:
-    """Score the best checkpoint on the test split: one JSON line, and a metrics.jsonl record."""
-    best = scored_checkpoint(run_dir)
-    rd.restore_weights(model, best)
-    encoded, labels = encode_split(cfg, splits, "test", tokenizer)
-    result = evaluate(
-        model, cfg.task, encoded, labels, batch_size=cfg.batch_size, pad_id=pad_id_for(tokenizer),
-        padding_side=cfg.padding_side, masking=masking_for(cfg, tokenizer), seed=cfg.seed,
-    )  # fmt: skip
-    if not math.isfinite(result["loss"]):
-        raise TrainingError(f"the test loss of {best} is {result['loss']}: its weights are not usable")
-    state = rd.checkpoint_state(best)
-    record = {"split": "test", "checkpoint": best.name, "step": state.step, "tokens": state.tokens}
-    record |= result | {"peak_gb": mx.get_peak_memory() / 1e9}
-    append_metrics(run_dir, record)
-    plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})", x=curve_axis(cfg))
-    print(json.dumps(record, sort_keys=True, allow_nan=False))
-    return record
-
-
-def curve_axis(cfg: TrainConfig) -> str:
-    return "step" if cfg.task == "classify" else "tokens"  # pretraining: loss against tokens seen
-
-
-def evaluate_run(cfg: TrainConfig) -> dict:
-    """``train.py --eval-only RUN``: reload the best checkpoint and score the test split."""
-    run_dir = Path(cfg.out)
-    head = read_config(scored_checkpoint(run_dir)).get("num_labels", 2)
-    splits = load_data(dataclasses.replace(cfg, eval_only=None))
-    if cfg.task == "classify" and splits.num_labels > head:
-        raise DataError(
-            f"the data has {splits.num_labels} labels but the classifier of {run_dir} has {head}; "
-            "evaluate it on data with the labels it was trained on"
-        )
-    model, tokenizer, _ = build(cfg, head)
-    return test_and_report(cfg, run_dir, model, splits, tokenizer)

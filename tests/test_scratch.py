@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 import train
 from mlx_models import load_model, scratch
 from mlx_models.batching import encode
+from mlx_models.build import accumulation
 from mlx_models.cli import run_cli
 from mlx_models.config import TrainConfig, load_train_config
 from mlx_models.corpus import pack
@@ -181,7 +182,7 @@ def pretrain_argv(corpus: Path, out: Path, *extra: str) -> list[str]:
 def test_litgpt_flags_map_onto_ours(corpus, tmp_path):
     argv = pretrain_argv(corpus, tmp_path / "r", "--train.max_tokens", "5000", "--train.lr_warmup_steps", "3")
     cfg = load_train_config([*argv, "--eval.interval", "4", "--train.save_interval", "8"])
-    assert (cfg.batch_size, cfg.global_batch_size, cfg.grad_accum) == (4, 8, 2)
+    assert (cfg.batch_size, cfg.global_batch_size, accumulation(cfg, 1), accumulation(cfg, 2)) == (4, 8, 2, 1)
     assert (cfg.max_tokens, cfg.warmup_steps, cfg.eval_every, cfg.save_every) == (5000, 3, 4, 8)
     finetune = load_train_config(["--data_dir", str(corpus), "--output_dir", str(tmp_path / "f"), "--num_epochs", "2",
                                   "--use_agnews", "--num_labels", "4", "--batch_size", "2"])  # fmt: skip
