@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 import numpy as np
-from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
+from common import describe, mlx_row, prepare, section, time_interleaved, torch_row
 
 from mlx_models import scratch
 from mlx_models.tasks import Masking, make_batch, mlm_loss
@@ -43,12 +43,9 @@ def run(quick: bool, batch: int = 8, seq: int = 128) -> str:
     rows = time_interleaved([ours, pt])
     mx.clear_cache()
     desc = (
-        f"RoBERTa {cfg['hidden_size']} hidden, {cfg['num_hidden_layers']} layers, "
-        f"{cfg['num_attention_heads']} heads, intermediate {cfg['intermediate_size']}, "
-        f"vocab {cfg['vocab_size']} (roberta-base shape"
-        f"{', shrunk for --quick' if quick else ''}), HF's initialisation; batch {batch} × seq {seq} = "
-        f"{tokens} tokens/step, 15% of the tokens masked (80/10/10), every weight trained (tied decoder), "
-        "dropout 0.1, AdamW lr 1e-4, clipping 1.0."
+        f"RoBERTa {describe(cfg)} (roberta-base shape{', shrunk for --quick' if quick else ''}), HF's "
+        f"initialisation; batch {batch} × seq {seq} = {tokens} tokens/step, 15% of the tokens masked "
+        "(80/10/10), every weight trained (tied decoder), dropout 0.1, AdamW lr 1e-4, clipping 1.0."
     )
-    ratios = ratio_table([("ours ÷ PyTorch", rows[0], rows[1])])
-    return f"## 4. Masked-LM pretraining step (RoBERTa)\n\n{desc}\n\n{table(rows)}\n\nRatio:\n\n{ratios}\n"
+    pairs = [("ours ÷ PyTorch", rows[0], rows[1])]
+    return section("4. Masked-LM pretraining step (RoBERTa)", desc, rows, pairs)
