@@ -196,10 +196,11 @@ def ratio_table(pairs: list[tuple[str, Row, Row]]) -> str:
     return "\n".join(lines)
 
 
-def shape(cfg: dict) -> str:
-    """ "384 hidden, 6 layers, 12 heads, intermediate 1536, vocab 30522" of a model config."""
+def describe(cfg: dict) -> str:
+    """The shape of a model config: hidden size, layers, heads, intermediate size, vocabulary."""
+    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     return (
-        f"{cfg['hidden_size']} hidden, {cfg['num_hidden_layers']} layers, {cfg['num_attention_heads']} heads, "
+        f"{cfg['hidden_size']} hidden, {layers} layers, {heads} heads, "
         f"intermediate {cfg['intermediate_size']}, vocab {cfg['vocab_size']}"
     )
 

@@ -1,7 +1,7 @@
 """Section 2: full finetuning of a MiniLM-sized BERT for sequence classification, ours vs transformers."""
 
 import mlx.core as mx
-from common import mlx_row, prepare, section, time_interleaved, torch_row
+from common import describe, mlx_row, prepare, section, time_interleaved, torch_row
 
 from mlx_models.models import build_model
 from mlx_models.tasks import classify_loss
