@@ -25,9 +25,8 @@ GBPS = {"10 GbE": 1.25e9, "Thunderbolt 5 (~60 Gb/s effective)": 7.5e9}
 def setup(kind: str, ranks: int):
     """(model, loss, batch) of one rank: its share of the global batch."""
     import mlx.core as mx
-    from encoder import SHAPE as MINILM
-    from llama_lora import SHAPE as LLAMA
     from llama_lora import ours
+    from shapes import LLAMA, MINILM
 
     from mlx_models.models import build_model
     from mlx_models.tasks import classify_loss, lm_loss

@@ -2,19 +2,12 @@
 
 import mlx.core as mx
 from common import describe, mlx_row, prepare, section, time_interleaved, torch_row
+from shapes import MINILM
 
 from mlx_models.models import build_model
 from mlx_models.tasks import classify_loss
 
-SHAPE = {
-    "vocab_size": 30522,
-    "hidden_size": 384,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 12,
-    "intermediate_size": 1536,
-    "max_position_embeddings": 512,
-    "num_labels": 2,
-}
+SHAPE = MINILM
 
 
 def run(quick: bool, batch: int = 8, seq: int = 128) -> str:

@@ -3,23 +3,15 @@
 import mlx.core as mx
 import mlx.nn as nn
 from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
+from shapes import LLAMA, LLAMA_QUICK, LORA_ALPHA, LORA_RANK, LORA_TARGETS
 
 from mlx_models.lora import apply_lora
 from mlx_models.models import build_model
 from mlx_models.quant import quantizable, quantize
 from mlx_models.tasks import lm_loss
 
-SHAPE = {
-    "hidden_size": 512,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "intermediate_size": 1376,
-    "vocab_size": 8192,
-}
-QUICK_SHAPE = SHAPE | {"hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 704}
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-RANK, ALPHA, BITS, GROUP = 8, 16, 4, 64
+BITS, GROUP = 4, 64
+SHAPE, QUICK_SHAPE, TARGETS, RANK, ALPHA = LLAMA, LLAMA_QUICK, LORA_TARGETS, LORA_RANK, LORA_ALPHA
 
 
 def ours(cfg: dict, bits: int | None, train_head: bool = False):
