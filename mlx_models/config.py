@@ -59,10 +59,19 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "comma-separated Llama projection names to adapt; mapped to the BERT/RoBERTa ones"},
     )
+    adapter: str | None = _f(
+        None,
+        "start from a LoRA adapter directory (PEFT or mlx-lm) for this base model; implies --lora, and "
+        "its rank, alpha, dropout and target modules replace the lora_* settings",
+    )
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA)", choices=(4, 8))
     profile: str | None = _f(None, "study profile from config.yaml profiles:, e.g. overfit")
     epochs: int = _f(3, "passes over the training data", min=1)
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)", min=1)
+    max_steps: int | None = _f(
+        None,
+        "stop after this many optimizer steps (overrides epochs); 0 only evaluates (an --adapter)",
+        min=0,
+    )
     max_samples: int | None = _f(None, "use at most N train, N validation and N test examples", min=1)
     batch_size: int = _f(8, "examples per micro-batch", min=1)
     grad_accum: int = _f(1, "micro-batches per optimizer step (batch = batch_size * grad_accum)", min=1)
@@ -94,6 +103,7 @@ class TrainConfig:
                 problems.append(f"{f.name}: {e}")
                 continue
             problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
+        self.lora = self.lora or self.adapter is not None  # an imported adapter is a LoRA run
         checks = [
             (not self.lora_targets, "lora_targets must name at least one projection"),
             (self.quantize and not self.lora, f"quantize={self.quantize} needs lora=true; pass --lora"),

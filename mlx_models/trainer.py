@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import run_dir as rd
+from .adapters import import_adapter, load_into
 from .batching import batch_order, encode, pad_id_for
 from .config import TrainConfig
 from .data import Splits, load_splits
@@ -111,7 +112,12 @@ class Run:
 
 def setup(cfg: TrainConfig) -> Run:
     splits = load_splits(cfg)  # bad data fails here, before anything is written
+    adapter = None
+    if cfg.adapter and not cfg.resume:  # its LoRA settings become the run's (and are saved)
+        cfg, adapter = import_adapter(cfg, splits.num_labels)
     model, tokenizer, base = build(cfg, splits.num_labels)
+    if adapter is not None:
+        load_into(model, adapter)
     data = {}
     for name in ("train", "validation"):
         split = getattr(splits, name)
@@ -121,7 +127,7 @@ def setup(cfg: TrainConfig) -> Run:
     probe = np.random.default_rng(cfg.seed).permutation(len(encoded))[: len(data["validation"][0])]
     data["probe"] = ([encoded[i] for i in probe], None if labels is None else [labels[i] for i in probe])
     steps_per_epoch = -(-len(encoded) // (cfg.batch_size * cfg.grad_accum))
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
     optimizer = make_optimizer(cfg, total_steps)
     optimizer.init(model.trainable_parameters())
     eval_every = cfg.eval_every or steps_per_epoch
@@ -155,7 +161,10 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
         f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
         file=sys.stderr,
     )
-    train_loop(run, state, fault)
+    if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
+        run.save("last", state)
+    else:
+        train_loop(run, state, fault)
     return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer)
 
 
