@@ -4,8 +4,6 @@ python -m mlx_models.fuse RUN_DIR --out DIR [--checkpoint best|last]
 """
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -13,29 +11,25 @@ from mlx.utils import tree_flatten
 
 from . import run_dir as rd
 from .cli import run_cli
-from .config import TrainConfig
 from .errors import ConfigError
 from .io import atomic_dir, atomic_write_json
 from .lora import fuse_lora
-from .trainer import build
+from .trained import load_trained, locate
 from .weights import save_weights
 
 
 def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best") -> Path:
     """Fold a LoRA run's adapters into its base: a plain checkpoint directory for ``load``.
     Layers without adapters keep the base's format (a 4-bit base stays 4-bit there)."""
-    ckpt = Path(run_dir) / checkpoint_name
-    cfg = TrainConfig.from_json(ckpt / "train_config.json")
-    if not cfg.lora:
-        raise ConfigError(f"{run_dir} is a full finetuning run: {ckpt} is already a plain checkpoint")
-    num_labels = json.loads((ckpt / rd.CONFIG).read_text())["num_labels"]
-    model, tokenizer, base = build(dataclasses.replace(cfg, grad_checkpoint=False), num_labels)
-    rd.restore_weights(model, ckpt)
-    fuse_lora(model)
+    where = locate(run_dir, checkpoint_name)
+    if not where.lora:
+        raise ConfigError(f"{run_dir} is a full finetuning run: {where.path} is already a plain checkpoint")
+    t = load_trained(run_dir, checkpoint_name)
+    fuse_lora(t.model)
     with atomic_dir(out) as tmp:
-        save_weights(tmp, dict(tree_flatten(model.parameters())))
-        atomic_write_json(tmp / rd.CONFIG, rd.model_config(base, model, cfg.task))
-        tokenizer.save_pretrained(str(tmp))
+        save_weights(tmp, dict(tree_flatten(t.model.parameters())))
+        atomic_write_json(tmp / rd.CONFIG, rd.model_config(t.base, t.model, t.task))
+        t.tokenizer.save_pretrained(str(tmp))
     return Path(out)
 
 

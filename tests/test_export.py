@@ -6,6 +6,9 @@ weights and heads are not at their initial values; the real MiniLM and SmolLM2 f
 """
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -28,6 +31,8 @@ from mlx_models.hf_export import plain_weights
 from mlx_models.loading import load_model
 from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
 from mlx_models.trained import load_trained
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (base model, task, train.py flags, tiny-model config overrides); tiny models are random
 # (2 layers, hidden 64), minilm and smollm2 the real checkpoints (smollm2_q4: its 4-bit blocks).
@@ -209,6 +214,7 @@ def test_peft_export_gives_our_logits_in_peftmodel(runs, tmp_path, name):
     assert config["task_type"] == {"classify": "SEQ_CLS", "lm": "CAUSAL_LM", "mlm": None}[t.task]
     head = t.model.head_modules[0]
     assert head in config["modules_to_save"]
+    assert config["base_model_name_or_path"] == str(runs(name)[2])  # the base it was trained on
     expect_targets = {
         "roberta-classify-lora": ["layer.0.output.dense", "layer.1.output.dense", "query", "value"],
         "roberta-mlm-lora": ["attention.output.dense", "key", "query", "value"],
@@ -378,6 +384,26 @@ def test_bad_exports_exit_2_with_one_line_and_write_nothing(runs, tmp_path, caps
     assert err[-1].startswith("error: ") and message in err[-1], err
     assert sum(line.startswith("error:") for line in err) == 1
     assert list(tmp_path.iterdir()) == []  # no output, no temp directory
+
+
+def test_export_cli_subprocess_exit_code(runs, tmp_path):
+    run_dir, _, _ = runs("bert-classify-full")
+    argv = [
+        sys.executable,
+        "-m",
+        "mlx_models.export",
+        str(run_dir),
+        "--to",
+        "peft",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {run_dir / 'best'} is not a LoRA run: --to peft writes LoRA adapters; use --to hf"
+    ]
+    assert not (tmp_path / "o").exists()
 
 
 def test_existing_out_is_untouched_unless_force(runs, tmp_path, capsys):
