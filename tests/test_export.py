@@ -281,7 +281,7 @@ def test_qlora_smollm2_classifier_in_a_transformers_pipeline(runs, data, tmp_pat
     """A QLoRA SmolLM2 classifier trained here, exported --to hf, in pipeline("text-classification"):
     the same label (imdb's neg/pos) and probability as ours on 200 held-out reviews."""
     run_dir, _, _ = runs("smollm2-classify-qlora")
-    texts, width = data["compare"], 32
+    texts, width = data["compare"], 16
     t = load_trained(run_dir)
     encoded, probs = encode(t.tokenizer, texts, width), []
     for i in range(0, len(texts), 16):
