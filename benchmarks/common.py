@@ -194,3 +194,17 @@ def ratio_table(pairs: list[tuple[str, Row, Row]]) -> str:
         mem = f"{a.peak_gb / b.peak_gb:.2f}×" if ok and b.peak_gb else "–"
         lines.append(f"| {label} | {speed} | {mem} |")
     return "\n".join(lines)
+
+
+def describe(cfg: dict) -> str:
+    """The shape of a model config: hidden size, layers, heads, intermediate size, vocabulary."""
+    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    return (
+        f"{cfg['hidden_size']} hidden, {layers} layers, {heads} heads, "
+        f"intermediate {cfg['intermediate_size']}, vocab {cfg['vocab_size']}"
+    )
+
+
+def section(title: str, desc: str, rows: list[Row], pairs: list[tuple[str, Row, Row]]) -> str:
+    """A section of results.md: the description, the rows, the ratios."""
+    return f"## {title}\n\n{desc}\n\n{table(rows)}\n\nRatios:\n\n{ratio_table(pairs)}\n"

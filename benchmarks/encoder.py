@@ -1,7 +1,7 @@
 """Section 2: full finetuning of a MiniLM-sized BERT for sequence classification, ours vs transformers."""
 
 import mlx.core as mx
-from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
+from common import describe, mlx_row, prepare, section, time_interleaved, torch_row
 
 from mlx_models.models import build_model
 from mlx_models.tasks import classify_loss
@@ -41,10 +41,7 @@ def run(quick: bool, batch: int = 8, seq: int = 128) -> str:
     )
     rows = time_interleaved([ours, pt])
     desc = (
-        f"BERT {shape['hidden_size']} hidden, {shape['num_hidden_layers']} layers, "
-        f"{shape['num_attention_heads']} heads, intermediate {shape['intermediate_size']}, "
-        f"vocab {shape['vocab_size']} (MiniLM-L6 shape); batch {batch} × seq {seq} = {tokens} tokens/step; "
+        f"BERT {describe(cfg)} (MiniLM-L6 shape); batch {batch} × seq {seq} = {tokens} tokens/step; "
         "every weight trained, 2-label classification, dropout 0.1, AdamW lr 1e-4."
     )
-    ratios = ratio_table([("ours ÷ PyTorch", rows[0], rows[1])])
-    return f"## 2. Encoder full finetuning step\n\n{desc}\n\n{table(rows)}\n\nRatio:\n\n{ratios}\n"
+    return section("2. Encoder full finetuning step", desc, rows, [("ours ÷ PyTorch", rows[0], rows[1])])

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         default="2,4",
         help="layer counts measured for the 7B extrapolation (default 2,4)",
     )
-    p.add_argument("--sections", default="1,2,3", help="which sections to run (default 1,2,3)")
+    p.add_argument("--sections", default="1,2,3,4", help="which sections to run (default 1,2,3,4)")
     p.add_argument("--out", help="markdown file to write (default benchmarks/results.md, none with --quick)")
     args = p.parse_args(argv)
     out = args.out or (None if args.quick else str(Path(__file__).with_name("results.md")))
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import encoder  # these import mlx.core: only after mlx_models
     import llama_lora
+    import mlm
     import seven_b
 
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(seven_b.run([1, 2], seq=64))
         else:
             emit(seven_b.run(layers, full_step=args.seven_b))
+    if 4 in sections:
+        emit(mlm.run(args.quick))
     emit(f"Wall time of the whole run: {time.perf_counter() - tic:.0f} s; load average at end: {load()}.\n")
     if out:
         print(f"wrote {out}", file=sys.stderr)

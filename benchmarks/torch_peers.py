@@ -40,6 +40,21 @@ def bert(cfg: dict):
     return BertForSequenceClassification(BertConfig(**hf_config(cfg)))
 
 
+def roberta_mlm(cfg: dict):
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    return RobertaForMaskedLM(RobertaConfig(**hf_config(cfg)))
+
+
+def mlm_labels(ids, torch):
+    """15% of the non-special tokens are predicted (80% replaced by <mask>, as the MLX rows)."""
+    chosen = (torch.rand(ids.shape) < 0.15) & (ids > 3)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    masked = ids.clone()
+    masked[chosen & (torch.rand(ids.shape) < 0.8)] = 50264
+    return masked, labels
+
+
 def main(kind: str, cfg: dict) -> dict:
     import torch
 
@@ -48,10 +63,12 @@ def main(kind: str, cfg: dict) -> dict:
     ids = torch.randint(1000, vocab, (batch, seq))
     mask = torch.ones_like(ids)
     labels = ids if kind == "llama" else torch.randint(0, 2, (batch,))
+    if kind == "roberta_mlm":
+        ids, labels = mlm_labels(ids, torch)
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
         f.write("5")
     base = rss_kb("VmRSS")
-    model = {"llama": peft_llama, "bert": bert}[kind](cfg)
+    model = {"llama": peft_llama, "bert": bert, "roberta_mlm": roberta_mlm}[kind](cfg)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     out: dict = {"warmup_s": [], "times": [], "threads": torch.get_num_threads()}

@@ -75,13 +75,14 @@ def import_adapter(cfg: TrainConfig, num_labels: int) -> tuple[TrainConfig, Adap
     """Read ``cfg.adapter`` and check it against the base model; returns the training config with
     the adapter's LoRA settings (rank, alpha, dropout, wrapped modules) and the adapter, renamed to
     the model's module paths. Nothing is loaded yet: see ``load_into``."""
-    from .loading import read_config, resolve
+    from .build import resolve_once
+    from .loading import read_config
     from .models import build_model
     from .weights import add_or_strip_prefix
 
     adapter = read_adapter(cfg.adapter)
-    config = read_config(resolve(cfg.model, quantize_bits=cfg.quantize))
-    overrides = {"num_labels": num_labels} if cfg.task == "classify" else {}
+    config = read_config(resolve_once(cfg))
+    overrides = {"num_labels": cfg.num_labels or num_labels} if cfg.task == "classify" else {}
     model = build_model({**config, **overrides}, cfg.task)  # lazy: names and shapes only
     rename = add_or_strip_prefix([*adapter.lora, *adapter.heads], model)
     adapter.lora = {rename[p]: w for p, w in adapter.lora.items()}

@@ -49,14 +49,15 @@ def run_tfidf(
     splits = splits or load_splits(cfg, config_path)
     if len(set(splits.train.labels)) < 2:
         raise DataError(f"the training split of {splits.source} has a single class; a classifier needs two")
-    print(
-        f"tfidf: {len(splits.train)} train examples from {splits.source}; run dir {run_dir}", file=sys.stderr
-    )
     model = pipeline(params, cfg.seed)
     start = time.perf_counter()
-    model.fit(splits.train.texts, splits.train.labels)
+    try:
+        model.fit(splits.train.texts, splits.train.labels)
+    except ValueError as e:  # e.g. "empty vocabulary": texts without a word that occurs min_df times
+        raise DataError(f"the tfidf baseline cannot fit {splits.source}: {e}; check the texts") from e
     records = [score(model, name, getattr(splits, name), splits.num_labels) for name in SPLITS]
     records[0]["fit_seconds"] = round(time.perf_counter() - start, 3)
+    print(f"tfidf: fitted on {len(splits.train)} examples from {splits.source} -> {run_dir}", file=sys.stderr)
 
     with atomic_dir(run_dir) as tmp:
         save_train_config(dataclasses.replace(cfg, out=str(run_dir)), tmp / "config.json")

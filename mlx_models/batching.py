@@ -8,13 +8,13 @@ PAD_MULTIPLE = 16  # few distinct batch shapes -> few mx.compile traces
 
 
 def encode(
-    tokenizer: Any, texts: list[str], max_length: int, *, add_special_tokens: bool = True
+    tokenizer: Any, texts: list[str], max_length: int | None, *, add_special_tokens: bool = True
 ) -> list[list[int]]:
-    """Token ids, truncated to max_length. No token_type_ids: single-sentence BERT type ids are
-    all zero (the model's default) and RoBERTa has none."""
+    """Token ids, truncated to max_length (None: not truncated). No token_type_ids: single-sentence
+    BERT type ids are all zero (the model's default) and RoBERTa has none."""
     out = tokenizer(
         list(texts),
-        truncation=True,
+        truncation=max_length is not None,
         max_length=max_length,
         add_special_tokens=add_special_tokens,
         return_token_type_ids=False,

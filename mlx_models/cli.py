@@ -1,17 +1,96 @@
 """Shared CLI plumbing: user errors become one line on stderr and exit code 2."""
 
+import argparse
+import contextlib
+import math
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
-from .errors import MLXModelsError
+from .errors import ConfigError, MLXModelsError
+from .io import write_error
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line `ConfigError`s (exit 2 through `run_cli`), not a usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, exit_on_error=False, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (not nan, not inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (temp files removed, a training
+    run saves its last checkpoint)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[list[int]]:
+    """While inside, SIGINT and SIGTERM are only recorded (in the yielded list) so that the caller
+    can stop at a safe point; a second signal acts at once, as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    got: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(signum, frame):
+        got.append(signum)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    for s in previous:
+        signal.signal(s, record)
+    try:
+        yield got
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def stop_for(signum: int) -> KeyboardInterrupt:
+    """The exception that ends the program as ``signum`` would have."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main``; user errors become one line on stderr and exit code 2, SIGINT 130, SIGTERM 143."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return main(argv) or 0
+    except argparse.ArgumentError as e:
+        return _fail(f"{e}; see --help")
     except MLXModelsError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(str(e))
+    except OSError as e:  # a write the code did not wrap: disk full, no permission, ...
+        return _fail(str(write_error(e, e.filename or "a file")))
+    except KeyboardInterrupt as e:
+        print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2

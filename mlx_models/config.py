@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import difflib
 import functools
-import json
 import math
 import os
 import sys
@@ -24,18 +23,26 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 SECTIONS = ("models", "datasets", "profiles", "default_run")
-MODEL_KEYS = ("source", "quantize", "train", "params")
+MODEL_KEYS = ("source", "quantize", "train", "params", "config")
 DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
 # What a continued run may change; everything else comes from RUN_DIR/config.json.
-RESUME_OVERRIDES = ("epochs", "max_steps", "eval_every", "save_every", "memory_limit")
+RESUME_OVERRIDES = (
+    "epochs",
+    "max_steps",
+    "eval_every",
+    "save_every",
+    "save_minutes",
+    "memory_limit",
+    "dist_timeout",
+)
 EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
 
 
@@ -65,6 +72,18 @@ class TrainConfig:
         "its rank, alpha, dropout and target modules replace the lora_* settings",
     )
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA)", choices=(4, 8))
+    num_labels: int | None = _f(None, "classes of the classifier; none: as many as the data has", min=2)
+    from_scratch: bool = _f(False, "build the model from its config with HF's initialisation (pretraining)")
+    model_config: str | None = _f(
+        None, "--from-scratch: a config.json, or overrides like num_hidden_layers=4"
+    )
+    tokenizer: str | None = _f(
+        None, "--from-scratch: a tokenizer dir; none: train a byte-level BPE on the data"
+    )
+    line_by_line: bool = _f(False, "mlm/lm: one example per text instead of packing texts into full blocks")
+    whole_files: bool = _f(False, "a .txt corpus: one document per file instead of one per line")
+    mlm_probability: float = _f(0.15, "share of the tokens masked for masked-LM", above=0, below=1)
+    whole_word_masking: bool = _f(False, "mask the sub-tokens of a word together")
     profile: str | None = _f(None, "study profile from config.yaml profiles:, e.g. overfit")
     epochs: int = _f(3, "passes over the training data", min=1)
     max_steps: int | None = _f(
@@ -72,12 +91,18 @@ class TrainConfig:
         "stop after this many optimizer steps (overrides epochs); 0 only evaluates (an --adapter)",
         min=0,
     )
+    max_tokens: int | None = _f(
+        None, "a token budget: max_steps = tokens / (global batch x max_length)", min=1
+    )
     max_samples: int | None = _f(None, "use at most N train, N validation and N test examples", min=1)
     batch_size: int = _f(8, "examples per micro-batch", min=1)
     grad_accum: int = _f(1, "micro-batches per optimizer step (batch = batch_size * grad_accum)", min=1)
+    global_batch_size: int | None = _f(None, "examples per optimizer step; sets grad_accum", min=1)
     learning_rate: float = _f(2e-5, "peak learning rate (AdamW)", above=0, max=10)
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0)
     warmup_ratio: float = _f(0.06, "fraction of the steps warming the learning rate up", min=0, below=1)
+    warmup_steps: int | None = _f(None, "warm-up in steps (instead of warmup_ratio)", min=0)
+    min_learning_rate: float = _f(0.0, "learning rate at the end of the decay", min=0)
     lr_schedule: str = _f("linear", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
     max_grad_norm: float | None = _f(1.0, "clip the global gradient norm; none disables", above=0)
     max_length: int = _f(512, "truncate every example to this many tokens", min=2)
@@ -86,6 +111,9 @@ class TrainConfig:
     early_stopping_patience: int | None = _f(None, "stop after N evaluations without a better one", min=1)
     eval_every: int | None = _f(None, "evaluate every N optimizer steps; none: once per epoch", min=1)
     save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps", min=1)
+    save_minutes: float | None = _f(
+        5.0, "also write last/ when this many minutes passed since it was", above=0
+    )
     seed: int = _f(0, "seed of initialisation, shuffling, dropout, subsampling", min=0, max=2**32 - 1)
     out: str | None = _f(None, "run directory; default results/models/<model>-<dataset>-<YYYYmmdd-HHMMSS>")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last checkpoint")
@@ -93,6 +121,9 @@ class TrainConfig:
     memory_limit: float | None = _f(None, "cap on accelerator memory in GB", above=0, max=1e6)
     padding_side: str = _f("right", "pad batches on the right or the left", choices=("right", "left"))
     compile: bool = _f(True, "compile the training step with mx.compile")
+    dist_timeout: float = _f(
+        600.0, "mlx.launch runs: seconds a rank waits for the others before it stops", above=0
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -104,8 +135,15 @@ class TrainConfig:
                 continue
             problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
         self.lora = self.lora or self.adapter is not None  # an imported adapter is a LoRA run
+        problems += self._batch_problems()
         checks = [
             (not self.lora_targets, "lora_targets must name at least one projection"),
+            (self.from_scratch and self.lora, "--from-scratch trains every weight: drop --lora"),
+            (
+                bool(self.model_config or self.tokenizer) and not self.from_scratch,
+                "--model-config and --tokenizer only apply with --from-scratch",
+            ),
+            (self.min_learning_rate > self.learning_rate, "min_learning_rate must not exceed learning_rate"),
             (self.quantize and not self.lora, f"quantize={self.quantize} needs lora=true; pass --lora"),
             (self.resume and self.eval_only, "resume and eval_only cannot be combined"),
             (self.model == "tfidf" and self.task != "classify", "the tfidf baseline only does task=classify"),
@@ -114,14 +152,16 @@ class TrainConfig:
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
+    def _batch_problems(self) -> list[str]:
+        """global_batch_size = batch_size x grad_accum x ranks (build.accumulation sets grad_accum)."""
+        size, micro = self.global_batch_size, self.batch_size
+        if size and micro >= 1 and size % micro:
+            return [f"global_batch_size {size} is not a multiple of batch_size {micro}"]
+        return []
+
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read training config {path}: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a JSON object of training keys")
+        raw = read_json(path, ConfigError, "it is written by train.py: start a new run")
         return cls(**check_keys(raw, str(path)))
 
 
@@ -339,10 +379,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Lit-GPT's flag names (its RoBERTa pretraining and finetuning recipes) -> ours.
+FLAG_ALIASES = {
+    "model_name": "model", "output_dir": "out", "out_dir": "out", "num_epochs": "epochs",
+    "train.global_batch_size": "global_batch_size", "train.micro_batch_size": "batch_size",
+    "train.max_tokens": "max_tokens", "train.learning_rate": "learning_rate", "train.epochs": "epochs",
+    "train.lr_warmup_steps": "warmup_steps", "train.save_interval": "save_every",
+    "train.max_seq_length": "max_length", "eval.interval": "eval_every", "use_agnews": "dataset=ag_news",
+}  # fmt: skip
+
+
+def normalise_flags(argv: list[str]) -> list[str]:
+    """``--data_dir`` is ``--data-dir``; Lit-GPT's names (``--train.micro_batch_size``) are ours."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            alias = FLAG_ALIASES.get(name, name)
+            if "=" in alias:  # a flag that stands for a setting: --use_agnews
+                out.append(alias)
+                continue
+            token = "--" + alias.replace("_", "-") + eq + value
+        out.append(token)
+    return out
+
+
 def parse_command_line(argv: list[str]) -> dict:
     """The values the user gave, flags and key=value tokens alike, converted and checked."""
     try:
-        args, unknown = build_parser().parse_known_intermixed_args(argv)
+        args, unknown = build_parser().parse_known_intermixed_args(normalise_flags(argv))
     except argparse.ArgumentError as e:
         hint = "; write --flag / --no-flag or flag=true" if "/--no-" in (e.argument_name or "") else ""
         raise ConfigError(f"{e}{hint}") from e
@@ -368,6 +433,8 @@ def parse_command_line(argv: list[str]) -> dict:
 def load_train_config(argv: list[str] | None, config_path: str | os.PathLike = DEFAULT_CONFIG) -> TrainConfig:
     """Resolve the training config from defaults, config.yaml and argv (None = sys.argv[1:])."""
     cli = parse_command_line(list(argv) if argv is not None else sys.argv[1:])
+    if cli.get("resume") and cli.get("eval_only"):
+        raise ConfigError("--resume and --eval-only cannot be combined; pass one of them")
     run_dir = cli.get("resume") or cli.get("eval_only")
     cfg = _from_run_dir(cli, run_dir) if run_dir else TrainConfig(**_merge_layers(cli, config_path))
     _check_model_and_data(cfg, config_path)
@@ -436,7 +503,7 @@ def default_run_dir(model: str, dataset: str, config_path: str | os.PathLike = D
 def _check_model_and_data(cfg: TrainConfig, config_path: str | os.PathLike) -> None:
     resolve_model_alias(cfg.model, config_path)  # raises for an unknown alias
     if cfg.data_dir is not None:
-        if not Path(cfg.data_dir).is_dir():
+        if not Path(cfg.data_dir).is_dir() and (cfg.task == "classify" or Path(cfg.data_dir).exists()):
             raise ConfigError(
                 f"data_dir {cfg.data_dir} is not a directory; pass a directory with train.* files"
             )

@@ -19,6 +19,7 @@ from .quant import quantization_config, quantize
 from .sources import Source, open_source
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+GROUP_SIZES = (32, 64, 128)  # MLX's affine quantization
 
 
 def default_dtype(config: dict) -> str:
@@ -45,10 +46,7 @@ def convert(
         raise ConfigError(
             f"output directory {out} already exists; pass --force to replace it or choose --out"
         )
-    if q_bits not in (None, 4, 8):
-        raise ConfigError(f"--q-bits {q_bits} is not supported; use 4 or 8")
-    if dtype is not None and dtype not in DTYPES:
-        raise ConfigError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+    check_options(dtype, q_bits, q_group_size, max_shard_bytes)
     src = open_source(source)
     config = dict(src.config)
     model_module(config)  # unsupported model_type -> ConfigError listing the supported ones
@@ -57,6 +55,11 @@ def convert(
     quantized, kept = set(), {}
     if q_bits:
         quantized = {f"{p}.weight" for p in quantize(model, q_bits, q_group_size)}
+        if not quantized:
+            raise ConfigError(
+                f"no layer of {source} has an input size divisible by --q-group-size {q_group_size}, "
+                "so nothing would be quantized; use a smaller group size (32)"
+            )
         kept = {} if requantize else kept_blocks(src, names, quantized)
         config["quantization"] = quantization_config(q_bits, q_group_size)
         config["quantization"] |= {name.removesuffix(".weight"): q for name, q in kept.items()}
@@ -81,6 +84,22 @@ def convert(
         atomic_write_json(tmp / "config.json", config)
         save_tokenizer(src, tmp)
     return out
+
+
+def check_options(dtype: str | None, q_bits: int | None, q_group_size: int, max_shard_bytes: int) -> None:
+    problems = []
+    if q_bits not in (None, 4, 8):
+        problems.append(f"--q-bits {q_bits} is not supported; use 4 or 8")
+    if q_group_size not in GROUP_SIZES:
+        problems.append(
+            f"--q-group-size {q_group_size} is not supported; use {', '.join(map(str, GROUP_SIZES))}"
+        )
+    if dtype is not None and dtype not in DTYPES:
+        problems.append(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+    if not max_shard_bytes >= 1024**2:
+        problems.append("--max-shard-size must be at least 0.001 GB")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def weight_names(src: Source, config: dict, model: nn.Module) -> dict[str, str]:
@@ -137,4 +156,4 @@ def save_tokenizer(src: Source, directory: Path) -> None:
     except Exception as e:  # a checkpoint without tokenizer files still converts
         print(f"warning: no tokenizer saved ({type(e).__name__}: {e})", file=sys.stderr)
         return
-    tokenizer.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))  # a failed write fails the conversion: nothing lands

@@ -18,16 +18,15 @@ import functools
 import importlib.util
 import os
 import re
-import socket
 import sys
 import tempfile
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import hub
 from .config import DEFAULT_CONFIG, TrainConfig, dataset_registry
 from .errors import DataError
 
@@ -79,7 +78,7 @@ def load_splits(cfg: TrainConfig, config_path: str | os.PathLike = DEFAULT_CONFI
         raw, num_labels, label_names = _label_ids(
             raw, int(info["num_labels"]) if "num_labels" in info else None, info.get("label_names") or names
         )
-    splits = _hold_out({name: Split(r.texts, r.labels) for name, r in raw.items()}, holdout, source)
+    splits = hold_out({name: Split(r.texts, r.labels) for name, r in raw.items()}, holdout, source)
     if cfg.max_samples:
         for name, split in splits.items():
             if len(split) > cfg.max_samples:
@@ -88,7 +87,7 @@ def load_splits(cfg: TrainConfig, config_path: str | os.PathLike = DEFAULT_CONFI
     return Splits(**splits, num_labels=num_labels, label_names=label_names, source=source)
 
 
-def _hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict[str, Split]:
+def hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict[str, Split]:
     """Carve a missing validation or test split out of train (``holdout`` examples, else 10%)."""
     for name in ("validation", "test"):
         if name in splits:
@@ -257,72 +256,75 @@ def _columns(where: str, ds, text_col: str, label_col: str | None) -> _Raw:
     """Check and extract the text and label columns of a dataset (a `datasets.Dataset`)."""
     if len(ds) == 0:
         raise DataError(f"{where} has no examples; add some or remove the file")
-    have = ds.column_names
-    for role, col in (("text", text_col), ("label", label_col)):
-        if col is not None and col not in have:
-            raise DataError(
-                f"{where} has no {role} column {col!r} (columns: {', '.join(have) or 'none'}); "
-                f"rename the column to {col!r}"
-            )
-    texts, labels = ds[text_col], None if label_col is None else ds[label_col]
-    for role, values in (("text", texts), ("label", labels or [])):
-        missing = [i for i, v in enumerate(values, 1) if v is None or (role == "label" and v == "")]
-        if missing:
-            raise DataError(
-                f"{where}: {len(missing)} example(s) without a {role} (first: example {missing[0]}); "
-                f"fill in or remove them"
-            )
-    not_text = [i for i, t in enumerate(texts, 1) if not isinstance(t, str)]
-    if not_text:
+    _require_column(where, ds, "text", text_col)
+    texts = ds[text_col]
+    _require_values(where, "text", [t is None for t in texts])
+    if not_text := [i for i, t in enumerate(texts, 1) if not isinstance(t, str)]:
         raise DataError(
             f"{where}: the {text_col!r} column must hold strings, found {texts[not_text[0] - 1]!r} "
             f'(example {not_text[0]}); write one object per example, like {{"text": ..., "label": ...}}'
         )
+    labels = None
+    if label_col is not None:
+        _require_column(where, ds, "label", label_col)
+        labels = ds[label_col]
+        _require_values(where, "label", [v is None or v == "" for v in labels])
     return _Raw(list(texts), labels, where)
 
 
+def _require_column(where: str, ds, role: str, col: str) -> None:
+    if col not in ds.column_names:
+        have = ", ".join(ds.column_names) or "none"
+        raise DataError(
+            f"{where} has no {role} column {col!r} (columns: {have}); rename the column to {col!r}"
+        )
+
+
+def _require_values(where: str, role: str, missing: list[bool]) -> None:
+    if first := next((i for i, m in enumerate(missing, 1) if m), None):
+        raise DataError(
+            f"{where}: {sum(missing)} example(s) without a {role} (first: example {first}); "
+            "fill in or remove them"
+        )
+
+
 # ---- hub and embedded copies --------------------------------------------------------------------
-
-
-def _offline() -> bool:
-    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return any(f in ("1", "true", "yes", "on") for f in flags)
 
 
 def _read_registered(
     name: str, info: dict, text_col: str, label_col: str | None
 ) -> tuple[dict[str, _Raw], list[str] | None, str, int | None]:
     """(raw splits, label names, source, held-out size) from the hub or the embedded copy."""
-    hub, embedded = info.get("hub"), info.get("embedded")
-    if embedded and (_offline() or not hub or not _hub_reachable()):
-        why = "HF_HUB_OFFLINE is set" if _offline() else f"the hub is unreachable ({_endpoint()})"
-        _notice(f"{why}: using the embedded {embedded['package']} copy of {name} instead of hub {hub}")
+    repo, embedded = info.get("hub"), info.get("embedded")
+    if embedded and (hub.offline() or not repo or not hub.reachable()):
+        why = "HF_HUB_OFFLINE is set" if hub.offline() else f"the hub is unreachable ({hub.endpoint()})"
+        _notice(f"{why}: using the embedded {embedded['package']} copy of {name} instead of hub {repo}")
         return _read_embedded_split(name, embedded, label_col)
-    if not hub:
+    if not repo:
         raise DataError(
             f"dataset {name} has neither hub: nor embedded: in config.yaml; add one or use --data-dir"
         )
-    if not _offline() and not _hub_reachable():
+    if not hub.offline() and not hub.reachable():
         raise DataError(
-            f"dataset {name} needs the hub ({hub}), which is unreachable ({_endpoint()}) and has no "
-            f"embedded copy; connect to the network or pass --data-dir with local files"
+            f"dataset {name} needs the hub ({repo}) and has no embedded copy: {hub.unreachable()}; "
+            "or pass --data-dir with local files"
         )
     try:
         import datasets
 
-        dd = datasets.load_dataset(hub)
+        dd = datasets.load_dataset(repo)
     except Exception as e:  # network, cache and format errors all mean the same to the user
         raise DataError(
-            f"cannot load hub dataset {hub}: {type(e).__name__}: {' '.join(str(e).split())}; "
+            f"cannot load hub dataset {repo}: {type(e).__name__}: {' '.join(str(e).split())}; "
             f"check the network (or HF_DATASETS_OFFLINE=1 with a cached copy), or use --data-dir"
         ) from e
     raw = {}
     for split, aliases in SPLIT_FILES.items():
         found = next((a for a in aliases if a in dd), None)
         if found is not None:
-            raw[split] = _columns(f"hub {hub} split {found}", dd[found], text_col, label_col)
+            raw[split] = _columns(f"hub {repo} split {found}", dd[found], text_col, label_col)
     names = getattr(dd["train"].features.get(label_col), "names", None) if label_col else None
-    return raw, names, f"hub {hub}", None
+    return raw, names, f"hub {repo}", None
 
 
 def _read_embedded_split(name: str, embedded: dict, label_col: str | None):
@@ -333,22 +335,6 @@ def _read_embedded_split(name: str, embedded: dict, label_col: str | None):
     raw = {"train": _Raw(list(texts), list(labels) if label_col else None, where)}
     source = f"embedded {embedded['package']} copy of {name} (validation and test held out from its train)"
     return raw, None, source, int(embedded.get("holdout", 0)) or None
-
-
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-@functools.cache
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe, so an offline machine falls back at once instead of after the
-    datasets library's minute of retries."""
-    url = urllib.parse.urlparse(_endpoint())
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 @functools.cache

@@ -1,14 +1,15 @@
-"""Scoring a model on a split: loss, and accuracy/precision/recall/F1 or perplexity."""
-
-from typing import Any
+"""Scoring a model on a split: loss, and accuracy/precision/recall/F1 (classify) or perplexity and
+token accuracy (mlm: of the masked tokens; lm: of the next tokens). Under mlx.launch each rank
+scores its share of the examples and the sums are added over the ranks."""
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from .batching import batch_order
+from .distributed import World
 from .metrics import classification_metrics
-from .tasks import LOSSES, make_batch
+from .tasks import Masking, make_batch, token_predictions
 
 
 def evaluate(
@@ -20,39 +21,45 @@ def evaluate(
     batch_size: int,
     pad_id: int,
     padding_side: str = "right",
-    tokenizer: Any = None,
+    masking: Masking | None = None,
     seed: int = 0,
+    world: World | None = None,
 ) -> dict:
     """Mean loss per example (classify) or per predicted token (mlm, lm) over ``encoded``, in
     eval mode. Masked-LM masks are drawn from a fixed seed, so evaluations compare."""
+    world = world or World(None)
+    share = world.part(list(range(len(encoded))))
+    num_labels = getattr(model.args, "num_labels", 2)
+    sums, confusion = np.zeros(3), np.zeros((num_labels, num_labels), np.int64)  # loss, count, hits
+    rng = np.random.default_rng((seed + 1, world.rank))
     model.eval()
-    total, count, preds = 0.0, 0, []
-    rng = np.random.default_rng(seed + 1)
-    order = batch_order([len(s) for s in encoded], batch_size, seed, 0, shuffle=False)
-    for idx in order:
-        part = None if labels is None else [labels[i] for i in idx]
+    for part in batch_order([len(encoded[i]) for i in share], batch_size, seed, 0, shuffle=False):
+        idx = [share[i] for i in part]
         batch = make_batch(
-            task,
-            [encoded[i] for i in idx],
-            part,
-            pad_id=pad_id,
-            padding_side=padding_side,
-            tokenizer=tokenizer,
-            rng=rng,
-        )
-        if task == "classify":
-            logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).astype(mx.float32)
-            loss = nn.losses.cross_entropy(logits, batch["labels"], reduction="sum")
-            preds += np.array(mx.argmax(logits, axis=-1)).tolist()
-            total, count = total + loss.item(), count + len(idx)
-        else:
-            loss, n = LOSSES[task](model, batch)
-            total, count = total + loss.item() * n.item(), count + n.item()
+            task, [encoded[i] for i in idx], None if labels is None else [labels[i] for i in idx],
+            pad_id=pad_id, padding_side=padding_side, masking=masking, rng=rng,
+        )  # fmt: skip
+        sums += _score(model, task, batch, confusion)
     model.train()
-    out = {"loss": total / max(count, 1), "n": len(encoded)}
+    loss, count, hits = world.total(sums, "the evaluation sums").tolist()
+    out = {"loss": loss / max(count, 1), "n": len(encoded)}
     if task == "classify":
-        golds = [labels[i] for idx in order for i in idx]
-        out |= classification_metrics(golds, preds, model.args.num_labels)
+        confusion = world.total(confusion, "the evaluation sums")
+        golds, preds = (np.repeat(idx, confusion.ravel()).tolist() for idx in np.indices(confusion.shape))
+        return out | classification_metrics(golds, preds, num_labels)
+    return out | {"perplexity": float(np.exp(min(out["loss"], 50))), "accuracy": hits / max(count, 1)}
+
+
+def _score(model: nn.Module, task: str, batch: dict, confusion: np.ndarray) -> np.ndarray:
+    """(summed loss, count, correct) of one batch; classification also fills ``confusion``."""
+    if task == "classify":
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).astype(mx.float32)
+        targets, keep = batch["labels"], mx.ones(batch["labels"].shape, mx.bool_)
     else:
-        out["perplexity"] = float(np.exp(min(out["loss"], 50)))
-    return out
+        logits, targets, keep = token_predictions(model, batch, task)
+    ce = nn.losses.cross_entropy(logits, mx.maximum(targets, 0)) * keep
+    predicted = mx.argmax(logits, axis=-1)
+    if task == "classify":
+        np.add.at(confusion, (np.array(targets), np.array(predicted)), 1)
+    hits = ((predicted == targets) & keep).sum()
+    return np.array([ce.sum().item(), keep.sum().item(), hits.item()])

@@ -9,8 +9,8 @@ python -m mlx_models.export RUN_OR_CHECKPOINT --to hf|peft|mlx-lm|gguf --out DIR
   gguf    Llama causal LMs: DIR/model-f16.gguf (or f32) for llama.cpp and transformers' GGUF loader
 """
 
-import argparse
 import sys
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 import mlx.core as mx
@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten
 
 from . import mlx_lm_format, peft_format
 from .adapters import from_model
-from .cli import run_cli
+from .cli import ArgumentParser, positive_float, run_cli
 from .config import resolve_model_alias
 from .conversion import DTYPES, default_dtype
 from .errors import ConfigError
@@ -125,10 +125,10 @@ LOADS_WITH = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m mlx_models.export",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.split("\n")[4:]),
     )
     p.add_argument(
@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="checkpoint of a run: best (default, else last), last or iter-N")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's; gguf: f16/f32)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--max-shard-size", type=float, default=5.0, help="hf: shard size limit in GB (default 5)")
+    p.add_argument(
+        "--max-shard-size", type=positive_float, default=5.0, help="hf: shard size limit in GB (default 5)"
+    )
     args = p.parse_args(argv)
     out = export(
         args.source,

@@ -1,9 +1,12 @@
 """Atomic writes: a temp file or directory beside the target, then a rename.
 
-A crash or Ctrl-C never leaves a half-written file or checkpoint at the final path.
+A crash or Ctrl-C never leaves a half-written file or checkpoint at the final path. Temp names
+carry the writer's PID (``.NAME.PID.XXXX.tmp``, ``.NAME.old-PID``), so what a killed writer left
+is recognised and cleared (or rolled back) by the next writer of the same path.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,6 +20,85 @@ from .errors import MLXModelsError
 # mkstemp/mkdtemp create owner-only (0600/0700) entries; results get the usual umask modes.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+_HINTS = {
+    errno.ENOSPC: "free some disk space or write elsewhere",
+    errno.EDQUOT: "free some disk space or write elsewhere",
+    errno.EACCES: "choose a directory you can write to",
+    errno.EPERM: "choose a directory you can write to",
+    errno.EROFS: "the file system is read-only: choose another directory",
+}
+
+
+class WriteError(MLXModelsError):
+    """A file that could not be written (disk full, no permission, ...); nothing was left behind."""
+
+
+def write_error(e: BaseException, path: str | os.PathLike) -> WriteError:
+    """One line for a failed write: what, where, and what to do."""
+    code = getattr(e, "errno", None)
+    reason = getattr(e, "strerror", None) or " ".join(str(e).split())
+    hint = _HINTS.get(code, "check the path and free disk space")
+    return WriteError(f"cannot write {path}: {reason}; {hint}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _temp_entry(entry: str) -> tuple[str, int] | None:
+    """(target name, writer PID) of ``.NAME.PID.XXXX.tmp`` or ``.NAME.old-PID``; None otherwise.
+    Parsed from the right, as NAME may hold dots; PID 0 is an old-style temp without one."""
+    if not entry.startswith("."):
+        return None
+    if ".old-" in entry:
+        name, pid = entry[1:].rsplit(".old-", 1)
+        return (name, int(pid)) if pid.isdigit() else None
+    if not entry.endswith(".tmp"):
+        return None
+    parts = entry[1 : -len(".tmp")].rsplit(".", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return (parts[0], 0) if len(parts) >= 2 else None
+
+
+def clear_stale(directory: str | os.PathLike, name: str | None = None) -> None:
+    """Remove the temp entries that dead writers left in ``directory`` (for ``name``, or all), and
+    put back a ``.NAME.old-PID`` whose replacement never arrived (a kill between two renames)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for entry in sorted(directory.iterdir()):
+        parsed = _temp_entry(entry.name)
+        if parsed is None or name not in (None, parsed[0]) or (parsed[1] and _pid_alive(parsed[1])):
+            continue
+        final = directory / parsed[0]
+        if ".old-" in entry.name and not final.exists():
+            os.replace(entry, final)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def read_json(path: str | os.PathLike, error: type[MLXModelsError] = MLXModelsError, fix: str = "") -> dict:
+    """A JSON object from ``path``; anything else (missing, unreadable, not JSON, not an object) is
+    one ``error`` saying so, with ``fix`` as the advice."""
+    fix = fix or "re-create it (re-convert the model, or re-run the command that wrote it)"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise error(f"{path} not found; {fix}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}); {fix}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -25,8 +107,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -34,14 +119,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path) from e
         raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """JSON with sorted keys; NaN and infinity are refused (they are not JSON)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def save_safetensors(path: str | os.PathLike, arrays: dict, metadata: dict | None = None) -> None:
+    """``mx.save_safetensors`` with a one-line error when the disk is full or not writable."""
+    import mlx.core as mx
+
+    try:
+        mx.save_safetensors(str(path), arrays, metadata=metadata or {})
+    except (RuntimeError, OSError) as e:
+        raise write_error(e, path) from e
 
 
 @contextlib.contextmanager
@@ -49,23 +147,37 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temp directory that becomes ``path`` when the block succeeds.
 
     An existing ``path`` is an error unless ``force``; then it is replaced only after
-    the new directory is complete. On failure the temp directory is removed.
+    the new directory is complete. On failure the temp directory is removed; OS errors
+    (disk full, no permission) become a one-line `WriteError`.
     """
     path = Path(path)
     if path.exists() and not force:
         raise MLXModelsError(f"{path} already exists; pass --force to overwrite it or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale(path.parent, path.name)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_UMASK)
+    except OSError as e:
+        raise write_error(e, path) from e
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
+        _swap_in(tmp, path)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise write_error(e, path) from e
         raise
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, old)
+    os.replace(tmp, path)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)

@@ -6,7 +6,6 @@ the cache ($MLX_MODELS_CACHE, default ~/.cache/mlx_models).
 
 import hashlib
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,8 @@ from mlx.utils import tree_flatten
 
 from . import weights
 from .config import DEFAULT_CONFIG, read_config_yaml
-from .errors import ConfigError, SourceError
+from .errors import ConfigError, SourceError, WeightsError
+from .io import read_json
 from .models import TASKS, build_model
 from .quant import quantize
 
@@ -62,16 +62,15 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
         cache_dir() / f"{slug}-q{quantize_bits}-{key}" if quantize_bits else cache_dir() / f"{slug}-{key}"
     )
     if not (target / "config.json").exists():
-        print(f"converting {name} into {target} (first use)", file=sys.stderr)
         convert(spec, target, q_bits=quantize_bits, force=target.exists())
+        print(f"note: converted {name} into {target} (first use; cached)", file=sys.stderr)
     return target
 
 
-def read_config(directory: Path) -> dict:
-    f = Path(directory) / "config.json"
-    if not f.exists():
+def read_config(directory: str | os.PathLike) -> dict:
+    if not (Path(directory) / "config.json").exists():
         raise SourceError(f"{directory} has no config.json; is it a converted model directory?")
-    return json.loads(f.read_text())
+    return read_json(Path(directory) / "config.json", WeightsError, "re-convert the model")
 
 
 def load_model(
@@ -135,6 +134,16 @@ def load_tokenizer(directory: str | os.PathLike):
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:
         raise SourceError(f"{directory} has no usable tokenizer ({e}); re-convert the model") from e
+
+
+def check_tokenizer(tokenizer, config: dict, where: str | os.PathLike) -> None:
+    """Every id the tokenizer can produce must have a row in the model's embeddings (MLX does
+    not bounds-check an embedding lookup)."""
+    if len(tokenizer) > config["vocab_size"]:
+        raise ConfigError(
+            f"the tokenizer of {where} has {len(tokenizer)} tokens but the model only "
+            f"{config['vocab_size']} embeddings; use the tokenizer the model was trained with"
+        )
 
 
 def load(path_or_alias: str | os.PathLike, task: str | None = None, **kwargs) -> tuple[nn.Module, object]:

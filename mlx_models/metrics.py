@@ -36,7 +36,7 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
     # fsync per record: after a crash metrics.jsonl still holds every finished evaluation.
     path = Path(run_dir) / METRICS_FILE
     with path.open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -64,8 +64,9 @@ def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
     )
 
 
-def plot_curves(run_dir: str | os.PathLike, title: str | None = None) -> Path:
-    """Write RUN_DIR/curves.png: loss and accuracy against step, train vs validation (test as stars)."""
+def plot_curves(run_dir: str | os.PathLike, title: str | None = None, x: str = "step") -> Path:
+    """Write RUN_DIR/curves.png: loss and accuracy against ``x`` (step, or tokens seen), train vs
+    validation (test as stars)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
     from matplotlib.ticker import MaxNLocator
 
@@ -74,16 +75,18 @@ def plot_curves(run_dir: str | os.PathLike, title: str | None = None) -> Path:
     styles = {"train": ("tab:blue", "o-"), "validation": ("tab:orange", "s-"), "test": ("tab:green", "*")}
     for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
         for split, (color, style) in styles.items():
-            points = sorted((r["step"], r[key]) for r in records if r.get("split") == split and key in r)
+            points = sorted(
+                (r[x], r[key]) for r in records if r.get("split") == split and key in r and x in r
+            )
             if points:
                 steps, values = zip(*points, strict=True)
                 ax.plot(
                     steps, values, style, color=color, label=split, markersize=10 if split == "test" else 4
                 )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if len({r["step"] for r in records}) == 1:  # a single evaluation (tfidf): centre it
-            ax.set_xlim(records[0]["step"] - 1, records[0]["step"] + 1)
-        ax.set_xlabel("step")
+        if len({r.get(x) for r in records}) == 1:  # a single evaluation (tfidf): centre it
+            ax.set_xlim(records[0][x] - 1, records[0][x] + 1)
+        ax.set_xlabel("tokens seen" if x == "tokens" else x)
         ax.set_ylabel(key)
         ax.set_title(f"{key}: train vs validation")
         ax.grid(alpha=0.3)

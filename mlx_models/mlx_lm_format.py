@@ -15,7 +15,7 @@ import mlx.core as mx
 
 from .adapters import Adapter
 from .errors import ConfigError, WeightsError
-from .io import atomic_write_json
+from .io import atomic_write_json, save_safetensors
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -37,7 +37,7 @@ def layer_keys(modules: list[str], num_layers: int) -> tuple[list[str], int]:
 def write(adapter: Adapter, out: Path, num_layers: int, base: Path) -> None:
     keys, n = layer_keys(adapter.modules, num_layers)
     lora = {k: v for k, v in adapter.weights().items() if k.endswith((".lora_a", ".lora_b"))}
-    mx.save_safetensors(str(out / WEIGHTS), lora, metadata={"format": "mlx"})
+    save_safetensors(out / WEIGHTS, lora, metadata={"format": "mlx"})
     parameters = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout, "keys": keys}
     config = {"fine_tune_type": "lora", "num_layers": n, "lora_parameters": parameters, "model": str(base)}
     atomic_write_json(out / CONFIG, config)

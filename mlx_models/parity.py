@@ -6,7 +6,6 @@ Prints max and mean |Δ| (logits, or hidden states for the bare encoder) and top
 per head, for right and (Llama) left padding; exits 1 when a bound is broken.
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,10 @@ import mlx.core as mx
 import numpy as np
 
 from .batching import collate, pad_id_for
-from .cli import run_cli
+from .cli import ArgumentParser, positive_float, run_cli
 from .conversion import DTYPES
-from .loading import load_model, load_tokenizer, read_config, resolve
-from .models import tasks_of
+from .loading import check_tokenizer, load_model, load_tokenizer, read_config, resolve
+from .models import TASKS, tasks_of
 from .reference import torch_device, torch_forward, torch_model
 
 SENTENCES = [
@@ -70,6 +69,7 @@ def run_parity(
     directory = resolve(path)
     config = read_config(directory)
     tokenizer = load_tokenizer(directory)
+    check_tokenizer(tokenizer, config, directory)
     pad_id = pad_id_for(tokenizer)
     special = config["model_type"] != "llama"  # Llama: raw text, as in a continuation
     seqs = [tokenizer(s, add_special_tokens=special)["input_ids"] for s in sentences]
@@ -90,23 +90,23 @@ def run_parity(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mlx_models.parity", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m mlx_models.parity", description=__doc__.split("\n")[0])
     p.add_argument("path", help="converted MLX directory, HF directory, .gguf file, hub id or alias")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="precision of the MLX model")
     p.add_argument(
         "--tol",
-        type=float,
+        type=positive_float,
         default=None,
         help=f"bound on max |Δ| / max(1, max |reference|) (default per dtype: {DEFAULT_TOL})",
     )
-    p.add_argument("--task", action="append", help="only these heads (base, mlm, classify, lm)")
+    p.add_argument("--task", action="append", choices=TASKS, help="only these heads (repeat the flag)")
     args = p.parse_args(argv)
     tol = args.tol if args.tol is not None else DEFAULT_TOL[args.dtype]
-    print(f"reference: transformers on {torch_device()}; MLX {args.dtype} on {mx.default_device()}")
     rows = run_parity(args.path, dtype=args.dtype, tasks=tuple(args.task) if args.task else None)
+    print(f"reference: transformers on {torch_device()}; MLX {args.dtype} on {mx.default_device()}")
     for r in rows:
         print(r)
-    failed = [r for r in rows if r.max_abs > tol * r.scale]
+    failed = [r for r in rows if not r.max_abs <= tol * r.scale]  # NaN fails
     print(
         f"{'FAIL' if failed else 'OK'}: bound max|Δ| <= {tol:g} x max(1, max|ref|) "
         f"({len(failed)} of {len(rows)} checks over it)"

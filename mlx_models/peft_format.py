@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from .adapters import Adapter
 from .errors import ConfigError, WeightsError
+from .io import save_safetensors
 from .lora import LoRALinear
 from .quant import dequantized_weights
 
@@ -55,7 +56,7 @@ def write(adapter: Adapter, out: Path, model: nn.Module, task: str, base_name: s
     for path, (a, b) in adapter.lora.items():
         tensors[PREFIX + path + A], tensors[PREFIX + path + B] = a.T, b.T  # (r, in), (out, r)
     tensors = {k: mx.contiguous(v.astype(dtype)) for k, v in tensors.items()}
-    mx.save_safetensors(str(out / WEIGHTS), tensors, metadata={"format": "pt"})
+    save_safetensors(out / WEIGHTS, tensors, metadata={"format": "pt"})
     config.save_pretrained(str(out))
 
 

@@ -10,8 +10,6 @@ results/models/<run>/
 
 import dataclasses
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +20,10 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from . import weights
 from .config import TrainConfig, save_train_config
-from .errors import ConfigError
-from .io import atomic_dir, atomic_write_json
+from .errors import ConfigError, WeightsError
+from .io import atomic_dir, atomic_write_json, read_json, save_safetensors
 from .models import architecture
 
 CONFIG = "config.json"
@@ -42,6 +41,8 @@ class TrainState:
     batch: int = 0  # next batch of the epoch's order
     best_loss: float | None = None
     bad_evals: int = 0  # evaluations since the best one
+    tokens: int = 0  # real (not padding) tokens trained on
+    ranks: int = 1  # data-parallel processes: a resume needs as many
 
 
 def create(run_dir: Path, cfg: TrainConfig) -> None:
@@ -49,17 +50,17 @@ def create(run_dir: Path, cfg: TrainConfig) -> None:
     save_train_config(cfg, run_dir / CONFIG)
 
 
-def recover(run_dir: Path) -> None:
-    """Undo what a kill left: a checkpoint swap cut between its two renames (the old copy put
-    aside, the new one not yet in place) is rolled back; stale temp directories are removed."""
-    for aside in sorted(run_dir.glob(".*.old-*")):
-        final = run_dir / aside.name[1:].rsplit(".old-", 1)[0]
-        if final.exists():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(aside, final)
-    for tmp in run_dir.glob(".*.tmp"):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run (best/, last/, iter-N/), oldest step first."""
+    found = [p for p in run_dir.iterdir() if not p.name.startswith(".") and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: (checkpoint_step(p), p.name != "last"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: the furthest one (last/ on a tie). Clear what a kill left
+    half done first (`clear_stale`)."""
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def model_config(base: Path, model: nn.Module, task: str, **extra) -> dict:
@@ -88,9 +89,9 @@ def save_checkpoint(
 ) -> None:
     with atomic_dir(path, force=True) as tmp:
         name = "adapters.safetensors" if cfg.lora else "model.safetensors"
-        mx.save_safetensors(str(tmp / name), trained_weights(model, cfg.lora), metadata={"format": "mlx"})
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        mx.save_safetensors(str(tmp / "rng.safetensors"), {"key": mx.random.state[0]})
+        save_safetensors(tmp / name, trained_weights(model, cfg.lora), metadata={"format": "mlx"})
+        save_safetensors(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
+        save_safetensors(tmp / "rng.safetensors", {"key": mx.random.state[0]})
         atomic_write_json(tmp / STATE, dataclasses.asdict(state))
         save_train_config(cfg, tmp / "train_config.json")
         lora = {"lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}}
@@ -100,23 +101,44 @@ def save_checkpoint(
 
 
 def restore_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint's weights (all of them, or adapters + head) into ``model``; every tensor
+    in the file must be one of the model's, with the same shape."""
     name = "adapters.safetensors" if (path / "adapters.safetensors").exists() else "model.safetensors"
-    model.load_weights(list(mx.load(str(path / name)).items()), strict=False)
+    try:
+        tensors = mx.load(str(path / name))
+    except Exception as e:  # MLX raises RuntimeError/ValueError for missing or truncated files
+        raise WeightsError(f"{path / name} is missing or unreadable ({e}); use another checkpoint") from e
+    expected = weights.parameter_shapes(model)
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if unknown := sorted(set(found) - set(expected)):
+        raise WeightsError(f"{path / name} holds weights the model does not have: {', '.join(unknown[:5])}")
+    weights.check_weights(found, {}, expected, where=str(path / name))
+    model.load_weights(list(tensors.items()), strict=False)
 
 
-def restore_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> TrainState:
+def restore_checkpoint(
+    path: Path, model: nn.Module, optimizer: optim.Optimizer, ranks: int = 1
+) -> TrainState:
     """Weights, optimizer state, random state and trainer state of the checkpoint at ``path``."""
-    if not (path / STATE).exists():
-        raise ConfigError(f"{path} has no checkpoint to resume from; start a new run instead")
+    saved = checkpoint_state(path)
+    if saved.ranks != ranks:  # the global batches (and dropout streams) would differ: not exact
+        raise ConfigError(
+            f"{path} was trained on {saved.ranks} rank(s); resume it with {saved.ranks} "
+            f"(mlx.launch -n {saved.ranks}), not {ranks}"
+        )
     restore_weights(model, path)
     optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
     # mx.random.state is read-only in MLX >= 0.31; key(s) is [s >> 32, s & 0xFFFFFFFF].
     hi, lo = (int(x) for x in np.array(mx.load(str(path / "rng.safetensors"))["key"]))
     mx.random.seed((hi << 32) | lo)
-    state = TrainState(**json.loads((path / STATE).read_text()))
-    print(f"resuming {path.parent} at step {state.step}", file=sys.stderr)
+    state = checkpoint_state(path)
+    print(f"resuming {path.parent} at step {state.step} ({path.name}/)", file=sys.stderr)
     return state
 
 
+def checkpoint_state(path: Path) -> TrainState:
+    return TrainState(**read_json(path / STATE, WeightsError, "use another checkpoint"))
+
+
 def checkpoint_step(path: Path) -> int:
-    return json.loads((path / STATE).read_text())["step"]
+    return checkpoint_state(path).step

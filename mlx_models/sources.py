@@ -1,7 +1,7 @@
 """Read a Hugging Face model from a hub id, a local directory or a GGUF file, one tensor at a time."""
 
-import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +9,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from . import hub
 from .errors import SourceError, WeightsError
+from .io import read_json
 
 TOKENIZER_PATTERNS = [
     "tokenizer*",
@@ -59,17 +61,22 @@ def open_source(spec: str | os.PathLike) -> Source:
 
 
 def download(repo_id: str) -> Path:
-    """Fetch config, weights and tokenizer of ``repo_id`` (HF_TOKEN is used if set, never shown)."""
-    import huggingface_hub as hub
+    """Fetch config, weights and tokenizer of ``repo_id`` (HF_TOKEN is used if set, never shown);
+    offline or without network, the local cache is used."""
+    import huggingface_hub as hf
     from huggingface_hub import errors
 
     token = os.environ.get("HF_TOKEN") or None
     patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", *TOKENIZER_PATTERNS]
+    online = not hub.offline() and hub.reachable()
     try:
-        files = hub.list_repo_files(repo_id, token=token) if not os.environ.get("HF_HUB_OFFLINE") else []
+        files = hf.list_repo_files(repo_id, token=token) if online else []
         if files and not any(f.endswith(".safetensors") for f in files):
             patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-        return Path(hub.snapshot_download(repo_id, allow_patterns=patterns, token=token))
+        path = hf.snapshot_download(
+            repo_id, allow_patterns=patterns, token=token, local_files_only=not online
+        )
+        return Path(path)
     except errors.GatedRepoError as e:
         raise SourceError(
             f"{repo_id} is a gated repo: accept its license on the Hugging Face website, then set HF_TOKEN "
@@ -80,10 +87,13 @@ def download(repo_id: str) -> Path:
             f"{repo_id} was not found on the Hugging Face hub (or it is private: set HF_TOKEN); "
             "check the spelling, or pass a local directory"
         ) from e
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as e:
+    except Exception as e:
+        if online and not hub.is_network_error(e):
+            raise
+        why = "the hub is unreachable (HF_HUB_OFFLINE is set)" if hub.offline() else hub.unreachable()
         raise SourceError(
-            f"could not download {repo_id}: the Hugging Face hub is unreachable and it is not in the local "
-            "cache; connect to the network, or pass a local model directory or .gguf file"
+            f"could not download {repo_id}: {why}, and it is not in the local cache; "
+            "connect to the network, or pass a local model directory or .gguf file"
         ) from e
 
 
@@ -103,7 +113,7 @@ def open_directory(path: Path, description: str | None = None) -> Source:
         raise SourceError(
             f"{path} has no config.json; point at a Hugging Face model directory or a .gguf file"
         )
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file, WeightsError, "re-download the checkpoint")
     shapes, readers = {}, {}
     safetensors = sorted(path.glob("*.safetensors"))
     if safetensors:
@@ -126,8 +136,8 @@ def open_directory(path: Path, description: str | None = None) -> Source:
 
         state = {}
         for f in bins:
-            try:  # weights_only: a .bin is a pickle, never run its code
-                state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            try:  # weights_only: a .bin is a pickle, never run its code; mmap needs the zip format
+                state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f)))
             except Exception as e:
                 raise WeightsError(
                     f"{f} could not be read safely ({e}); prefer a safetensors checkpoint"

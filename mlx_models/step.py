@@ -1,27 +1,34 @@
 """The optimizer and the compiled train step, shared by the trainer and the benchmarks."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_map
 
 from .config import TrainConfig
+from .distributed import World
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> Callable:
-    warmup = int(cfg.warmup_ratio * total_steps)
+    """Linear warm-up from 0 (warmup_steps, else warmup_ratio of the steps), then linear or cosine
+    decay to min_learning_rate, or constant: HF's get_*_schedule_with_warmup."""
+    lr, end = cfg.learning_rate, cfg.min_learning_rate
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
     decay_steps = max(total_steps - warmup, 1)
     decay = {
-        "linear": optim.linear_schedule(cfg.learning_rate, 0.0, decay_steps),
-        "cosine": optim.cosine_decay(cfg.learning_rate, decay_steps),
-        "constant": lambda _: mx.array(cfg.learning_rate),
+        "linear": optim.linear_schedule(lr, end, decay_steps),
+        "cosine": optim.cosine_decay(lr, decay_steps, end),
+        "constant": lambda _: mx.array(lr),
     }[cfg.lr_schedule]
     if warmup == 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
+    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optim.Optimizer:
@@ -33,13 +40,25 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optim.Optimizer:
     return optim.MultiOptimizer([adamw(weight_decay=0.0), adamw(weight_decay=cfg.weight_decay)], [no_decay])
 
 
-class TrainStep:
-    """One optimizer step over a list of micro-batches.
+@dataclass
+class Pending:
+    """A rank's part of an optimizer step, computed but not applied: summed gradients and sums."""
 
-    Each micro-batch runs forward and backward in one compiled function that captures the
-    model, the optimizer and the random state; gradients are summed over the micro-batches,
-    and on the last one averaged, clipped to ``max_grad_norm`` and applied. One ``mx.eval``
-    per micro-batch."""
+    grad: Any
+    loss_sum: float  # the loss summed over the examples (classify) or predicted tokens (mlm, lm)
+    count: int  # how many of those
+    tokens: int  # real (not padding) input tokens
+
+
+class TrainStep:
+    """One optimizer step over a list of micro-batches, on one rank or data-parallel.
+
+    ``accumulate`` runs forward and backward of each micro-batch (one compiled function capturing
+    the model and random state, one ``mx.eval`` each) and sums the gradients of the summed loss;
+    ``apply`` sums them over the ranks, divides by the global count of examples (or predicted
+    tokens, so that the mean is that of the whole global batch however it is split), clips to
+    ``max_grad_norm`` and updates (a second compiled function). Split in two so that every rank
+    can agree on an out-of-memory retry before any rank enters the gradient all-reduce."""
 
     def __init__(
         self,
@@ -49,32 +68,56 @@ class TrainStep:
         *,
         max_grad_norm: float | None = None,
         compile: bool = True,
+        world: World | None = None,
     ):
+        self.model, self.world = model, world or World(None)
         self.state = [model.state, optimizer.state, mx.random.state]
-        loss_and_grad = nn.value_and_grad(model, loss_fn)
+        group = self.world.group
 
-        def micro_step(batch: dict, prev_grad, update: bool, accum: int):
-            (loss, n), grad = loss_and_grad(model, batch)
+        def summed(model, batch):
+            loss, n = loss_fn(model, batch)
+            return loss * n, n
+
+        loss_and_grad = nn.value_and_grad(model, summed)
+
+        def accumulate(batch: dict, prev_grad):
+            (loss_sum, n), grad = loss_and_grad(model, batch)
             if prev_grad is not None:
                 grad = tree_map(lambda a, b: a + b, grad, prev_grad)
-            if update:
-                if accum > 1:
-                    grad = tree_map(lambda g: g / accum, grad)
-                if max_grad_norm:
-                    grad, _ = optim.clip_grad_norm(grad, max_grad_norm)
-                optimizer.update(model, grad)
-                grad = None
-            return loss, n, grad
+            return loss_sum, n, grad
+
+        def update(grad, count: mx.array):
+            if group is not None:  # mean over ranks x ranks = the sum
+                grad = tree_map(lambda g: g * group.size(), nn.average_gradients(grad, group=group))
+            grad = tree_map(lambda g: g / count, grad)
+            if max_grad_norm:
+                grad, _ = optim.clip_grad_norm(grad, max_grad_norm)
+            optimizer.update(model, grad)
 
         compiled = partial(mx.compile, inputs=self.state, outputs=self.state)
-        self.micro_step = compiled(micro_step) if compile else micro_step
+        self._accumulate = compiled(accumulate) if compile else accumulate
+        self._update = compiled(update) if compile else update
+
+    def accumulate(self, batches: list[dict]) -> Pending:
+        grad, loss_sum, count, tokens = None, 0.0, 0, 0
+        for batch in batches:
+            loss, n, grad = self._accumulate(batch, grad)
+            mx.eval(loss, n, grad, self.state)
+            loss_sum, count = loss_sum + loss.item(), count + n.item()
+            tokens += int(batch["attention_mask"].sum().item())
+        if grad is None:  # no example for this rank in the batch: it still takes part, with zeros
+            grad = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        return Pending(grad, loss_sum, count, tokens)
+
+    def apply(self, p: Pending) -> tuple[float, int]:
+        """Update; returns (mean loss of the global batch, its real tokens)."""
+        sums = np.array([p.loss_sum, p.count, p.tokens])
+        loss_sum, count, tokens = self.world.total(sums, "the step's loss and token counts").tolist()
+        with self.world.waiting("the gradient all-reduce"):
+            self._update(p.grad, mx.array(count))
+            mx.eval(self.state)
+        return loss_sum / count, int(tokens)
 
     def __call__(self, batches: list[dict]) -> tuple[float, int]:
-        """Run the step; returns (mean loss over the micro-batches, real tokens seen)."""
-        grad, loss_sum, tokens = None, 0.0, 0
-        for k, batch in enumerate(batches):
-            loss, _, grad = self.micro_step(batch, grad, k == len(batches) - 1, len(batches))
-            mx.eval(loss, grad, self.state)
-            loss_sum += loss.item()
-            tokens += int(batch["attention_mask"].sum().item())
-        return loss_sum / len(batches), tokens
+        """accumulate then apply: one optimizer step (one process)."""
+        return self.apply(self.accumulate(batches))

@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 
 from . import run_dir as rd
 from .config import TrainConfig
-from .errors import MLXModelsError, SourceError, WeightsError
+from .errors import MLXModelsError, SourceError
 from .loading import load_model, load_tokenizer, read_config
 from .models import checkpoint_task
 from .weights import is_mlx_checkpoint
@@ -90,17 +90,14 @@ def load_trained(path: str | Path, checkpoint: str | None = None) -> Trained:
             base=where.path,
             base_heads=_heads(model),
         )
-    from .trainer import build  # the training machinery: only for run checkpoints
+    from .build import build  # the training machinery: only for run checkpoints
 
-    cfg = dataclasses.replace(where.cfg, grad_checkpoint=False)
+    # As --eval-only does: a from-scratch run's tokenizer and config come from RUN/init.
+    run_dir = str(where.path.parent)
+    cfg = dataclasses.replace(where.cfg, grad_checkpoint=False, resume=None, eval_only=run_dir, out=run_dir)
     model, tokenizer, base = build(cfg, where.config["num_labels"])
     heads = _heads(model)
-    try:
-        rd.restore_weights(model, where.path)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise WeightsError(
-            f"{where.path}: unreadable or mismatched weights ({e}); pick another checkpoint"
-        ) from e
+    rd.restore_weights(model, where.path)
     model.eval()
     return Trained(**vars(where), model=model, tokenizer=tokenizer, base=base, base_heads=heads)
 

@@ -6,8 +6,11 @@ The step is `step.TrainStep` (compiled, accumulation, clipping); batches come fr
 `tasks.make_batch`; checkpoints live in `run_dir`; evaluation is `evaluation.evaluate`.
 """
 
+import contextlib
 import dataclasses
-import json
+import math
+import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,19 +25,22 @@ import numpy as np
 from tqdm import tqdm
 
 from . import run_dir as rd
+from . import scratch
 from .adapters import import_adapter, load_into
-from .batching import batch_order, encode, pad_id_for
+from .batching import batch_order, pad_id_for
+from .build import accumulation, build, examples, load_data, total_steps
+from .cli import deferred_signals, stop_for
 from .config import TrainConfig
-from .data import Splits, load_splits
-from .errors import ConfigError, MLXModelsError
+from .data import Splits
+from .distributed import World, world
+from .errors import MLXModelsError
 from .evaluation import evaluate
-from .loading import load_model, load_tokenizer, read_config, resolve
-from .lora import apply_lora
+from .io import clear_stale
 from .metrics import append_metrics, plot_curves, truncate_metrics
+from .scoring import TrainingError, curve_axis, evaluate_run, masking_for, test_and_report
 from .step import TrainStep, make_optimizer
-from .tasks import LOSSES, make_batch
+from .tasks import LOSSES, Masking, make_batch
 
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 Fault = Callable[[int, int], None]  # fault(step, micro_batch): tests raise out-of-memory from it
 
 
@@ -45,29 +51,6 @@ class OutOfMemory(MLXModelsError):
 def is_oom(e: Exception) -> bool:
     text = str(e).lower()
     return isinstance(e, MemoryError) or "out of memory" in text or "allocat" in text
-
-
-def build(cfg: TrainConfig, num_labels: int) -> tuple[nn.Module, Any, Path]:
-    """(model, tokenizer, model directory) ready for training as ``cfg`` says."""
-    directory = resolve(cfg.model, quantize_bits=cfg.quantize)
-    overrides = {"num_labels": num_labels} if cfg.task == "classify" else {}
-    if cfg.dropout is not None:
-        overrides.update(dict.fromkeys(DROPOUT_KEYS, cfg.dropout))
-    mx.random.seed(cfg.seed)
-    model = load_model(directory, cfg.task, config_overrides=overrides)
-    tokenizer = load_tokenizer(directory)
-    if cfg.task == "mlm" and tokenizer.mask_token_id is None:
-        raise ConfigError(f"{cfg.model} has no mask token, so it cannot train masked-LM; use --task lm")
-    if cfg.lora:
-        dropout = cfg.lora_dropout if cfg.dropout is None else cfg.dropout
-        apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, dropout)
-    elif "quantization" in read_config(directory):
-        raise ConfigError(f"{directory} is quantized: train it with --lora (QLoRA)")
-    if cfg.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(model.layers[0])
-    return model, tokenizer, directory
 
 
 @dataclass
@@ -84,11 +67,15 @@ class Run:
     optimizer: optim.Optimizer
     total_steps: int
     eval_every: int
+    masking: Masking | None
+    accum: int  # micro-batches per optimizer step, on each rank
+    world: World
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
+    saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
 
     @property
-    def group(self) -> int:  # examples per optimizer step
-        return self.cfg.batch_size * self.cfg.grad_accum
+    def group(self) -> int:  # examples per optimizer step: the global batch, over every rank
+        return self.cfg.batch_size * self.accum * self.world.size
 
     def evaluate(self, name: str) -> dict:
         encoded, labels = self.data[name]
@@ -100,99 +87,154 @@ class Run:
             batch_size=self.cfg.batch_size,
             pad_id=pad_id_for(self.tokenizer),
             padding_side=self.cfg.padding_side,
-            tokenizer=self.tokenizer,
+            masking=self.masking,
             seed=self.cfg.seed,
+            world=self.world,
         )
 
     def save(self, name: str, state: rd.TrainState) -> None:
+        """Write a checkpoint (rank 0 alone writes)."""
+        if not self.world.main:
+            return
+        if name == "last":
+            self.saved_at = time.monotonic()
         rd.save_checkpoint(
             self.dir / name, self.model, self.optimizer, state, self.cfg, self.tokenizer, self.base
         )
 
 
 def setup(cfg: TrainConfig) -> Run:
-    splits = load_splits(cfg)  # bad data fails here, before anything is written
+    """Data, model, examples and optimizer; bad input fails here, before anything is written."""
+    w = world()
+    accum = accumulation(cfg, w.size)
+    splits = load_data(cfg)
     adapter = None
     if cfg.adapter and not cfg.resume:  # its LoRA settings become the run's (and are saved)
         cfg, adapter = import_adapter(cfg, splits.num_labels)
-    model, tokenizer, base = build(cfg, splits.num_labels)
+    model, tokenizer, base = build(cfg, splits.num_labels, splits.train.texts)
     if adapter is not None:
         load_into(model, adapter)
-    data = {}
-    for name in ("train", "validation"):
-        split = getattr(splits, name)
-        data[name] = (encode(tokenizer, split.texts, cfg.max_length), split.labels)
-    # A fixed train subset as large as validation, scored like it: train vs validation curves.
-    encoded, labels = data["train"]
-    probe = np.random.default_rng(cfg.seed).permutation(len(encoded))[: len(data["validation"][0])]
-    data["probe"] = ([encoded[i] for i in probe], None if labels is None else [labels[i] for i in probe])
-    steps_per_epoch = -(-len(encoded) // (cfg.batch_size * cfg.grad_accum))
-    total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
-    optimizer = make_optimizer(cfg, total_steps)
+    data = examples(cfg, splits, tokenizer)
+    steps, per_epoch = total_steps(cfg, len(data["train"][0]), cfg.batch_size * accum * w.size)
+    optimizer = make_optimizer(cfg, steps)
     optimizer.init(model.trainable_parameters())
-    eval_every = cfg.eval_every or steps_per_epoch
-    return Run(cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, total_steps, eval_every)
+    eval_every, masking = cfg.eval_every or per_epoch, masking_for(cfg, tokenizer)
+    return Run(
+        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, masking,
+        accum, w,
+    )  # fmt: skip
 
 
 def start_or_resume(run: Run) -> rd.TrainState:
-    if not run.cfg.resume:
-        rd.create(run.dir, run.cfg)
-        return rd.TrainState(micro_batch=run.cfg.batch_size, grad_accum=run.cfg.grad_accum)
-    rd.recover(run.dir)
-    state = rd.restore_checkpoint(run.dir / "last", run.model, run.optimizer)
-    truncate_metrics(run.dir, state.step)
+    """A new run directory (rank 0 writes it, once every rank has checked its arguments), or the
+    state of the furthest checkpoint of the run to resume (a run killed before its first
+    checkpoint starts again from step 0)."""
+    cfg, w = run.cfg, run.world
+    fresh = rd.TrainState(micro_batch=cfg.batch_size, grad_accum=run.accum, ranks=w.size)
+    if not cfg.resume:
+        w.barrier("the start of the run")
+        if w.main:
+            rd.create(run.dir, cfg)
+            if cfg.from_scratch:
+                scratch.save(run.base, scratch.config_for(cfg, run.tokenizer), run.tokenizer)
+        return fresh
+    if w.main:
+        clear_stale(run.dir)  # what a kill left half done
+    w.barrier("rank 0's recovery of the run directory")
+    ckpt = rd.latest_checkpoint(run.dir)
+    if ckpt is None:
+        print(f"notice: {run.dir} has no checkpoint yet: starting it again from step 0", file=sys.stderr)
+        state = fresh
+    else:
+        state = rd.restore_checkpoint(ckpt, run.model, run.optimizer, ranks=w.size)
+    if w.main:
+        truncate_metrics(run.dir, state.step)
     return state
 
 
 def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
     """Train as ``cfg`` says, score the best checkpoint on the test split; returns the test record.
     ``fault(step, micro_batch)`` is called before every optimizer step (tests inject failures)."""
+    world().timeout = cfg.dist_timeout
     if cfg.eval_only:
         return evaluate_run(cfg)
     run = setup(cfg)
     state = start_or_resume(run)
     clip, loss_fn = cfg.max_grad_norm, LOSSES[cfg.task]
-    run.step = TrainStep(run.model, run.optimizer, loss_fn, max_grad_norm=clip, compile=cfg.compile)
+    run.step = TrainStep(
+        run.model, run.optimizer, loss_fn, max_grad_norm=clip, compile=cfg.compile, world=run.world
+    )
     if cfg.memory_limit:
         mx.set_memory_limit(int(cfg.memory_limit * 1024**3))
     kind = ("LoRA" if cfg.lora else "full") + (", 4-bit base" if cfg.quantize else "")
+    ranks = f", {run.world.size} ranks x {cfg.batch_size} x {run.accum}" if run.world.size > 1 else ""
     print(
-        f"training {cfg.model} ({kind}) on {len(run.data['train'][0])} examples from "
+        f"training {cfg.model} ({kind}{ranks}) on {len(run.data['train'][0])} examples from "
         f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
         file=sys.stderr,
     )
-    if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
-        run.save("last", state)
-    else:
-        train_loop(run, state, fault)
-    return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer)
+    try:
+        if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
+            run.save("last", state)
+            run.world.barrier("the starting checkpoint")
+        else:
+            train_loop(run, state, fault)
+    except BaseException:
+        new = not cfg.resume and run.world.main
+        if new and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
+    return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer, run.world)
 
 
 def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
+    """Steps until done or early-stopped; SIGINT/SIGTERM save last/ and stop at the next step."""
     run.model.train()
     mx.reset_peak_memory()
-    bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", file=sys.stderr)
+    bar = tqdm(
+        total=run.total_steps, initial=state.step, desc="train", unit="step", file=sys.stderr,
+        disable=not run.world.main,
+    )  # fmt: skip
     running, tokens, tic = [], 0, time.perf_counter()
-    try:
+    with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
-            state.step, state.batch = state.step + 1, b + 1
+            check_finite(run, state, "training loss", loss)
+            state.step, state.batch, state.tokens = state.step + 1, b + 1, state.tokens + n
             running.append(loss)
             tokens += n
-            bar.update(1)
+            speed = tokens / (time.perf_counter() - tic)  # this session's, evaluations included
             memory = f"{mx.get_active_memory() / 1e9:.2f}/{mx.get_peak_memory() / 1e9:.2f}"
-            bar.set_postfix(
-                loss=f"{loss:.4f}", tok_s=f"{tokens / (time.perf_counter() - tic):.0f}", mem_gb=memory
-            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{speed:.0f}", mem_gb=memory)
             done, stop = state.step >= run.total_steps, False
             if state.step % run.eval_every == 0 or done:
-                stop = evaluate_and_keep_best(run, state, state.epoch + state.batch / n_batches, running)
+                epoch = state.epoch + state.batch / n_batches
+                stop = evaluate_and_keep_best(run, state, epoch, running, speed)
                 running = []
-            save_periodic(run, state, final=done or stop)
+            halt = run.world.any(bool(signals), "a stop request (SIGINT/SIGTERM)")
+            save_periodic(run, state, final=done or stop or halt)
+            if halt:
+                if run.world.main:
+                    print(f"\nstopped at step {state.step}: saved {run.dir / 'last'}; "
+                          f"continue with --resume {run.dir}", file=sys.stderr)  # fmt: skip
+                raise stop_for(signals[0] if signals else signal.SIGTERM)
             if done or stop:
                 break
-    finally:
-        bar.close()
+
+
+def check_finite(run: Run, state: rd.TrainState, what: str, value: float) -> None:
+    """A non-finite loss ends the run; the checkpoints written so far are kept as they are."""
+    if math.isfinite(value):
+        return
+    kept = rd.checkpoints(run.dir)
+    where = "no checkpoint was written"
+    if kept:
+        where = f"the last good checkpoint is {kept[-1]} (step {rd.checkpoint_step(kept[-1])})"
+    raise TrainingError(
+        f"the {what} became {value} at step {state.step + 1}: training diverged; {where}; start a new "
+        f"run with a lower --learning-rate (now {run.cfg.learning_rate:g}) or --max-grad-norm"
+    )
 
 
 def positions(run: Run, state: rd.TrainState) -> Iterator[tuple[list[int], int, int]]:
@@ -207,7 +249,8 @@ def positions(run: Run, state: rd.TrainState) -> Iterator[tuple[list[int], int, 
 
 def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> list[dict]:
     cfg, (encoded, labels) = run.cfg, run.data["train"]
-    rng = np.random.default_rng((cfg.seed, state.epoch, b))  # masks depend on the position: resume-safe
+    idx = run.world.part(idx)  # this rank's share of the global batch
+    rng = np.random.default_rng((cfg.seed, state.epoch, b, run.world.rank))  # by position: resume-safe
     out = []
     for i in range(0, len(idx), state.micro_batch):
         part = idx[i : i + state.micro_batch]
@@ -218,7 +261,7 @@ def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> lis
                 None if labels is None else [labels[j] for j in part],
                 pad_id=pad_id_for(run.tokenizer),
                 padding_side=cfg.padding_side,
-                tokenizer=run.tokenizer,
+                masking=run.masking,
                 rng=rng,
             )
         )
@@ -226,45 +269,49 @@ def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> lis
 
 
 def optimizer_step(run: Run, state: rd.TrainState, idx: list[int], b: int, fault: Fault | None):
-    """One optimizer step over ``idx``; on out-of-memory halve the micro-batch and retry."""
+    """One optimizer step over ``idx``; when any rank runs out of memory, every rank halves its
+    micro-batch (same global batch) and retries, together."""
     while True:
+        pending, oom = None, None
         try:
             if fault:
                 fault(state.step, state.micro_batch)
-            return run.step(micro_batches(run, state, idx, b))
+            pending = run.step.accumulate(micro_batches(run, state, idx, b))
         except Exception as e:
             if not is_oom(e):
                 raise
-            if state.micro_batch == 1:
-                raise OutOfMemory(
-                    "out of memory at micro-batch 1; lower --max-length, add --grad-checkpoint, "
-                    "use --lora (with --quantize 4) or raise --memory-limit"
-                ) from e
-            state.micro_batch //= 2
-            state.grad_accum = -(-run.group // state.micro_batch)
-            print(
-                f"out of memory at step {state.step + 1}: micro-batch -> {state.micro_batch}, "
-                f"accumulation -> {state.grad_accum} (same effective batch {run.group}); retrying",
-                file=sys.stderr,
-            )
-            mx.clear_cache()
+            oom = e
+        if not run.world.any(oom is not None, "the out-of-memory check"):
+            return run.step.apply(pending)
+        back_off(run, state, oom)
 
 
-def evaluate_and_keep_best(run: Run, state: rd.TrainState, epoch: float, running: list[float]) -> bool:
-    """Evaluate, record, keep best/; returns True when early stopping says stop."""
-    val, tr = run.evaluate("validation"), run.evaluate("probe")
-    mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
-    common = {"step": state.step, "epoch": round(epoch, 4)}
-    append_metrics(
-        run.dir, {"split": "train", **common, **tr, "running_loss": float(np.mean(running)), **mem}
-    )
-    append_metrics(run.dir, {"split": "validation", **common, **val})
-    plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})")
-    tqdm.write(
-        f"step {state.step}: train loss {tr['loss']:.4f}, validation loss {val['loss']:.4f}"
-        + (f", accuracy {val['accuracy']:.4f}" if "accuracy" in val else ""),
+def back_off(run: Run, state: rd.TrainState, error: Exception | None) -> None:
+    if state.micro_batch == 1:
+        raise OutOfMemory(
+            "out of memory at micro-batch 1; lower --max-length, add --grad-checkpoint, "
+            "use --lora (with --quantize 4) or raise --memory-limit"
+        ) from error
+    state.micro_batch //= 2
+    state.grad_accum = -(-run.cfg.batch_size * run.accum // state.micro_batch)
+    print(
+        f"out of memory at step {state.step + 1}: micro-batch -> {state.micro_batch}, "
+        f"accumulation -> {state.grad_accum} (same effective batch {run.group}); retrying",
         file=sys.stderr,
     )
+    mx.clear_cache()
+
+
+def evaluate_and_keep_best(
+    run: Run, state: rd.TrainState, epoch: float, running: list[float], tokens_per_s: float
+) -> bool:
+    """Evaluate, record, keep best/; returns True when early stopping says stop."""
+    val, tr = run.evaluate("validation"), run.evaluate("probe")
+    check_finite(run, state, "validation loss", val["loss"])
+    if run.world.main:
+        record_evaluation(
+            run, state, epoch, val, tr | {"running_loss": float(np.mean(running))}, tokens_per_s
+        )
     if state.best_loss is None or val["loss"] < state.best_loss:
         state.best_loss, state.bad_evals = val["loss"], 0
         run.save("best", state)
@@ -274,39 +321,28 @@ def evaluate_and_keep_best(run: Run, state: rd.TrainState, epoch: float, running
     return patience is not None and state.bad_evals >= patience
 
 
+def record_evaluation(
+    run: Run, state: rd.TrainState, epoch: float, val: dict, tr: dict, speed: float
+) -> None:
+    """metrics.jsonl, curves.png and a line on stderr: the training probe and validation scores."""
+    mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
+    common = {"step": state.step, "epoch": round(epoch, 4), "tokens": state.tokens}
+    append_metrics(run.dir, {"split": "train", **common, **tr, "tokens_per_s": round(speed, 1), **mem})
+    append_metrics(run.dir, {"split": "validation", **common, **val})
+    plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})", x=curve_axis(run.cfg))
+    tqdm.write(
+        f"step {state.step}: train loss {tr['loss']:.4f}, validation loss {val['loss']:.4f}"
+        + (f", accuracy {val['accuracy']:.4f}" if "accuracy" in val else ""),
+        file=sys.stderr,
+    )
+
+
 def save_periodic(run: Run, state: rd.TrainState, final: bool) -> None:
+    """iter-<step>/ every save_every steps; last/ then, at the end, and every save_minutes."""
     periodic = bool(run.cfg.save_every) and state.step % run.cfg.save_every == 0
+    minutes = run.cfg.save_minutes
+    timed = minutes is not None and time.monotonic() - run.saved_at >= 60 * minutes
     if periodic:
         run.save(f"iter-{state.step}", state)
-    if periodic or final:
+    if periodic or final or timed:
         run.save("last", state)
-
-
-def test_and_report(cfg: TrainConfig, run_dir: Path, model: nn.Module, splits: Splits, tokenizer) -> dict:
-    """Score the best checkpoint on the test split: one JSON line, and a metrics.jsonl record."""
-    best = run_dir / ("best" if (run_dir / "best").exists() else "last")
-    rd.restore_weights(model, best)
-    result = evaluate(
-        model,
-        cfg.task,
-        encode(tokenizer, splits.test.texts, cfg.max_length),
-        splits.test.labels,
-        batch_size=cfg.batch_size,
-        pad_id=pad_id_for(tokenizer),
-        padding_side=cfg.padding_side,
-        tokenizer=tokenizer,
-        seed=cfg.seed,
-    )
-    record = {"split": "test", "checkpoint": best.name, "step": rd.checkpoint_step(best)}
-    record |= result | {"peak_gb": mx.get_peak_memory() / 1e9}
-    append_metrics(run_dir, record)
-    plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
-    print(json.dumps(record, sort_keys=True))
-    return record
-
-
-def evaluate_run(cfg: TrainConfig) -> dict:
-    """``train.py --eval-only RUN``: reload the best checkpoint and score the test split."""
-    splits = load_splits(dataclasses.replace(cfg, eval_only=None))
-    model, tokenizer, _ = build(cfg, splits.num_labels)
-    return test_and_report(cfg, Path(cfg.out), model, splits, tokenizer)

@@ -13,6 +13,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import WeightsError
+from .io import save_safetensors
 from .models import head_modules
 
 # Old BERT checkpoints name LayerNorm parameters gamma/beta (TF heritage).
@@ -117,9 +118,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         i = len(self.files)
-        mx.save_safetensors(
-            str(self.directory / f"shard-{i}.safetensors"), self.current, metadata=self.metadata
-        )
+        save_safetensors(self.directory / f"shard-{i}.safetensors", self.current, metadata=self.metadata)
         self.files.append(sorted(self.current))
         self.current, self.current_bytes = {}, 0
 

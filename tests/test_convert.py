@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -15,6 +16,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import mlx_models
+import mlx_models.hub
 from hf_fixtures import make_hf_model
 from mlx_models import load, load_model
 from mlx_models.cli import run_cli
@@ -69,12 +71,14 @@ def test_roberta_base_shape_shards_and_reloads_bit_exact(tmp_path):
     assert m(mx.array([[0, 100, 200, 2]])).shape == (1, 4, 50265)
 
 
-def test_pytorch_bin_checkpoint(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pytorch_bin_checkpoint(tmp_path, zip_format):
+    """Both torch.save formats: the zip one (torch >= 1.6) and the legacy one, still weights_only."""
     hf = make_hf_model(tmp_path / "st", "bert", "classify")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(hf)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")  # the pre-safetensors format
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
     for f in [*hf.glob("*token*"), hf / "config.json"]:
         (bin_dir / f.name).write_bytes(f.read_bytes())
     assert (bin_dir / "pytorch_model.bin").exists()
@@ -126,6 +130,11 @@ def test_force_replaces_existing_output(tmp_path):
     (out / "stale.txt").write_text("old")
     assert convert_main([str(hf), "--out", str(out), "--force"]) == 0
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    file_out = tmp_path / "a-file"
+    file_out.write_text("in the way")  # --force onto a file replaces it, and leaves no .old-PID
+    assert convert_main([str(hf), "--out", str(file_out), "--force"]) == 0
+    assert (file_out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "hf", "out"]
 
 
 # --- bad input: one line, exit code 2, nothing left behind ---------------------------------
@@ -207,18 +216,30 @@ def test_missing_path(tmp_path, capsys):
     assert_clean_failure(code, capsys.readouterr().err, out, "no such file or directory")
 
 
+def convert_hub_id(out: Path, env: dict) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, asked for a hub id."""
+    cmd = [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
 def test_unreachable_hub_cli(tmp_path):
-    """The real CLI in a subprocess: exit code 2 and one line on stderr."""
+    """Exit code 2 and one line on stderr."""
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "convert.py"), "some-org/some-model", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    r = convert_hub_id(out, {**os.environ, "HF_HUB_OFFLINE": "1"})
     assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable")
+
+
+def test_network_down_without_offline_mode_is_one_quick_line(tmp_path):
+    """HF_HUB_OFFLINE unset and the hub unreachable (a closed local port): the probe answers at
+    once, where the hub client would retry for ~25 s and end in a traceback."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {
+        "HF_ENDPOINT": "http://127.0.0.1:9"
+    }
+    tic = time.monotonic()
+    r = convert_hub_id(out, env)
+    assert_clean_failure(r.returncode, r.stderr, out, "hub is unreachable (127.0.0.1)")
+    assert "HF_HUB_OFFLINE=1" in r.stderr and time.monotonic() - tic < 25
 
 
 @pytest.mark.parametrize(
@@ -239,6 +260,7 @@ def test_gated_or_missing_hub_repo(tmp_path, capsys, monkeypatch, error, expect)
         raise getattr(errors, error)(f"{error} for {repo_id}", response=httpx2.Response(401, request=request))
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(mlx_models.hub, "reachable", lambda: True)  # the fake hub answers
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setattr(huggingface_hub, "list_repo_files", refuse)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_models import data
+from mlx_models import hub
 from mlx_models.batching import batch_order, collate, encode
 from mlx_models.config import TrainConfig
 from mlx_models.data import load_splits
@@ -52,6 +52,15 @@ def test_local_formats(tmp_path, ext):
     assert s.train.texts[3] == "example 3" and s.train.labels[:4] == [0, 1, 0, 1]
     assert s.test.labels == [1, 0, 1, 0] and s.num_labels == 2
     assert s.source == f"local dir {tmp_path}"
+
+
+def test_csv_with_a_byte_order_mark_and_na_like_texts(tmp_path):
+    """As Excel saves it: UTF-8 with a BOM; "NA"/"null" are texts and "007" keeps its zeros."""
+    body = "text,label\nNA,0\nnull,1\n007,0\n" + "".join(f"review {i},{i % 2}\n" for i in range(20))
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    s = local(tmp_path)
+    texts = s.train.texts + s.validation.texts + s.test.texts
+    assert {"NA", "null", "007"} <= set(texts) and len(texts) == 23
 
 
 def test_string_labels_map_to_sorted_names(tmp_path):
@@ -151,7 +160,7 @@ def test_embedded_imdb_max_samples(offline):
 def test_unreachable_hub_falls_back_or_explains(monkeypatch, capsys):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     s = load_splits(TrainConfig(dataset="imdb", max_samples=50))
     assert "unreachable" in capsys.readouterr().err and "embedded" in s.source
     with pytest.raises(DataError, match="ag_news.*unreachable.*--data-dir"):
@@ -163,7 +172,7 @@ def test_hub_dataset_uses_registry_columns(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
     fake = {
         name: {
             "title": [f"t{i}" for i in range(n)],

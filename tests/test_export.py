@@ -430,4 +430,7 @@ def test_corrupt_checkpoint_is_a_clear_error(runs, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli(main, [str(broken), "--to", "hf", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: {broken}: unreadable or mismatched weights") and not out.exists()
+    assert (
+        err.startswith(f"error: {broken / 'adapters.safetensors'} is missing or unreadable")
+        and not out.exists()
+    )

@@ -6,16 +6,8 @@ import math
 import pytest
 
 import train
-from hf_fixtures import SENTENCES
 from mlx_models.metrics import read_metrics
-
-# Real English with repeated structure: a tiny model can learn it in a few dozen steps.
-CORPUS = [
-    f"The {s} of the film was {a}, and the audience {v} it."
-    for s in ("story", "music", "acting", "ending", "camera work", "dialogue")
-    for a in ("wonderful", "dull", "moving", "clumsy")
-    for v in ("loved", "hated", "remembered")
-] + SENTENCES
+from sentiment import CORPUS
 
 
 @pytest.fixture

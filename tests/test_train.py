@@ -25,6 +25,7 @@ import mlx_models.trainer as trainer
 import train
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
+from mlx_models.build import build
 from mlx_models.cli import run_cli
 from mlx_models.config import TrainConfig, load_train_config
 from mlx_models.fuse import fuse
@@ -34,43 +35,9 @@ from mlx_models.metrics import read_metrics
 from mlx_models.reference import torch_model
 from mlx_models.run_dir import restore_weights
 from mlx_models.tasks import classify_loss
+from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
-
-POSITIVE = ["great", "brilliant", "wonderful", "charming", "powerful"]
-POSITIVE += ["smart", "funny", "sweet", "beautiful", "impressive"]
-NEGATIVE = ["terrible", "lazy", "clumsy", "boring", "forced"]
-NEGATIVE += ["confusing", "predictable", "weak", "forgettable", "dull"]
-SUBJECTS = ["acting", "story", "music", "plot", "ending", "cast", "script", "dialogue", "camera work", "film"]
-TEMPLATES = [
-    "The {s} was {w}, truly {w}.",
-    "I thought the {s} was {w}.",
-    "Honestly, a {w} {s}; just {w}.",
-    "What a {w} {s}!",
-]
-SIZES = {"train": 48, "validation": 16, "test": 16}  # per label: 96 / 32 / 32 examples
-
-
-def sentiment_splits(seed: int = 0) -> dict[str, list[dict]]:
-    """Balanced, disjoint, deterministic splits; no sentence appears in two splits."""
-    rng = np.random.default_rng(seed)
-    pools = {}
-    for label, words in ((1, POSITIVE), (0, NEGATIVE)):
-        texts = [t.format(s=s, w=w) for t in TEMPLATES for s in SUBJECTS for w in words]
-        pools[label] = [texts[i] for i in rng.permutation(len(texts))]
-    splits, start = {}, 0
-    for name, n in SIZES.items():
-        rows = [{"text": t, "label": label} for label in (1, 0) for t in pools[label][start : start + n]]
-        splits[name] = [rows[i] for i in rng.permutation(len(rows))]
-        start += n
-    return splits
-
-
-def write_splits(directory: Path, splits: dict[str, list]) -> Path:
-    directory.mkdir(parents=True)
-    for name, rows in splits.items():
-        (directory / f"{name}.json").write_text(json.dumps(rows))
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +389,7 @@ def test_lora_at_init_is_exactly_the_base_model(models, model_type):
 def test_fused_checkpoint_equals_base_plus_adapters(learned, tmp_path, name):
     run_dir = learned(name)[0]
     cfg = TrainConfig.from_json(run_dir / "best" / "train_config.json")
-    model, tok, _ = trainer.build(cfg, 2)
+    model, tok, _ = build(cfg, 2)
     restore_weights(model, run_dir / "best")
     model.eval()
     batch = padded_batch(tok, SENTENCES)

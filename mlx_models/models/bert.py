@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import DataError
 from .base import BaseModelArgs, TaskModel, activation, padding_mask
 
 
@@ -30,6 +31,11 @@ class ModelArgs(BaseModelArgs):
     initializer_range: float = 0.02
     is_decoder: bool = False
 
+    @property
+    def max_positions(self) -> int:
+        """The longest input, in tokens: the position table's size."""
+        return self.max_position_embeddings
+
     def checks(self) -> list[tuple[bool, str]]:
         D, heads, positions = self.hidden_size, self.num_attention_heads, self.position_embedding_type
         return super().checks() + [
@@ -47,11 +53,17 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(args.type_vocab_size, args.hidden_size)
         self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.dropout = nn.Dropout(args.hidden_dropout_prob)
+        self.max_positions = args.max_positions
 
     def position_ids(self, input_ids: mx.array) -> mx.array:
         return mx.arange(input_ids.shape[1])[None]
 
     def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
+        if input_ids.shape[1] > self.max_positions:  # MLX would read past the position table
+            raise DataError(
+                f"an input of {input_ids.shape[1]} tokens is longer than the model's "
+                f"{self.max_positions} positions; truncate it (max_length={self.max_positions})"
+            )
         if token_type_ids is None:
             token_type_ids = mx.zeros_like(input_ids)
         h = (

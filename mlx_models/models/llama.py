@@ -37,6 +37,7 @@ class ModelArgs(BaseModelArgs):
     initializer_range: float = 0.02
 
     activations = ("silu",)
+    max_positions = None  # RoPE has no position table: longer inputs run (as in transformers)
 
     def __post_init__(self):
         # transformers 5 folds rope_theta and rope_scaling into rope_parameters.

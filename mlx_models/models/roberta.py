@@ -14,6 +14,11 @@ class ModelArgs(bert.ModelArgs):
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 1
 
+    @property
+    def max_positions(self) -> int:
+        # Positions start at pad_token_id + 1 (see RobertaEmbeddings): 514 -> 512 tokens.
+        return self.max_position_embeddings - self.pad_token_id - 1
+
 
 class RobertaEmbeddings(bert.BertEmbeddings):
     def position_ids(self, input_ids: mx.array) -> mx.array:

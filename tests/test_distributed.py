@@ -1,0 +1,221 @@
+"""Data-parallel training: two ranks on localhost under ``mlx.launch --backend ring`` against one
+rank with the same global batch, only rank 0 writing, a killed or hung rank, and resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlx_models.config import load_train_config
+from mlx_models.metrics import read_metrics
+from mlx_models.trainer import run as train_run
+from sentiment import sentiment_splits, write_splits
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = Path(sys.executable).parent / "mlx.launch"
+STEPS = 6
+KINDS = {
+    "full-bert": ("bert", []),
+    "lora-llama": ("llama", ["--lora"]),
+    "qlora-llama": ("llama", ["--lora", "--quantize", "4"]),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_splits(tmp_path_factory.mktemp("data") / "sentiment", sentiment_splits())
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    return lambda family: str(tiny(family, "classify", num_labels=2)[1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def argv(model: str, data: Path, out: Path, batch: int, *extra: str) -> list[str]:
+    args = [
+        "--model",
+        model,
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--max-length",
+        "32",
+        "--dropout",
+        "0",
+    ]
+    args += [
+        "--batch-size",
+        str(batch),
+        "--max-steps",
+        str(STEPS),
+        "--eval-every",
+        "1",
+        "--learning-rate",
+        "1e-3",
+    ]
+    return [*args, *extra]
+
+
+def launch(args: list[str], log: Path, ranks: int = 2) -> subprocess.Popen:
+    cmd = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port())]
+    with log.open("w") as f:
+        return subprocess.Popen(
+            [*cmd, sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def rank_pid(out: Path, rank: int) -> int | None:
+    """The process of ``rank`` in the run writing to ``out`` (from /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in cmdline and b"train.py" in cmdline and f"MLX_RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+def train_losses(run: Path) -> list[float]:
+    return [r["running_loss"] for r in read_metrics(run) if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def one_rank(models, data, tmp_path_factory):
+    """The reference: one process, micro-batch 8 (the 2-rank runs use 4 per rank: the same batch)."""
+    done = {}
+
+    def get(kind: str) -> Path:
+        if kind not in done:
+            family, extra = KINDS[kind]
+            out = tmp_path_factory.mktemp("one") / "run"
+            train_run(load_train_config(argv(models(family), data, out, 8, *extra)))
+            done[kind] = out
+        return done[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def two_ranks(models, data, tmp_path_factory):
+    done = {}
+
+    def get(kind: str) -> tuple[Path, str]:
+        if kind not in done:
+            family, extra = KINDS[kind]
+            out = tmp_path_factory.mktemp("two") / "run"
+            log = out.parent / "log"
+            proc = launch(argv(models(family), data, out, 4, *extra), log)
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+            done[kind] = (out, log.read_text())
+        return done[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_two_ranks_equal_one_rank(one_rank, two_ranks, kind):
+    one, (two, log) = one_rank(kind), two_ranks(kind)
+    a, b = train_losses(one), train_losses(two)
+    assert len(a) == len(b) == STEPS
+    for x, y in zip(a, b, strict=True):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)  # the same loss at every step
+    test_a, test_b = ([r for r in read_metrics(d) if r["split"] == "test"] for d in (one, two))
+    assert len(test_b) == 1  # rank 0 alone wrote the record...
+    assert test_b[0]["accuracy"] == test_a[0]["accuracy"] and test_b[0]["f1"] == test_a[0]["f1"]
+    assert test_b[0]["loss"] == pytest.approx(test_a[0]["loss"], rel=1e-5)
+    assert sum(line.startswith('{"accuracy"') for line in log.splitlines()) == 1  # ...and printed it
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert "2 ranks x 4 x 1" in log
+    state = json.loads((two / "last" / "trainer_state.json").read_text())
+    assert state["ranks"] == 2 and state["step"] == STEPS
+
+
+def test_a_killed_rank_ends_the_other(models, data, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "log"
+    proc = launch(argv(models("bert"), data, out, 4, "--max-steps", "400", "--eval-every", "50"), log)
+    deadline = time.monotonic() + 300
+    while not (out / "config.json").exists() or "train:" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.0)
+    victim = rank_pid(out, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    tic = time.monotonic()
+    proc.wait(timeout=120)
+    waited = time.monotonic() - tic
+    text = log.read_text()
+    assert waited < 60, (waited, text[-2000:])  # mlx.launch itself exits 0: it reports the ranks' codes
+    assert "Node with rank 0 exited with code 2" in text, text[-2000:]
+    assert "error: rank 0: lost the connection to another rank" in text, text[-2000:]
+
+
+def test_a_hung_rank_trips_the_watchdog(models, data, tmp_path):
+    """SIGSTOP freezes rank 1 as a deadlock would: rank 0 gives up after --dist-timeout seconds."""
+    out, log = tmp_path / "run", tmp_path / "log"
+    args = argv(
+        models("bert"), data, out, 4, "--max-steps", "400", "--eval-every", "50", "--dist-timeout", "8"
+    )
+    proc = launch(args, log)
+    deadline = time.monotonic() + 300
+    while "train:" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.0)
+    victim = rank_pid(out, 1)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        tic = time.monotonic()
+        while rank_pid(out, 0) is not None and time.monotonic() - tic < 60:
+            time.sleep(0.2)
+        waited = time.monotonic() - tic
+    finally:
+        os.kill(victim, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert 8 <= waited < 30, waited
+    assert "rank 0: waited 8 s for the other ranks during" in log.read_text()
+
+
+def test_two_rank_resume_after_sigkill(models, data, tmp_path, two_ranks):
+    family, extra = KINDS["full-bert"]
+    out, log = tmp_path / "run", tmp_path / "log"
+    proc = launch(argv(models(family), data, out, 4, "--save-every", "2", *extra), log)
+    state = out / "last" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not (state.exists() and json.loads(state.read_text())["step"] >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank at once
+    proc.wait()
+    assert json.loads(state.read_text())["step"] < STEPS
+    resumed = launch(["--resume", str(out)], tmp_path / "log2")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "log2").read_text()[-3000:]
+    reference, _ = two_ranks("full-bert")
+    a, b = train_losses(reference), train_losses(out)
+    assert len(b) == STEPS and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True)), (a, b)
+
+
+def test_resume_with_another_rank_count_is_refused(two_ranks, capsys):
+    import train
+    from mlx_models.cli import run_cli
+
+    out, _ = two_ranks("full-bert")
+    assert run_cli(train.main, ["--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "was trained on 2 rank(s); resume it with 2 (mlx.launch -n 2), not 1" in err
