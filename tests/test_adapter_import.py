@@ -11,8 +11,6 @@ import pytest
 import torch
 import transformers
 from mlx.utils import tree_flatten
-from test_pretrain import CORPUS
-from test_train import sentiment_splits, write_splits
 
 import train
 from hf_fixtures import SENTENCES, padded_batch
@@ -21,6 +19,7 @@ from mlx_models.cli import run_cli
 from mlx_models.config import load_train_config
 from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
 from mlx_models.trained import load_trained
+from sentiment import CORPUS, sentiment_splits, write_splits
 
 LABELS = [1, 0, 1, 0]  # for SENTENCES
 

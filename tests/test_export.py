@@ -17,8 +17,6 @@ import torch
 import transformers
 from mlx.utils import tree_flatten
 from safetensors import safe_open
-from test_pretrain import CORPUS
-from test_train import sentiment_splits, write_splits
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import trainer
@@ -31,6 +29,7 @@ from mlx_models.hf_export import plain_weights
 from mlx_models.loading import load_model
 from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
 from mlx_models.trained import load_trained
+from sentiment import CORPUS, sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 
