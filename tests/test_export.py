@@ -283,14 +283,14 @@ def test_qlora_smollm2_classifier_in_a_transformers_pipeline(runs, data, tmp_pat
     texts, width = data["compare"], 16
     t = load_trained(run_dir)
     encoded, probs = encode(t.tokenizer, texts, width), []
-    for i in range(0, len(texts), 16):
-        ids, mask = collate(encoded[i : i + 16], pad_id_for(t.tokenizer))
+    for i in range(0, len(texts), 50):
+        ids, mask = collate(encoded[i : i + 50], pad_id_for(t.tokenizer))
         probs.append(np.array(mx.softmax(t.model(mx.array(ids), attention_mask=mx.array(mask)), axis=-1)))
     probs = np.concatenate(probs)
     pipe = transformers.pipeline(
         "text-classification", model=str(export(run_dir, "hf", tmp_path / "hf")), device="cpu"
     )
-    got = pipe(texts, batch_size=16, truncation=True, max_length=width)
+    got = pipe(texts, batch_size=50, truncation=True, max_length=width)
     assert [g["label"] for g in got] == [["neg", "pos"][i] for i in probs.argmax(-1)]
     np.testing.assert_allclose([g["score"] for g in got], probs.max(-1), atol=1e-4)
 
