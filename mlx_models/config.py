@@ -43,7 +43,7 @@ RESUME_OVERRIDES = (
     "memory_limit",
     "dist_timeout",
 )
-EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "max_samples", "memory_limit")
+EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "eval_batch_size", "max_samples", "memory_limit")
 
 
 def _f(default: Any, help: str, **bounds: Any) -> Any:
@@ -96,6 +96,7 @@ class TrainConfig:
     )
     max_samples: int | None = _f(None, "use at most N train, N validation and N test examples", min=1)
     batch_size: int = _f(8, "examples per micro-batch", min=1)
+    eval_batch_size: int | None = _f(None, "examples per evaluation batch; none: 4 x batch_size", min=1)
     grad_accum: int = _f(1, "micro-batches per optimizer step (batch = batch_size * grad_accum)", min=1)
     global_batch_size: int | None = _f(None, "examples per optimizer step; sets grad_accum", min=1)
     learning_rate: float = _f(2e-5, "peak learning rate (AdamW)", above=0, max=10)

@@ -230,7 +230,7 @@ def read_file(path: Path, text_col: str = "text", label_col: str | None = "label
         keep = {c: str for c in (text_col, label_col) if c}
         kwargs = {"keep_default_na": False, "converters": keep, "encoding": "utf-8-sig"}
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors become ours
     try:
         with tempfile.TemporaryDirectory(prefix="mlx_models-data-") as cache:
             dd = datasets.load_dataset(

@@ -116,7 +116,13 @@ def _watchdog(world: "World") -> threading.Thread:
 @functools.cache
 def world() -> World:
     """This process's place in the run: rank and size from ``mlx.launch`` (or 0 of 1)."""
-    group = mx.distributed.init()
+    try:
+        group = mx.distributed.init()
+    except RuntimeError as e:
+        raise DistributedError(
+            f"mx.distributed could not start ({' '.join(str(e).split())[:200]}); launch 2 or more ranks "
+            "with mlx.launch -n N, or run train.py directly for one"
+        ) from e
     if group.size() == 1:
         return World(None)
     return World(group, group.rank(), group.size())

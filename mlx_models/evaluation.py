@@ -1,6 +1,9 @@
 """Scoring a model on a split: loss, and accuracy/precision/recall/F1 (classify) or perplexity and
-token accuracy (mlm: of the masked tokens; lm: of the next tokens). Under mlx.launch each rank
-scores its share of the examples and the sums are added over the ranks."""
+token accuracy (mlm: of the masked tokens; lm: of the next tokens).
+
+A `Scorer` is the model's compiled, gradient-free forward with its loss and predictions: one
+graph per padded batch shape, one host sync per batch. Under mlx.launch each rank scores its
+share of the examples and the sums are added over the ranks."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,9 +15,34 @@ from .metrics import classification_metrics
 from .tasks import Masking, make_batch, token_predictions
 
 
+class Scorer:
+    """``scorer(batch) -> (summed loss, count, correct, predictions)`` for ``model`` on ``task``,
+    compiled with the model's parameters as inputs (so it follows training)."""
+
+    def __init__(self, model: nn.Module, task: str, compile: bool = True):
+        self.model, self.task = model, task
+
+        def score(batch: dict):
+            if task == "classify":
+                logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).astype(mx.float32)
+                targets, keep = batch["labels"], mx.ones(batch["labels"].shape, mx.bool_)
+            else:
+                logits, targets, keep = token_predictions(model, batch, task)
+            ce = nn.losses.cross_entropy(logits, mx.maximum(targets, 0)) * keep
+            predicted = mx.argmax(logits, axis=-1)
+            hits = ((predicted == targets) & keep).sum()
+            return mx.stack([ce.sum(), keep.sum().astype(mx.float32), hits.astype(mx.float32)]), predicted
+
+        self._score = mx.compile(score, inputs=[model.state]) if compile else score
+
+    def __call__(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        sums, predicted = self._score(batch)
+        mx.eval(sums, predicted)
+        return np.array(sums, np.float64), np.array(predicted)
+
+
 def evaluate(
-    model: nn.Module,
-    task: str,
+    scorer: Scorer,
     encoded: list[list[int]],
     labels: list[int] | None,
     *,
@@ -27,20 +55,23 @@ def evaluate(
 ) -> dict:
     """Mean loss per example (classify) or per predicted token (mlm, lm) over ``encoded``, in
     eval mode. Masked-LM masks are drawn from a fixed seed, so evaluations compare."""
-    world = world or World(None)
+    world, task = world or World(None), scorer.task
     share = world.part(list(range(len(encoded))))
-    num_labels = getattr(model.args, "num_labels", 2)
+    num_labels = getattr(scorer.model.args, "num_labels", 2)
     sums, confusion = np.zeros(3), np.zeros((num_labels, num_labels), np.int64)  # loss, count, hits
     rng = np.random.default_rng((seed + 1, world.rank))
-    model.eval()
+    scorer.model.eval()
     for part in batch_order([len(encoded[i]) for i in share], batch_size, seed, 0, shuffle=False):
         idx = [share[i] for i in part]
         batch = make_batch(
             task, [encoded[i] for i in idx], None if labels is None else [labels[i] for i in idx],
             pad_id=pad_id, padding_side=padding_side, masking=masking, rng=rng,
         )  # fmt: skip
-        sums += _score(model, task, batch, confusion)
-    model.train()
+        batch_sums, predicted = scorer(batch)
+        sums += batch_sums
+        if task == "classify":
+            np.add.at(confusion, ([labels[i] for i in idx], predicted), 1)
+    scorer.model.train()
     loss, count, hits = world.total(sums, "the evaluation sums").tolist()
     out = {"loss": loss / max(count, 1), "n": len(encoded)}
     if task == "classify":
@@ -48,18 +79,3 @@ def evaluate(
         golds, preds = (np.repeat(idx, confusion.ravel()).tolist() for idx in np.indices(confusion.shape))
         return out | classification_metrics(golds, preds, num_labels)
     return out | {"perplexity": float(np.exp(min(out["loss"], 50))), "accuracy": hits / max(count, 1)}
-
-
-def _score(model: nn.Module, task: str, batch: dict, confusion: np.ndarray) -> np.ndarray:
-    """(summed loss, count, correct) of one batch; classification also fills ``confusion``."""
-    if task == "classify":
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).astype(mx.float32)
-        targets, keep = batch["labels"], mx.ones(batch["labels"].shape, mx.bool_)
-    else:
-        logits, targets, keep = token_predictions(model, batch, task)
-    ce = nn.losses.cross_entropy(logits, mx.maximum(targets, 0)) * keep
-    predicted = mx.argmax(logits, axis=-1)
-    if task == "classify":
-        np.add.at(confusion, (np.array(targets), np.array(predicted)), 1)
-    hits = ((predicted == targets) & keep).sum()
-    return np.array([ce.sum().item(), keep.sum().item(), hits.item()])

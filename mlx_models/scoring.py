@@ -15,7 +15,7 @@ from .config import TrainConfig
 from .data import Splits
 from .distributed import World, world
 from .errors import ConfigError, DataError, MLXModelsError
-from .evaluation import evaluate
+from .evaluation import Scorer, evaluate
 from .loading import read_config
 from .metrics import append_metrics, plot_curves
 from .tasks import Masking
@@ -53,7 +53,8 @@ def test_and_report(
     rd.restore_weights(model, best)
     encoded, labels = encode_split(cfg, splits, "test", tokenizer)
     result = evaluate(
-        model, cfg.task, encoded, labels, batch_size=cfg.batch_size, pad_id=pad_id_for(tokenizer),
+        Scorer(model, cfg.task, compile=cfg.compile), encoded, labels,
+        batch_size=cfg.eval_batch_size or 4 * cfg.batch_size, pad_id=pad_id_for(tokenizer),
         padding_side=cfg.padding_side, masking=masking_for(cfg, tokenizer), seed=cfg.seed, world=w,
     )  # fmt: skip
     if not math.isfinite(result["loss"]):

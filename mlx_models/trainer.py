@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .data import Splits
 from .distributed import World, world
 from .errors import MLXModelsError
-from .evaluation import evaluate
+from .evaluation import Scorer, evaluate
 from .io import clear_stale
 from .metrics import append_metrics, plot_curves, truncate_metrics
 from .scoring import TrainingError, curve_axis, evaluate_run, masking_for, test_and_report
@@ -71,6 +71,7 @@ class Run:
     accum: int  # micro-batches per optimizer step, on each rank
     world: World
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
+    scorer: Scorer | None = None
     saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
 
     @property
@@ -80,11 +81,10 @@ class Run:
     def evaluate(self, name: str) -> dict:
         encoded, labels = self.data[name]
         return evaluate(
-            self.model,
-            self.cfg.task,
+            self.scorer,
             encoded,
             labels,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.cfg.eval_batch_size or 4 * self.cfg.batch_size,
             pad_id=pad_id_for(self.tokenizer),
             padding_side=self.cfg.padding_side,
             masking=self.masking,
@@ -164,6 +164,7 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
     run.step = TrainStep(
         run.model, run.optimizer, loss_fn, max_grad_norm=clip, compile=cfg.compile, world=run.world
     )
+    run.scorer = Scorer(run.model, cfg.task, compile=cfg.compile)
     if cfg.memory_limit:
         mx.set_memory_limit(int(cfg.memory_limit * 1024**3))
     kind = ("LoRA" if cfg.lora else "full") + (", 4-bit base" if cfg.quantize else "")
