@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-shard-size", type=positive_float, default=5.0, help="shard size limit in GB (default 5)"
     )
+    p.add_argument(
+        "--requantize",
+        action="store_true",
+        help="with -q on a .gguf: dequantize its Q4_0/Q4_1/Q8_0 blocks and quantize them again at "
+        "--q-group-size (default: keep them as they are, group 32, without a second rounding)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--check", action="store_true", help="run the PyTorch parity report after converting")
     args = p.parse_args(argv)
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
         max_shard_bytes=int(args.max_shard_size * 1024**3),
         progress=sys.stderr.isatty(),
+        requantize=args.requantize,
     )
     print(f"saved {out}")
     if args.check:

@@ -140,4 +140,4 @@ def total_steps(cfg: TrainConfig, n_train: int, group: int) -> tuple[int, int]:
     per_epoch = -(-n_train // group)
     if cfg.max_tokens:
         return -(-cfg.max_tokens // (group * cfg.max_length)), per_epoch
-    return cfg.max_steps or per_epoch * cfg.epochs, per_epoch
+    return per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps, per_epoch

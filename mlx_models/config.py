@@ -66,6 +66,11 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "comma-separated Llama projection names to adapt; mapped to the BERT/RoBERTa ones"},
     )
+    adapter: str | None = _f(
+        None,
+        "start from a LoRA adapter directory (PEFT or mlx-lm) for this base model; implies --lora, and "
+        "its rank, alpha, dropout and target modules replace the lora_* settings",
+    )
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA)", choices=(4, 8))
     num_labels: int | None = _f(None, "classes of the classifier; none: as many as the data has", min=2)
     from_scratch: bool = _f(False, "build the model from its config with HF's initialisation (pretraining)")
@@ -81,7 +86,11 @@ class TrainConfig:
     whole_word_masking: bool = _f(False, "mask the sub-tokens of a word together")
     profile: str | None = _f(None, "study profile from config.yaml profiles:, e.g. overfit")
     epochs: int = _f(3, "passes over the training data", min=1)
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)", min=1)
+    max_steps: int | None = _f(
+        None,
+        "stop after this many optimizer steps (overrides epochs); 0 only evaluates (an --adapter)",
+        min=0,
+    )
     max_tokens: int | None = _f(
         None, "a token budget: max_steps = tokens / (global batch x max_length)", min=1
     )
@@ -126,6 +135,7 @@ class TrainConfig:
                 problems.append(f"{f.name}: {e}")
                 continue
             problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
+        self.lora = self.lora or self.adapter is not None  # an imported adapter is a LoRA run
         problems += self._batch_problems()
         checks = [
             (not self.lora_targets, "lora_targets must name at least one projection"),

@@ -37,8 +37,10 @@ def convert(
     force: bool = False,
     max_shard_bytes: int = weights.MAX_SHARD_BYTES,
     progress: bool = True,
+    requantize: bool = False,
 ) -> Path:
-    """Convert ``source`` into the MLX checkpoint directory ``out``; returns ``out``."""
+    """Convert ``source`` into the MLX checkpoint directory ``out``; returns ``out``. With ``q_bits``,
+    GGUF Q4_0/Q4_1/Q8_0 blocks are kept as they are (group 32) unless ``requantize``."""
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(
@@ -50,7 +52,7 @@ def convert(
     model_module(config)  # unsupported model_type -> ConfigError listing the supported ones
     model = build_model(config, checkpoint_task(config))
     names = weight_names(src, config, model)
-    quantized = set()
+    quantized, kept = set(), {}
     if q_bits:
         quantized = {f"{p}.weight" for p in quantize(model, q_bits, q_group_size)}
         if not quantized:
@@ -58,11 +60,17 @@ def convert(
                 f"no layer of {source} has an input size divisible by --q-group-size {q_group_size}, "
                 "so nothing would be quantized; use a smaller group size (32)"
             )
+        kept = {} if requantize else kept_blocks(src, names, quantized)
         config["quantization"] = quantization_config(q_bits, q_group_size)
+        config["quantization"] |= {name.removesuffix(".weight"): q for name, q in kept.items()}
     config = output_config(config, dtype or default_dtype(config))
     with atomic_dir(out, force=force) as tmp:
         writer = weights.ShardWriter(tmp, max_shard_bytes)
         for src_name, name in tqdm(names.items(), desc="converting", unit="tensor", disable=not progress):
+            if name in kept:  # GGUF blocks already in MLX's affine layout: written as they are
+                for k, v in affine_tensors(src, src_name, name, DTYPES[config["dtype"]]).items():
+                    writer.add(k, v)
+                continue
             w = src.read(src_name)
             if mx.issubdtype(w.dtype, mx.floating):
                 w = w.astype(DTYPES[config["dtype"]])
@@ -115,6 +123,20 @@ def weight_names(src: Source, config: dict, model: nn.Module) -> dict[str, str]:
             file=sys.stderr,
         )
     return {k: v for k, v in names.items() if v in known}
+
+
+def kept_blocks(src: Source, names: dict[str, str], quantized: set[str]) -> dict[str, dict]:
+    """Our weight name -> its quantization, for the weights to quantize that the source already
+    holds in MLX's affine format (GGUF Q4_0/Q4_1/Q8_0): written as they are, not rounded twice."""
+    return {
+        n: src.affine[s] | {"mode": "affine"} for s, n in names.items() if n in quantized and s in src.affine
+    }
+
+
+def affine_tensors(src: Source, src_name: str, name: str, dtype: mx.Dtype) -> dict[str, mx.array]:
+    wq, scales, biases = src.read_affine(src_name)
+    base = name.removesuffix(".weight")  # scales/biases come from float16: exact in fp16 and fp32
+    return {name: wq, f"{base}.scales": scales.astype(dtype), f"{base}.biases": biases.astype(dtype)}
 
 
 def output_config(config: dict, dtype: str) -> dict:

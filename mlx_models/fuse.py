@@ -3,20 +3,17 @@
 python -m mlx_models.fuse RUN_DIR --out DIR [--checkpoint best|last|iter-N] [--force]
 """
 
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from mlx.utils import tree_flatten
 
 from . import run_dir as rd
-from .build import build
 from .cli import ArgumentParser, run_cli
-from .config import TrainConfig
 from .errors import ConfigError
 from .io import atomic_dir, atomic_write_json
 from .lora import fuse_lora
+from .trained import load_trained, locate
 from .weights import save_weights
 
 
@@ -29,17 +26,14 @@ def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best", fo
         raise ConfigError(f"{ckpt} is not a checkpoint of a train.py run (checkpoints: {have or 'none'})")
     if Path(out).exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
-    cfg = TrainConfig.from_json(ckpt / "train_config.json")
-    if not cfg.lora:
+    if not locate(ckpt).lora:
         raise ConfigError(f"{run_dir} is a full finetuning run: {ckpt} is already a plain checkpoint")
-    num_labels = json.loads((ckpt / rd.CONFIG).read_text())["num_labels"]
-    model, tokenizer, base = build(dataclasses.replace(cfg, grad_checkpoint=False), num_labels)
-    rd.restore_weights(model, ckpt)
-    fuse_lora(model)
+    t = load_trained(ckpt)
+    fuse_lora(t.model)
     with atomic_dir(out, force=force) as tmp:
-        save_weights(tmp, dict(tree_flatten(model.parameters())))
-        atomic_write_json(tmp / rd.CONFIG, rd.model_config(base, model, cfg.task))
-        tokenizer.save_pretrained(str(tmp))
+        save_weights(tmp, dict(tree_flatten(t.model.parameters())))
+        atomic_write_json(tmp / rd.CONFIG, rd.model_config(t.base, t.model, t.task))
+        t.tokenizer.save_pretrained(str(tmp))
     return Path(out)
 
 

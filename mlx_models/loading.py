@@ -88,7 +88,13 @@ def load_model(
     mapping = weights.add_or_strip_prefix(list(tensors), model)
     tensors = {mapping[k]: v for k, v in tensors.items()}
     if q := config.get("quantization"):
-        quantize(model, q["bits"], q["group_size"], predicate=lambda p, m: f"{p}.scales" in tensors)
+        # A layer's own entry (GGUF blocks kept at group 32) overrides the checkpoint's default.
+        quantize(
+            model,
+            q["bits"],
+            q["group_size"],
+            predicate=lambda p, m: f"{p}.scales" in tensors and q.get(p, True),
+        )
     expected = weights.parameter_shapes(model)
     # Heads and the BERT pooler may be absent (an MLM checkpoint has no pooler): initialised anew.
     heads = tuple(f"{h}." for h in model.head_modules)

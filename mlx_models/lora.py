@@ -22,7 +22,7 @@ TARGET_ALIASES = {
     "down_proj": ("down_proj", "output.dense"),
 }
 
-__all__ = ["LoRALinear", "apply_lora", "fuse_lora"]
+__all__ = ["LoRALinear", "apply_lora", "fuse_lora", "target_paths"]
 
 
 def _matches(path: str, targets: list[str]) -> bool:
@@ -34,15 +34,26 @@ def _matches(path: str, targets: list[str]) -> bool:
     return False
 
 
+def target_paths(model: nn.Module, targets: list[str]) -> list[str]:
+    """Paths of the base model's linear layers that ``targets`` (names or full paths) select."""
+    heads = tuple(model.head_modules)
+    return [
+        path
+        for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+        if not path.startswith(heads)
+        and isinstance(m, nn.Linear | nn.QuantizedLinear)
+        and _matches(path, targets)
+    ]
+
+
 def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
     """Wrap the target linears of the base model in LoRA; freeze all but adapters and head."""
     heads = tuple(model.head_modules)
-    found = []
-    for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
-        if path.startswith(heads) or not isinstance(m, nn.Linear | nn.QuantizedLinear):
-            continue
-        if _matches(path, targets):
-            found.append((path, LoRALinear.from_base(m, r=rank, dropout=dropout, scale=alpha / rank)))
+    modules = dict(model.named_modules())
+    found = [
+        (path, LoRALinear.from_base(modules[path], r=rank, dropout=dropout, scale=alpha / rank))
+        for path in target_paths(model, targets)
+    ]
     if not found:
         raise ConfigError(
             f"lora_targets {targets} match no linear layer of the model; use e.g. q_proj,v_proj"
@@ -51,7 +62,8 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
     model.update_modules(tree_unflatten(found))
     model.unfreeze(keys=["lora_a", "lora_b"], strict=False)
     for h in heads:
-        model[h].unfreeze()
+        if h in model:  # a tied causal LM has no lm_head module
+            model[h].unfreeze()
     return [p for p, _ in found]
 
 

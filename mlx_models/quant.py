@@ -88,18 +88,20 @@ def quantize(
 ) -> list[str]:
     """Quantize ``model`` in place; returns the paths of the quantized layers.
 
-    ``predicate(path, module)`` defaults to :func:`quantizable` with the model's heads skipped.
+    ``predicate(path, module)`` defaults to :func:`quantizable` with the model's heads skipped; it
+    may return a dict with the layer's own ``group_size`` and ``bits`` (mlx-lm's per-layer config).
     """
     skip = getattr(model, "head_modules", ())
     predicate = predicate or (lambda p, m: quantizable(p, m, group_size, skip))
     new = []
     for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
-        if not predicate(path, m):
+        if not (spec := predicate(path, m)):
             continue
+        gs, b = (spec["group_size"], spec["bits"]) if isinstance(spec, dict) else (group_size, bits)
         if isinstance(m, nn.Linear):
-            new.append((path, QuantizedLinear.from_linear(m, group_size, bits)))
+            new.append((path, QuantizedLinear.from_linear(m, gs, b)))
         elif isinstance(m, nn.Embedding):
-            new.append((path, QuantizedEmbedding.from_embedding(m, group_size, bits)))
+            new.append((path, QuantizedEmbedding.from_embedding(m, gs, b)))
     model.update_modules(tree_unflatten(new))
     return [p for p, _ in new]
 

