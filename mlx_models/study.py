@@ -1,0 +1,243 @@
+"""The study in one command: every selected model on every selected dataset, one comparison report.
+
+    python train.py --study NAME [--only MODEL,...] [--datasets NAME,...] [train.py options]
+    python -m mlx_models.study NAME ...
+
+Each cell is `python train.py --model M --dataset D --profile P ... --out
+results/study/NAME/runs/<model>-<dataset>`, a child process of its own, so a 7B QLoRA never
+shares memory with anything else. A cell whose run has a test record is skipped; one with a
+`last/` checkpoint is resumed (`--resume`); one killed before its first checkpoint cannot be
+resumed and is restarted; one that fails (exit code, last `error:` line) is recorded and the
+study goes on. train.py options given here apply to every cell. The plan of the study (cells
+and their arguments) is kept in plan.json: a re-run must match it. Exit code 0 when every cell
+run finished, 1 when one failed (the report is still written), 2 for bad input (nothing written).
+"""
+
+import argparse
+import codecs
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cli import run_cli
+from .config import DEFAULT_CONFIG, parse_command_line
+from .errors import ConfigError
+from .io import atomic_write_json
+from .metrics import read_metrics
+from .study_plan import Cell, Plan, load_plan, model_alias, study_names
+from .study_report import read_json, write_report
+
+STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
+TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
+OPTIONS = ("--study", "--only", "--datasets")
+
+
+def main(argv: list[str] | None = None, config_path: str | os.PathLike = DEFAULT_CONFIG) -> int:
+    opts, rest = parse_args(list(sys.argv[1:] if argv is None else argv), config_path)
+    plan = load_plan(opts.name, parse_command_line(rest), config_path)
+    cells = narrow(plan, opts.only, opts.datasets, config_path)
+    study_dir = STUDY_ROOT / plan.name
+    check_same_plan(study_dir, plan)  # the last check: nothing is written before it
+    atomic_write_json(study_dir / "plan.json", plan.describe())
+    env = {**os.environ, "MLX_MODELS_CONFIG": str(Path(config_path).resolve())}  # the cells read it too
+    failed = []
+    try:
+        for k, cell in enumerate(cells, 1):
+            if run_cell(study_dir, cell, f"[{k}/{len(cells)}]", env) == "failed":
+                failed.append(cell.id)
+    finally:
+        write_report(study_dir, plan)
+    print(
+        f"study {plan.name}: {len(cells) - len(failed)} of {len(cells)} cells finished"
+        + (f", failed: {', '.join(failed)}" if failed else "")
+        + f"; report: {study_dir / 'report.md'}",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str], config_path: str | os.PathLike) -> tuple[argparse.Namespace, list[str]]:
+    """(the study's own options, the train.py options for every cell)."""
+    ours, rest, tokens = [], [], iter(argv)
+    for token in tokens:
+        if token.split("=", 1)[0] in OPTIONS:
+            ours += [token] if "=" in token else [token, next(tokens, "")]
+        elif token in ("-h", "--help"):
+            ours.append(token)
+        else:
+            rest.append(token)
+    if rest and not rest[0].startswith("-") and "=" not in rest[0]:
+        ours.insert(0, rest.pop(0))  # python -m mlx_models.study NAME
+    parser = argparse.ArgumentParser(
+        prog="python -m mlx_models.study",
+        description="Train every model x dataset of a study in config.yaml (model_selection.studies) "
+        "and write results/study/NAME/report.md, report.json and comparison.png.",
+        epilog="Any other option is a train.py option (python train.py --help) applied to every cell.",
+        exit_on_error=False,
+        allow_abbrev=False,
+    )
+    parser.add_argument("name", nargs="?", help="the study (or --study NAME)")
+    parser.add_argument("--study", help="the study, as train.py takes it")
+    parser.add_argument("--only", help="comma-separated models of the study to run now")
+    parser.add_argument("--datasets", help="comma-separated datasets of the study to run now")
+    try:
+        opts = parser.parse_args(ours)
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"{e}") from e
+    if (opts.name is None) == (opts.study is None):
+        known = ", ".join(study_names(config_path)) or "none in config.yaml yet"
+        raise ConfigError(
+            f"name one study: --study NAME or python -m mlx_models.study NAME (studies: {known})"
+        )
+    opts.name = opts.name or opts.study
+    return opts, rest
+
+
+def narrow(plan: Plan, only: str | None, datasets: str | None, config_path: str | os.PathLike) -> list[Cell]:
+    """The cells of ``plan`` that --only and --datasets keep (all by default)."""
+    cells = plan.cells
+    if only:
+        where = f"--only (study {plan.name}: {', '.join(plan.models)})"
+        models = {model_alias(m.strip(), config_path, where) for m in only.split(",") if m.strip()}
+        if missing := models - {c.model for c in cells}:
+            raise ConfigError(f"{where} names {', '.join(sorted(missing))}, which the study does not select")
+        cells = [c for c in cells if c.model in models]
+    if datasets:
+        names, known = (
+            {d.strip() for d in datasets.split(",") if d.strip()},
+            {c.dataset: 0 for c in plan.cells},
+        )
+        if missing := names - set(known):
+            raise ConfigError(
+                f"--datasets names {', '.join(sorted(missing))}, which study {plan.name} does not select "
+                f"({', '.join(known)})"
+            )
+        cells = [c for c in cells if c.dataset in names]
+    return cells
+
+
+def check_same_plan(study_dir: Path, plan: Plan) -> None:
+    """A study directory is one plan: other models, datasets or settings need another name."""
+    if not study_dir.exists() or not any(study_dir.iterdir()):
+        return
+    before = read_json(study_dir / "plan.json")
+    if before is None:
+        raise ConfigError(
+            f"{study_dir} exists but holds no study (no plan.json); remove it or rename the study"
+        )
+    now = plan.describe()
+    if before == now:
+        return
+    old, new = before.get("cells", {}), now["cells"]
+    if old.keys() != new.keys():
+        gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+        what = ", ".join(
+            part
+            for part in (gone and f"cells now left out {gone}", added and f"cells now added {added}")
+            if part
+        )
+    else:
+        cell = next(c for c in new if old[c] != new[c])
+        what = f"cell {cell} as `{shlex.join(old[cell])}`; now `{shlex.join(new[cell])}`"
+    raise ConfigError(
+        f"study {plan.name} in {study_dir} was run with a different selection: {what}; "
+        f"use the same selection and options, choose another study name, or remove {study_dir}"
+    )
+
+
+# ---- one cell ------------------------------------------------------------------------------------
+
+
+def cell_state(run_dir: Path) -> str:
+    """new | finished (a test record) | resumable (a last/ checkpoint) | restart (neither)."""
+    if not run_dir.exists():
+        return "new"
+    if any(r.get("split") == "test" for r in read_metrics(run_dir)):
+        return "finished"
+    return "resumable" if (run_dir / "last" / "trainer_state.json").exists() else "restart"
+
+
+def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
+    """Run (or skip, resume, restart) one cell; record its outcome in status.json."""
+    run_dir = study_dir / "runs" / cell.id
+    state = cell_state(run_dir)
+    if state == "finished":
+        print(f"{progress} {cell.id}: finished earlier, skipped", file=sys.stderr)
+        return "finished"
+    status = read_json(study_dir / "status.json") or {}
+    before = status.get(cell.id, {}) if state == "resumable" else {}
+    if state == "restart":
+        print(
+            f"{progress} {cell.id}: stopped before its first checkpoint (nothing to resume); restarting",
+            file=sys.stderr,
+        )
+        shutil.rmtree(run_dir)
+    args = ["--resume", str(run_dir)] if state == "resumable" else [*cell.args, "--out", str(run_dir)]
+    verb = "resuming" if state == "resumable" else "training"
+    print(f"{progress} {cell.id}: {verb}: python train.py {shlex.join(args)}", file=sys.stderr)
+    outcome = run_child([sys.executable, str(TRAIN_PY), *args], env)
+    status[cell.id] = outcome | {
+        "command": shlex.join(["python", "train.py", *args]),
+        "attempts": before.get("attempts", 0) + 1,
+        "wall_s": round(before.get("wall_s", 0.0) + outcome["wall_s"], 1),
+        "max_rss_gb": max(before.get("max_rss_gb", 0.0), outcome["max_rss_gb"]),
+    }
+    atomic_write_json(study_dir / "status.json", status)
+    print(f"{progress} {cell.id}: {outcome['status']}" + _reason(outcome), file=sys.stderr)
+    if outcome["status"] == "interrupted":
+        raise KeyboardInterrupt
+    return outcome["status"]
+
+
+def _reason(outcome: dict) -> str:
+    return f": {outcome['reason']}" if outcome.get("reason") else ""
+
+
+def run_child(command: list[str], env: dict) -> dict:
+    """Run a cell's train.py, its stderr shown live and its tail kept for the failure reason."""
+    tic = time.perf_counter()
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
+    decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    try:
+        while chunk := os.read(proc.stderr.fileno(), 1 << 16):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail = (tail + text)[-20_000:]
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reached it already; a kill -INT did not
+    finally:
+        proc.stderr.close()
+        _, wait_status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory (ru_maxrss)
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+    code = proc.returncode
+    rss_gb = usage.ru_maxrss / (1e9 if sys.platform == "darwin" else 1e6)  # bytes on macOS, KiB on Linux
+    outcome = {"exit_code": code, "wall_s": time.perf_counter() - tic, "max_rss_gb": round(rss_gb, 3)}
+    if code == 0:
+        return outcome | {"status": "finished", "reason": None}
+    if code in (130, -signal.SIGINT):
+        return outcome | {"status": "interrupted", "reason": "interrupted (Ctrl-C)"}
+    return outcome | {"status": "failed", "reason": failure_reason(code, tail)}
+
+
+def failure_reason(code: int, stderr_tail: str) -> str:
+    """One line: the cell's `error:` line (exit 2), else its last line, else how it ended."""
+    lines = [line.strip() for line in re.split(r"[\r\n]", stderr_tail) if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1].removeprefix("error: ")
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the system's out-of-memory killer?)" if code == -signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}" + (f": {lines[-1]}" if lines else "")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
