@@ -67,7 +67,8 @@ def parse_args(argv: list[str], config_path: str | os.PathLike) -> tuple[argpars
     ours, rest, tokens = [], [], iter(argv)
     for token in tokens:
         if token.split("=", 1)[0] in OPTIONS:
-            ours += [token] if "=" in token else [token, next(tokens, "")]
+            value = None if "=" in token else next(tokens, None)  # None: argparse says it is missing
+            ours += [token] if value is None else [token, value]
         elif token in ("-h", "--help"):
             ours.append(token)
         else:
@@ -78,14 +79,15 @@ def parse_args(argv: list[str], config_path: str | os.PathLike) -> tuple[argpars
         prog="python -m mlx_models.study",
         description="Train every model x dataset of a study in config.yaml (model_selection.studies) "
         "and write results/study/NAME/report.md, report.json and comparison.png.",
-        epilog="Any other option is a train.py option (python train.py --help) applied to every cell.",
+        epilog="Any other option is a train.py option (python train.py --help) applied to every cell. "
+        f"Studies in {config_path}: {', '.join(study_names(config_path)) or 'none yet'}.",
         exit_on_error=False,
         allow_abbrev=False,
     )
     parser.add_argument("name", nargs="?", help="the study (or --study NAME)")
-    parser.add_argument("--study", help="the study, as train.py takes it")
-    parser.add_argument("--only", help="comma-separated models of the study to run now")
-    parser.add_argument("--datasets", help="comma-separated datasets of the study to run now")
+    parser.add_argument("--study", metavar="NAME", help="the study, as train.py takes it")
+    parser.add_argument("--only", metavar="MODEL,...", help="run only these models of the study now")
+    parser.add_argument("--datasets", metavar="NAME,...", help="run only these datasets of the study now")
     try:
         opts = parser.parse_args(ours)
     except argparse.ArgumentError as e:
@@ -178,12 +180,14 @@ def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
             file=sys.stderr,
         )
         shutil.rmtree(run_dir)
-    args = ["--resume", str(run_dir)] if state == "resumable" else [*cell.args, "--out", str(run_dir)]
+    command = (
+        ["python", "train.py", "--resume", str(run_dir)] if state == "resumable" else cell.command(run_dir)
+    )
     verb = "resuming" if state == "resumable" else "training"
-    print(f"{progress} {cell.id}: {verb}: python train.py {shlex.join(args)}", file=sys.stderr)
-    outcome = run_child([sys.executable, str(TRAIN_PY), *args], env)
+    print(f"{progress} {cell.id}: {verb}: {shlex.join(command)}", file=sys.stderr)
+    outcome = run_child([sys.executable, str(TRAIN_PY), *command[2:]], env)
     status[cell.id] = outcome | {
-        "command": shlex.join(["python", "train.py", *args]),
+        "command": shlex.join(command),
         "attempts": before.get("attempts", 0) + 1,
         "wall_s": round(before.get("wall_s", 0.0) + outcome["wall_s"], 1),
         "max_rss_gb": max(before.get("max_rss_gb", 0.0), outcome["max_rss_gb"]),

@@ -20,7 +20,6 @@ Precedence in a cell: profile < overrides < model_overrides < the command line.
 import difflib
 import os
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,9 @@ class Cell:
     def id(self) -> str:
         return f"{self.name}-{self.dataset}"
 
-    @property
-    def command(self) -> str:
-        return shlex.join(["python", "train.py", *self.args])
+    def command(self, out: Path) -> list[str]:
+        """The cell as one train.py command line (as a list)."""
+        return ["python", "train.py", *self.args, "--out", str(out)]
 
 
 @dataclass(frozen=True)

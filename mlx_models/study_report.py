@@ -9,6 +9,7 @@ a fixed train subset as large as validation, in eval mode, so both are measured 
 import io
 import json
 import math
+import shlex
 from pathlib import Path
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -43,7 +44,7 @@ def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
     train = {r["step"]: r for r in records if r["split"] == "train"}
     row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": f"runs/{cell.id}"}
     row |= {"status": status_of(run_dir, test, outcome), "reason": (outcome or {}).get("reason")}
-    row |= {"command": cell.command} | dict.fromkeys(k for k, _, _ in COLUMNS)
+    row |= {"command": shlex.join(cell.command(run_dir))} | dict.fromkeys(k for k, _, _ in COLUMNS)
     if test:
         row |= {"test_accuracy": test.get("accuracy"), "test_f1": test.get("f1"), "test_loss": test["loss"]}
     if val:
@@ -94,8 +95,8 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         f"# Study `{plan.name}`",
         "",
         f"`python train.py --study {plan.name}`: models {', '.join(plan.models)}; datasets "
-        f"{', '.join(plan.datasets)}; profile `{plan.profile or 'none'}`. Each cell is one train.py run; "
-        "its command is in report.json.",
+        f"{', '.join(plan.datasets)}; profile `{plan.profile or 'none'}`. Each cell is one train.py run "
+        "(commands below).",
         "",
         "| model | dataset | status | " + " | ".join(h for _, h, _ in COLUMNS) + " | run |",
         "|---|---|---|" + "---:|" * len(COLUMNS) + "---|",
@@ -116,8 +117,9 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed cells", ""] + [f"- `{r['cell']}`: {r['reason']}" for r in failed]
-    lines += ["", "![train and validation curves per dataset](comparison.png)", ""]
-    return "\n".join(lines)
+    lines += ["", "![train and validation curves per dataset](comparison.png)", "", "## Cells", ""]
+    lines += [f"- `{r['cell']}`: `{r['command']}`" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value, fmt: str) -> str:

@@ -304,3 +304,14 @@ def test_failure_reason_is_one_line():
         "killed by SIGKILL (the system's out-of-memory killer?)"
     )
     assert study.failure_reason(1, "Traceback ...\nRuntimeError: boom\n") == "exit code 1: RuntimeError: boom"
+
+
+def test_model_selection_keys_are_checked(project, tmp_path, capsys):
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["model_selection"]["studies"]["grid"]["dataset"] = ["imdb"]  # a typo of datasets
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    code, err = run_study(tmp_path, ["grid"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: unknown key(s) dataset in model_selection.studies.grid in ")
+    assert "allowed: models, datasets, profile, overrides, model_overrides" in err
+    assert not (tmp_path / "results").exists()
