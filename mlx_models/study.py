@@ -111,14 +111,11 @@ def narrow(plan: Plan, only: str | None, datasets: str | None, config_path: str 
             raise ConfigError(f"{where} names {', '.join(sorted(missing))}, which the study does not select")
         cells = [c for c in cells if c.model in models]
     if datasets:
-        names, known = (
-            {d.strip() for d in datasets.split(",") if d.strip()},
-            {c.dataset: 0 for c in plan.cells},
-        )
-        if missing := names - set(known):
+        names, known = {d.strip() for d in datasets.split(",") if d.strip()}, {c.dataset for c in plan.cells}
+        if missing := names - known:
             raise ConfigError(
                 f"--datasets names {', '.join(sorted(missing))}, which study {plan.name} does not select "
-                f"({', '.join(known)})"
+                f"({', '.join(sorted(known))})"
             )
         cells = [c for c in cells if c.dataset in names]
     return cells

@@ -129,16 +129,15 @@ def _fmt(value, fmt: str) -> str:
 
 
 def comparison_figure(study_dir: Path, plan: Plan):
-    """Per dataset, loss and accuracy against epoch: every model's train (dashed) and validation
-    (solid) curves on shared axes."""
+    """Per dataset, loss and accuracy against epoch: every model's train (dashed, open markers) and
+    validation (solid) curves on shared axes; one legend for the figure."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
+    from matplotlib.lines import Line2D
 
     datasets = list(dict.fromkeys(c.dataset for c in plan.cells))
-    names = list(dict.fromkeys(c.name for c in plan.cells))
-    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    fig = Figure(figsize=(11, 3.8 * len(datasets)), layout="constrained")
-    axes = fig.subplots(len(datasets), 2, squeeze=False)
-    for row, dataset in zip(axes, datasets, strict=True):
+    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(c.name for c in plan.cells))}
+    fig = Figure(figsize=(12, 3.6 * len(datasets) + 0.6), layout="constrained")
+    for row, dataset in zip(fig.subplots(len(datasets), 2, squeeze=False), datasets, strict=True):
         for cell in (c for c in plan.cells if c.dataset == dataset):
             records = read_metrics(study_dir / "runs" / cell.id)
             for ax, key in zip(row, ("loss", "accuracy"), strict=True):
@@ -146,24 +145,19 @@ def comparison_figure(study_dir: Path, plan: Plan):
                     points = [(r["epoch"], r[key]) for r in records if r["split"] == split and key in r]
                     if points:
                         x, y = zip(*points, strict=True)
-                        ax.plot(
-                            x,
-                            y,
-                            style,
-                            marker="o",
-                            markersize=5,
-                            color=colors[cell.name],
-                            markerfacecolor=face,
-                            label=f"{cell.name} {split}",
-                        )
+                        ax.plot(x, y, style, marker="o", color=colors[cell.name], markerfacecolor=face)
         for ax, key in zip(row, ("loss", "accuracy"), strict=True):
-            ax.set_title(f"{dataset}: {key}")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(key)
+            ax.set(title=f"{dataset}: {key}", xlabel="epoch", ylabel=key)
             ax.grid(alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=8)
-            else:
+            if not ax.has_data():
                 ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"study {plan.name}: train (dashed, open) vs validation (solid) per dataset")
+    handles = [Line2D([], [], color=color, marker="o", label=name) for name, color in colors.items()]
+    handles += [
+        Line2D(
+            [], [], color="gray", ls="--", marker="o", markerfacecolor="none", label="train (fixed subset)"
+        ),
+        Line2D([], [], color="gray", ls="-", marker="o", label="validation"),
+    ]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    fig.suptitle(f"study {plan.name}: train vs validation, every model on shared axes per dataset")
     return fig
