@@ -87,10 +87,13 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike = DEFAULT_CON
     entry = _study_entry(name, config_path)
     where = f"model_selection.studies.{name} in {config_path}"
     if "models" in entry:
-        models = _names(entry["models"], "models", where)
+        models = _names(entry["models"], "models", f"model_selection.studies.{name}.models in {config_path}")
     else:  # the plan's own selection
-        models = _names(_selection(config_path).get("selected_models"), "selected_models", "model_selection")
-    datasets = _names(entry.get("datasets"), "datasets", where)
+        selected = _selection(config_path).get("selected_models")
+        models = _names(selected, "models", f"model_selection.selected_models in {config_path}")
+    datasets = _names(
+        entry.get("datasets"), "datasets", f"model_selection.studies.{name}.datasets in {config_path}"
+    )
     aliases = [model_alias(m, config_path, where) for m in models]
     data = [_dataset(d, config_path, where) for d in datasets]
     profile = entry.get("profile")
@@ -105,12 +108,12 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike = DEFAULT_CON
     per_model = _model_overrides(entry.get("model_overrides") or {}, models, aliases, config_path, where)
     cells = []
     for alias in aliases:
-        name_ = resolve_model_alias(alias, config_path)["name"]
+        short = resolve_model_alias(alias, config_path)["name"]
         for dataset, data_dir in data:
             args = ["--model", alias, "--dataset", dataset]
             args += ["--data-dir", data_dir] if data_dir else []
             args += ["--profile", profile] if profile else []
-            cells.append(Cell(alias, name_, dataset, tuple(args + as_args(common | per_model[alias] | cli))))
+            cells.append(Cell(alias, short, dataset, tuple(args + as_args(common | per_model[alias] | cli))))
     _check_cells(name, cells, config_path)
     return Plan(name, models, datasets, profile, cells)
 
@@ -119,9 +122,16 @@ def model_alias(name: str, config_path: str | os.PathLike, where: str) -> str:
     """A selection's model name -> what train.py --model takes (see the module docstring)."""
     models = read_config_yaml(config_path)["models"]
     aliases = _selection(config_path).get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise ConfigError(f"model_selection.aliases in {config_path} must map the plan's names to aliases")
     if name in models:
         return name
-    if name in aliases and aliases[name] in models:
+    if name in aliases:
+        if aliases[name] not in models:
+            raise ConfigError(
+                f"model_selection.aliases in {config_path} maps {name!r} to {aliases[name]!r}, which is "
+                f"not an alias of models: ({', '.join(models)})"
+            )
         return aliases[name]
     by_source = [alias for alias, entry in models.items() if entry.get("source") == name]
     if len(by_source) == 1:
@@ -176,11 +186,11 @@ def _names(value: Any, what: str, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not value:
-        raise ConfigError(f"the study selects no {what}; list them under {what}: in {where}")
+        raise ConfigError(f"the study selects no {what}; list them in {where}")
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{what} in {where} must be a list of names, got {value!r}")
+        raise ConfigError(f"{where} must be a list of names, got {value!r}")
     if dup := sorted({v for v in value if value.count(v) > 1}):
-        raise ConfigError(f"{', '.join(dup)} listed twice in {what} of {where}; keep one")
+        raise ConfigError(f"{', '.join(dup)} listed twice in {where}; keep one")
     return value
 
 
@@ -217,13 +227,14 @@ def _model_overrides(
 
 def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) -> None:
     """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data)."""
-    seen = {}
+    seen = set()
     for cell in cells:
         if cell.id in seen:
             raise ConfigError(
-                f"study {study}: {seen[cell.id]} and {cell.model} both make run {cell.id}; rename one"
+                f"study {study}: two cells would share run {cell.id} (models or dataset directories "
+                f"with the same name); rename one"
             )
-        seen[cell.id] = cell.model
+        seen.add(cell.id)
         try:
             load_train_config(list(cell.args), config_path)
         except ConfigError as e:

@@ -249,7 +249,10 @@ BAD = {
         "unknown model 'no-such-model' in model_selection.studies.unknown-model",
     ),
     "unknown dataset": (["unknown-dataset"], "unknown dataset 'no-such-data' in model_selection.studies"),
-    "empty models": (["no-models"], "the study selects no models; list them under models:"),
+    "empty models": (
+        ["no-models"],
+        "the study selects no models; list them in model_selection.studies.no-models.models",
+    ),
     "empty datasets": (["no-datasets"], "the study selects no datasets"),
     "unknown study": (["no-such-study"], "unknown study 'no-such-study'; studies in"),
     "no study": ([], "name one study: --study NAME"),
@@ -306,12 +309,32 @@ def test_failure_reason_is_one_line():
     assert study.failure_reason(1, "Traceback ...\nRuntimeError: boom\n") == "exit code 1: RuntimeError: boom"
 
 
-def test_model_selection_keys_are_checked(project, tmp_path, capsys):
+SELECTION_CASES = {
+    "a typo in a study": (
+        lambda sel: sel["studies"]["grid"].update(dataset=["imdb"]),
+        "grid",
+        "unknown key(s) dataset in model_selection.studies.grid in ",
+    ),
+    "an empty plan selection": (
+        lambda sel: sel.update(selected_models=[]) or sel["studies"].update(plan={"datasets": ["imdb"]}),
+        "plan",
+        "the study selects no models; list them in model_selection.selected_models in ",
+    ),
+    "a plan name mapped to no alias": (
+        lambda sel: sel["aliases"].update({"bag-of-words-tfidf": "tf-idf"}),
+        "grid",
+        "maps 'bag-of-words-tfidf' to 'tf-idf', which is not an alias of models:",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SELECTION_CASES))
+def test_model_selection_is_checked(project, tmp_path, capsys, case):
+    edit, name, message = SELECTION_CASES[case]
     config = yaml.safe_load((project / "config.yaml").read_text())
-    config["model_selection"]["studies"]["grid"]["dataset"] = ["imdb"]  # a typo of datasets
+    edit(config["model_selection"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    code, err = run_study(tmp_path, ["grid"], capsys)
+    code, err = run_study(tmp_path, [name], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith("error: unknown key(s) dataset in model_selection.studies.grid in ")
-    assert "allowed: models, datasets, profile, overrides, model_overrides" in err
+    assert err.startswith("error: ") and message in err, err
     assert not (tmp_path / "results").exists()
