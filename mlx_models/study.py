@@ -177,14 +177,13 @@ def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
             file=sys.stderr,
         )
         shutil.rmtree(run_dir)
-    command = (
-        ["python", "train.py", "--resume", str(run_dir)] if state == "resumable" else cell.command(run_dir)
-    )
+    args = ["--resume", str(run_dir)] if state == "resumable" else cell.train_args(run_dir)
+    command = shlex.join(["python", "train.py", *args])
     verb = "resuming" if state == "resumable" else "training"
-    print(f"{progress} {cell.id}: {verb}: {shlex.join(command)}", file=sys.stderr)
-    outcome = run_child([sys.executable, str(TRAIN_PY), *command[2:]], env)
+    print(f"{progress} {cell.id}: {verb}: {command}", file=sys.stderr)
+    outcome = run_child([sys.executable, str(TRAIN_PY), *args], env)
     status[cell.id] = outcome | {
-        "command": shlex.join(command),
+        "command": command,
         "attempts": before.get("attempts", 0) + 1,
         "wall_s": round(before.get("wall_s", 0.0) + outcome["wall_s"], 1),
         "max_rss_gb": max(before.get("max_rss_gb", 0.0), outcome["max_rss_gb"]),

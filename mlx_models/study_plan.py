@@ -53,9 +53,9 @@ class Cell:
     def id(self) -> str:
         return f"{self.name}-{self.dataset}"
 
-    def command(self, out: Path) -> list[str]:
-        """The cell as one train.py command line (as a list)."""
-        return ["python", "train.py", *self.args, "--out", str(out)]
+    def train_args(self, out: Path) -> list[str]:
+        """The cell's whole train.py command line, run directory included."""
+        return [*self.args, "--out", str(out)]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
     train = {r["step"]: r for r in records if r["split"] == "train"}
     row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": f"runs/{cell.id}"}
     row |= {"status": status_of(run_dir, test, outcome), "reason": (outcome or {}).get("reason")}
-    row |= {"command": shlex.join(cell.command(run_dir))} | dict.fromkeys(k for k, _, _ in COLUMNS)
+    row |= {"command": shlex.join(["python", "train.py", *cell.train_args(run_dir)])} | dict.fromkeys(
+        k for k, _, _ in COLUMNS
+    )
     if test:
         row |= {"test_accuracy": test.get("accuracy"), "test_f1": test.get("f1"), "test_loss": test["loss"]}
     if val:
