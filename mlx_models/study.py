@@ -6,11 +6,13 @@
 Each cell is `python train.py --model M --dataset D --profile P ... --out
 results/study/NAME/runs/<model>-<dataset>`, a child process of its own, so a 7B QLoRA never
 shares memory with anything else. A cell whose run has a test record is skipped; one with a
-`last/` checkpoint is resumed (`--resume`); one killed before its first checkpoint cannot be
-resumed and is restarted; one that fails (exit code, last `error:` line) is recorded and the
-study goes on. train.py options given here apply to every cell. The plan of the study (cells
-and their arguments) is kept in plan.json: a re-run must match it. Exit code 0 when every cell
-run finished, 1 when one failed (the report is still written), 2 for bad input (nothing written).
+checkpoint is resumed (`--resume`: from its furthest checkpoint); one stopped before its first
+checkpoint is started again; one that fails (exit code, last `error:` line) is recorded and the
+study goes on. Ctrl-C or SIGTERM reaches the running cell (which saves last/), then the study
+writes its report and stops (130/143). train.py options given here apply to every cell. The
+plan of the study (cells and their arguments) is kept in plan.json: a re-run must match it. Exit
+code 0 when every cell run finished, 1 when one failed (the report is still written), 2 for bad
+input (nothing written).
 """
 
 import argparse
@@ -25,13 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import ArgumentParser, Terminated, run_cli, stop_for
 from .config import DEFAULT_CONFIG, parse_command_line
 from .errors import ConfigError
 from .io import atomic_write_json
 from .metrics import read_metrics
 from .study_plan import Cell, Plan, load_plan, model_alias, study_names
-from .study_report import read_json, write_report
+from .study_report import read_state, write_report
 
 STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
 TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
@@ -75,23 +77,18 @@ def parse_args(argv: list[str], config_path: str | os.PathLike) -> tuple[argpars
             rest.append(token)
     if rest and not rest[0].startswith("-") and "=" not in rest[0]:
         ours.insert(0, rest.pop(0))  # python -m mlx_models.study NAME
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m mlx_models.study",
         description="Train every model x dataset of a study in config.yaml (model_selection.studies) "
         "and write results/study/NAME/report.md, report.json and comparison.png.",
         epilog="Any other option is a train.py option (python train.py --help) applied to every cell. "
         f"Studies in {config_path}: {', '.join(study_names(config_path)) or 'none yet'}.",
-        exit_on_error=False,
-        allow_abbrev=False,
     )
     parser.add_argument("name", nargs="?", help="the study (or --study NAME)")
     parser.add_argument("--study", metavar="NAME", help="the study, as train.py takes it")
     parser.add_argument("--only", metavar="MODEL,...", help="run only these models of the study now")
     parser.add_argument("--datasets", metavar="NAME,...", help="run only these datasets of the study now")
-    try:
-        opts = parser.parse_args(ours)
-    except argparse.ArgumentError as e:
-        raise ConfigError(f"{e}") from e
+    opts = parser.parse_args(ours)
     if (opts.name is None) == (opts.study is None):
         known = ", ".join(study_names(config_path)) or "none in config.yaml yet"
         raise ConfigError(
@@ -125,7 +122,7 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
     """A study directory is one plan: other models, datasets or settings need another name."""
     if not study_dir.exists() or not any(study_dir.iterdir()):
         return
-    before = read_json(study_dir / "plan.json")
+    before = read_state(study_dir / "plan.json")
     if before is None:
         raise ConfigError(
             f"{study_dir} exists but holds no study (no plan.json); remove it or rename the study"
@@ -154,12 +151,13 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
 
 
 def cell_state(run_dir: Path) -> str:
-    """new | finished (a test record) | resumable (a last/ checkpoint) | restart (neither)."""
+    """new | finished (a test record) | resumable (a checkpoint) | restart (neither)."""
     if not run_dir.exists():
         return "new"
     if any(r.get("split") == "test" for r in read_metrics(run_dir)):
         return "finished"
-    return "resumable" if (run_dir / "last" / "trainer_state.json").exists() else "restart"
+    checkpoints = [p for p in run_dir.iterdir() if (p / "trainer_state.json").is_file()]
+    return "resumable" if checkpoints else "restart"
 
 
 def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
@@ -169,12 +167,11 @@ def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
     if state == "finished":
         print(f"{progress} {cell.id}: finished earlier, skipped", file=sys.stderr)
         return "finished"
-    status = read_json(study_dir / "status.json") or {}
+    status = read_state(study_dir / "status.json") or {}
     before = status.get(cell.id, {}) if state == "resumable" else {}
     if state == "restart":
         print(
-            f"{progress} {cell.id}: stopped before its first checkpoint (nothing to resume); restarting",
-            file=sys.stderr,
+            f"{progress} {cell.id}: stopped before its first checkpoint; starting it again", file=sys.stderr
         )
         shutil.rmtree(run_dir)
     args = ["--resume", str(run_dir)] if state == "resumable" else cell.train_args(run_dir)
@@ -190,8 +187,8 @@ def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
     }
     atomic_write_json(study_dir / "status.json", status)
     print(f"{progress} {cell.id}: {outcome['status']}" + _reason(outcome), file=sys.stderr)
-    if outcome["status"] == "interrupted":
-        raise KeyboardInterrupt
+    if outcome["status"] == "interrupted":  # the study stops as the cell did
+        raise stop_for(signal.SIGTERM if outcome["exit_code"] in STOPPED[signal.SIGTERM] else signal.SIGINT)
     return outcome["status"]
 
 
@@ -199,31 +196,50 @@ def _reason(outcome: dict) -> str:
     return f": {outcome['reason']}" if outcome.get("reason") else ""
 
 
+STOPPED = {signal.SIGINT: (130, -signal.SIGINT), signal.SIGTERM: (143, -signal.SIGTERM)}  # exit codes
+
+
 def run_child(command: list[str], env: dict) -> dict:
     """Run a cell's train.py, its stderr shown live and its tail kept for the failure reason."""
     tic = time.perf_counter()
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
-    decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
     try:
-        while chunk := os.read(proc.stderr.fileno(), 1 << 16):
-            text = decoder.decode(chunk)
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            tail = (tail + text)[-20_000:]
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reached it already; a kill -INT did not
+        tail = pump(proc)
     finally:
         proc.stderr.close()
         _, wait_status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory (ru_maxrss)
-        proc.returncode = os.waitstatus_to_exitcode(wait_status)
-    code = proc.returncode
+        proc.returncode = code = os.waitstatus_to_exitcode(wait_status)
     rss_gb = usage.ru_maxrss / (1e9 if sys.platform == "darwin" else 1e6)  # bytes on macOS, KiB on Linux
     outcome = {"exit_code": code, "wall_s": time.perf_counter() - tic, "max_rss_gb": round(rss_gb, 3)}
     if code == 0:
         return outcome | {"status": "finished", "reason": None}
-    if code in (130, -signal.SIGINT):
-        return outcome | {"status": "interrupted", "reason": "interrupted (Ctrl-C)"}
+    if code in (*STOPPED[signal.SIGINT], *STOPPED[signal.SIGTERM]):
+        return outcome | {
+            "status": "interrupted",
+            "reason": "stopped by Ctrl-C or SIGTERM; a re-run resumes it",
+        }
     return outcome | {"status": "failed", "reason": failure_reason(code, tail)}
+
+
+def pump(proc: subprocess.Popen) -> str:
+    """Copy the child's stderr to ours until it ends; the last 20,000 characters. A Ctrl-C or
+    SIGTERM of the study is passed on to the child (which saves last/), and its output still read."""
+    decoder, tail, passed_on = codecs.getincrementaldecoder("utf-8")(errors="replace"), "", False
+    while True:
+        try:
+            chunk = os.read(proc.stderr.fileno(), 1 << 16)
+        except KeyboardInterrupt as e:
+            if passed_on:  # a second one: stop waiting
+                raise
+            proc.send_signal(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+            passed_on = True
+            continue
+        if not chunk:
+            return tail
+        text = decoder.decode(chunk)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        tail = (tail + text)[-20_000:]
 
 
 def failure_reason(code: int, stderr_tail: str) -> str:

@@ -7,12 +7,12 @@ a fixed train subset as large as validation, in eval mode, so both are measured 
 """
 
 import io
-import json
 import math
 import shlex
 from pathlib import Path
 
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .errors import ConfigError
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from .metrics import read_metrics
 from .study_plan import Cell, Plan
 
@@ -31,8 +31,13 @@ COLUMNS = [  # (report.json key, report.md header, format)
 ]
 
 
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def read_state(path: Path) -> dict | None:
+    """plan.json or status.json of a study; None before the study wrote it."""
+    return (
+        read_json(path, ConfigError, f"remove {path.parent} and run the study again")
+        if path.exists()
+        else None
+    )
 
 
 def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
@@ -82,7 +87,7 @@ def status_of(run_dir: Path, test: dict | None, outcome: dict | None) -> str:
 
 
 def write_report(study_dir: Path, plan: Plan) -> None:
-    status = read_json(study_dir / "status.json") or {}
+    status = read_state(study_dir / "status.json") or {}
     rows = [cell_summary(study_dir, cell, status.get(cell.id)) for cell in plan.cells]
     atomic_write_json(study_dir / "report.json", {"plan": plan.describe(), "cells": rows})
     atomic_write_text(study_dir / "report.md", markdown(plan, rows))
@@ -113,8 +118,9 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         "*gap* = validation loss − train loss at the same evaluation (train loss on a fixed train "
         "subset as large as validation, scored like it): the overfitting measure. *best* = the "
         "evaluation with the lowest validation loss, the checkpoint scored on test. tokens/s: "
-        "training steps of the last process (a resumed run: since it resumed); wall: the cell's "
-        "processes as the study saw them end; max RSS: the cell process's peak resident memory.",
+        "train.py's training speed in the cell's last session (evaluations included); MLX peak: "
+        "the highest peak_gb in metrics.jsonl; max RSS: the cell process's peak resident memory; "
+        "wall: the cell's train.py processes, as the study saw them end.",
     ]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:

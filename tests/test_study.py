@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from test_train import BAD_DATA, sentiment_splits, write_splits
+from test_faults import wait_for
 
 import mlx_models.study as study
 from mlx_models.cli import run_cli
@@ -22,6 +21,7 @@ from mlx_models.config import DEFAULT_CONFIG, load_train_config
 from mlx_models.metrics import read_metrics
 from mlx_models.study_plan import load_plan
 from mlx_models.study_report import gap
+from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 # As tests/test_train.py's resume test: 32 steps of 4, checkpoints and evaluations every 4 steps.
@@ -38,12 +38,15 @@ def project(tiny, tmp_path_factory):
     data = {
         name: write_splits(root / name, sentiment_splits(seed)) for name, seed in (("sent", 0), ("sent2", 1))
     }
-    data["bad"] = write_splits(root / "bad", BAD_DATA["negative label"][0])
+    bad = sentiment_splits()
+    bad["test"] = [*bad["test"][:-1], {"text": "Fine.", "label": -1}]  # a label out of range
+    data["bad"] = write_splits(root / "bad", bad)
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     grid = {"models": [str(model), "bag-of-words-tfidf"], "datasets": [str(data["sent"]), str(data["sent2"])]}
     config["model_selection"]["studies"] = {
         "grid": grid | {"overrides": TRAIN},
         "killed": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN},
+        "stopped": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN},
         "broken": {"models": ["tfidf"], "datasets": [str(data["bad"]), str(data["sent"])]},
         "restart": {"models": ["tfidf"], "datasets": [str(data["sent"])]},
         "no-models": {"models": [], "datasets": ["imdb"]},
@@ -158,47 +161,59 @@ def test_train_py_study_entry_with_narrowing(grid, project):
     assert "[1/1] tfidf-sent2: finished earlier, skipped" in proc.stderr
 
 
-def test_killed_cell_resumes_to_the_same_metrics(grid, project, capsys):
-    """The study (and its cell) SIGKILLed mid-run; a re-run resumes the cell from last/ and ends
-    where the uninterrupted grid cell ended."""
-    study_dir = project / "results" / "study" / "killed"
+@pytest.mark.parametrize("how", ["SIGKILL to the study and its cell", "SIGTERM to the study"])
+def test_stopped_study_resumes_the_cell_to_the_same_metrics(grid, project, capsys, how):
+    """The study killed (with its cell) or terminated mid-cell; a re-run resumes the cell from its
+    checkpoint and ends where the uninterrupted grid cell ended."""
+    name = "killed" if how.startswith("SIGKILL") else "stopped"
+    study_dir = project / "results" / "study" / name
     state = study_dir / "runs" / "tiny-bert-sent" / "last" / "trainer_state.json"
-    env = os.environ | {"MLX_MODELS_CONFIG": str(project / "config.yaml")}
-    log = (project / "killed.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_models.study", "killed"],
-        cwd=project,
-        env=env | {"PYTHONPATH": str(ROOT)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the kill reaches the cell too
-    )
-    deadline = time.monotonic() + 120
+    env = os.environ | {"MLX_MODELS_CONFIG": str(project / "config.yaml"), "PYTHONPATH": str(ROOT)}
+    with (project / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_models.study", name],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a SIGKILL reaches the cell too
+        )
+
+    def checkpoint_at_8():
+        try:
+            return json.loads(state.read_text())["step"] >= 8 or None
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
     try:
-        while True:
-            assert proc.poll() is None, (project / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint at step >= 8 within 120 s"
-            try:
-                if json.loads(state.read_text())["step"] >= 8:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
+        wait_for(proc, checkpoint_at_8)
+        if name == "killed":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # the study passes it on: the cell saves last/ and stops, the study reports and stops
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 143, (project / f"{name}.log").read_text()[-3000:]
+            status = json.loads((study_dir / "status.json").read_text())["tiny-bert-sent"]
+            assert (status["status"], status["exit_code"]) == ("interrupted", 143)
+            row = json.loads((study_dir / "report.json").read_text())["cells"][0]
+            assert row["status"] == "interrupted" and row["test_accuracy"] is None
     finally:
         proc.kill()
         proc.wait()
     killed = json.loads(state.read_text())["step"]
     assert 8 <= killed < 32
-    code, err = run_study(project, ["killed"], capsys)
+    code, err = run_study(project, [name], capsys)
     assert code == 0, err[-3000:]
     assert (
-        "[1/1] tiny-bert-sent: resuming: python train.py --resume results/study/killed/runs/tiny-bert-sent"
+        f"[1/1] tiny-bert-sent: resuming: python train.py --resume results/study/{name}/runs/tiny-bert-sent"
         in err
     )
 
+    # SIGTERM stops between evaluations; the mean training loss of that window (running_loss) then
+    # covers only the steps after the resume: a property of train.py's resume, not of the study.
+    keys = ("split", "step", "loss", "accuracy", "f1") + (("running_loss",) if name == "killed" else ())
+
     def key(r):
-        return {k: r.get(k) for k in ("split", "step", "loss", "accuracy", "f1", "running_loss")}
+        return {k: r.get(k) for k in keys}
 
     a = [key(r) for r in read_metrics(grid[2] / "runs" / "tiny-bert-sent")]
     b = [key(r) for r in read_metrics(study_dir / "runs" / "tiny-bert-sent")]
@@ -218,7 +233,7 @@ def test_cell_stopped_before_its_first_checkpoint_is_restarted(project, capsys):
     (study_dir / "plan.json").write_text(json.dumps(plan.describe()))
     code, err = run_study(project, ["restart"], capsys)
     assert code == 0, err
-    assert "tfidf-sent: stopped before its first checkpoint (nothing to resume); restarting" in err
+    assert "[1/1] tfidf-sent: stopped before its first checkpoint; starting it again" in err
     assert read_metrics(stale)[-1]["split"] == "test"
     assert json.loads((stale / "config.json").read_text())["model"] == "tfidf"
 
