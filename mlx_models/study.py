@@ -17,6 +17,7 @@ input (nothing written).
 
 import argparse
 import codecs
+import contextlib
 import os
 import re
 import shlex
@@ -25,12 +26,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .cli import ArgumentParser, Terminated, run_cli, stop_for
 from .config import DEFAULT_CONFIG, parse_command_line
 from .errors import ConfigError
-from .io import atomic_write_json
+from .io import _pid_alive, atomic_write_json  # _pid_alive: io's check of a temp file's writer
 from .metrics import read_metrics
 from .study_plan import Cell, Plan, load_plan, model_alias, study_names
 from .study_report import read_state, write_report
@@ -38,6 +40,7 @@ from .study_report import read_state, write_report
 STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
 TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
 OPTIONS = ("--study", "--only", "--datasets")
+LOCK = ".running"
 
 
 def main(argv: list[str] | None = None, config_path: str | os.PathLike = DEFAULT_CONFIG) -> int:
@@ -45,16 +48,17 @@ def main(argv: list[str] | None = None, config_path: str | os.PathLike = DEFAULT
     plan = load_plan(opts.name, parse_command_line(rest), config_path)
     cells = narrow(plan, opts.only, opts.datasets, config_path)
     study_dir = STUDY_ROOT / plan.name
-    check_same_plan(study_dir, plan)  # the last check: nothing is written before it
-    atomic_write_json(study_dir / "plan.json", plan.describe())
     env = {**os.environ, "MLX_MODELS_CONFIG": str(Path(config_path).resolve())}  # the cells read it too
     failed = []
-    try:
-        for k, cell in enumerate(cells, 1):
-            if run_cell(study_dir, cell, f"[{k}/{len(cells)}]", env) == "failed":
-                failed.append(cell.id)
-    finally:
-        write_report(study_dir, plan)
+    with one_at_a_time(study_dir):
+        check_same_plan(study_dir, plan)  # the last check: nothing but the lock is written before it
+        atomic_write_json(study_dir / "plan.json", plan.describe())
+        try:
+            for k, cell in enumerate(cells, 1):
+                if run_cell(study_dir, cell, f"[{k}/{len(cells)}]", env) == "failed":
+                    failed.append(cell.id)
+        finally:
+            write_report(study_dir, plan)
     print(
         f"study {plan.name}: {len(cells) - len(failed)} of {len(cells)} cells finished"
         + (f", failed: {', '.join(failed)}" if failed else "")
@@ -118,9 +122,43 @@ def narrow(plan: Plan, only: str | None, datasets: str | None, config_path: str 
     return cells
 
 
+@contextlib.contextmanager
+def one_at_a_time(study_dir: Path) -> Iterator[None]:
+    """A study runs in one process at a time: two would train the same cells into the same runs.
+    The lock (study_dir/.running, holding the PID) appears whole, by a hard link; a dead one's is
+    taken over."""
+    lock, created = study_dir / LOCK, not study_dir.exists()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    mine, text = study_dir / f".running.{os.getpid()}.tmp", ""
+    mine.write_text(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):  # (its study may just have ended)
+                    text = lock.read_text().strip()
+                if text.isdigit() and _pid_alive(int(text)):
+                    raise ConfigError(
+                        f"study {study_dir.name} is already running (process {text}); wait for it or stop it"
+                    ) from None
+                lock.unlink(missing_ok=True)  # a study that died
+    except BaseException:
+        mine.unlink()
+        if created:
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
+    mine.unlink()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def check_same_plan(study_dir: Path, plan: Plan) -> None:
     """A study directory is one plan: other models, datasets or settings need another name."""
-    if not study_dir.exists() or not any(study_dir.iterdir()):
+    if not [p for p in study_dir.iterdir() if p.name != LOCK]:
         return
     before = read_state(study_dir / "plan.json")
     if before is None:
