@@ -7,7 +7,12 @@ from mlx_models.cli import run_cli
 from mlx_models.config import load_train_config
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg.split("=")[0] == "--study" for arg in argv):
+        from mlx_models.study import main as run_study  # every model x dataset of a study
+
+        return run_study(argv)
     cfg = load_train_config(argv)
     if cfg.model == "tfidf":
         run_tfidf(cfg)

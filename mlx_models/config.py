@@ -25,12 +25,17 @@ import yaml
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+# MLX_MODELS_CONFIG names another config.yaml; a study's cells (child processes) inherit it.
+DEFAULT_CONFIG = Path(
+    os.environ.get("MLX_MODELS_CONFIG") or Path(__file__).resolve().parent.parent / "config.yaml"
+)
 TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-SECTIONS = ("models", "datasets", "profiles", "default_run")
+SECTIONS = ("models", "datasets", "profiles", "default_run", "model_selection")
 MODEL_KEYS = ("source", "quantize", "train", "params", "config")
 DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
+SELECTION_KEYS = ("selected_models", "aliases", "studies")  # model_selection: (mlx_models/study_plan.py)
+STUDY_KEYS = ("models", "datasets", "profile", "overrides", "model_overrides")
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
 # What a continued run may change; everything else comes from RUN_DIR/config.json.
@@ -307,7 +312,18 @@ def _read_yaml(path: Path, mtime_ns: int, size: int) -> dict:
         entries = section.items() if name in ("models", "datasets") else []
         for entry, value in entries:
             _check_entry(f"{name}.{entry} in {path}", value, MODEL_KEYS if name == "models" else DATASET_KEYS)
+    _check_selection(sections["model_selection"], path)
     return sections
+
+
+def _check_selection(section: dict, path: Path) -> None:
+    """model_selection's keys; what the names mean is checked when a study runs (study_plan.py)."""
+    _check_entry(f"model_selection: in {path}", section, SELECTION_KEYS)
+    studies = section.get("studies") or {}
+    if not isinstance(studies, dict):
+        raise ConfigError(f"model_selection.studies in {path} must be a mapping of study names")
+    for study, value in studies.items():
+        _check_entry(f"model_selection.studies.{study} in {path}", value, STUDY_KEYS)
 
 
 def _check_entry(where: str, entry: Any, allowed: tuple[str, ...]) -> None:
@@ -350,7 +366,8 @@ separated. Precedence, lowest first: built-in defaults < config.yaml (the model'
 then the profile) < the command line. Without a model on the command line, config.yaml's
 default_run: names the model and the profile. With --resume RUN_DIR the settings come from
 RUN_DIR/config.json and only {", ".join(RESUME_OVERRIDES)} may be changed; with --eval-only
-RUN_DIR only {", ".join(EVAL_ONLY_OVERRIDES)}."""
+RUN_DIR only {", ".join(EVAL_ONLY_OVERRIDES)}. `--study NAME` trains every model x dataset of a
+study in config.yaml's model_selection: (python -m mlx_models.study --help)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
