@@ -125,8 +125,13 @@ class LlamaModel(nn.Module):
         self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        h = self.embed_tokens(input_ids)
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        inputs_embeds: mx.array | None = None,
+    ) -> mx.array:
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
         mask = causal_mask(h.shape[1], attention_mask)
         for layer in self.layers:
             h = layer(h, mask)
@@ -140,8 +145,13 @@ def untied_lm_head(args: ModelArgs) -> nn.Linear | None:
 class LlamaForCausalLM(TaskModel):
     base_class, base_model_prefix, task, heads = LlamaModel, "model", "lm", {"lm_head": untied_lm_head}
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        h = self.model(input_ids, attention_mask)
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        inputs_embeds: mx.array | None = None,
+    ) -> mx.array:
+        h = self.model(input_ids, attention_mask, inputs_embeds)
         if "lm_head" in self:
             return self.lm_head(h)
         return self.model.embed_tokens.as_linear(h)  # (B, L, vocab)
@@ -154,8 +164,13 @@ class LlamaForSequenceClassification(TaskModel):
     base_class, base_model_prefix, task = LlamaModel, "model", "classify"
     heads = {"score": lambda a: nn.Linear(a.hidden_size, a.num_labels, bias=False)}
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        h = self.model(input_ids, attention_mask)
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        inputs_embeds: mx.array | None = None,
+    ) -> mx.array:
+        h = self.model(input_ids, attention_mask, inputs_embeds)
         # Llama has no pad token, so the last real token is found from the attention
         # mask, not from pad ids (transformers needs config.pad_token_id for this).
         if attention_mask is None:
