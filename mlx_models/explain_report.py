@@ -22,6 +22,7 @@ def record(i: int, e: Example, c: Column, o: Explained) -> dict:
     if o.completeness:
         delta = o.completeness["f_input"] - o.completeness["f_baseline"]
         gap = o.completeness | {"relative_gap": o.completeness["gap"] / abs(delta) if delta else None}
+    probs = _floats(o.proba)
     return {
         "run": c.run,
         "checkpoint": c.checkpoint,
@@ -33,10 +34,10 @@ def record(i: int, e: Example, c: Column, o: Explained) -> dict:
         "tokens": o.tokens.tokens,
         "token_words": o.tokens.token_word.tolist(),
         "prediction": int(o.proba.argmax()),
-        "probability": float(o.proba.max()),
-        "probabilities": _floats(o.proba),
+        "probability": max(probs),
+        "probabilities": probs,
         "target": o.target,
-        "target_probability": float(o.proba[o.target]),
+        "target_probability": probs[o.target],
         "scores": {m: _floats(s) for m, s in o.scores.items()},
         "token_scores": {m: _floats(s) for m, s in o.token_scores.items()},
         "completeness": gap,
