@@ -84,14 +84,14 @@ class MLXScorer:
     def seen(self, example: Example, tok: Tokenized) -> np.ndarray:
         return seen_words(tok.token_word, len(example.spans))
 
-    def _batches(self, seqs: list[list[int]]):
+    def batches(self, seqs: list[list[int]]):
         for idx in batch_order([len(s) for s in seqs], self.options.batch_size, 0, 0, shuffle=False):
             ids, mask = collate([seqs[i] for i in idx], self.pad_id, self.padding_side)
             yield idx, ids, mask
 
     def proba_ids(self, seqs: list[list[int]]) -> np.ndarray:
         out = np.zeros((len(seqs), self.model.args.num_labels))
-        for idx, ids, mask in self._batches(seqs):
+        for idx, ids, mask in self.batches(seqs):
             logits = self.model(mx.array(ids), attention_mask=mx.array(mask)).astype(mx.float32)
             out[idx] = np.array(mx.softmax(logits, axis=-1, precise=True))
         return out
@@ -109,7 +109,7 @@ class MLXScorer:
         """Per example: (token scores (L,), IG completeness record or None)."""
         out = [None] * len(toks)
         o = self.options
-        for idx, ids, mask in tqdm(list(self._batches([t.ids for t in toks])), desc=method, file=sys.stderr):
+        for idx, ids, mask in tqdm(list(self.batches([t.ids for t in toks])), desc=method, file=sys.stderr):
             keep, _ = collate(
                 [t.special.astype(int).tolist() for t in (toks[i] for i in idx)], 1, self.padding_side
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import batching
 from .errors import ConfigError
 
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
@@ -87,14 +88,8 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[Tokenized]:
             f"{type(tokenizer).__name__} is a slow tokenizer without character offsets; "
             "re-convert the model so that it carries tokenizer.json (a fast tokenizer)"
         )
-    enc = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_length,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        return_token_type_ids=False,
-        return_attention_mask=False,
+    enc = batching.run_tokenizer(
+        tokenizer, texts, max_length, return_offsets_mapping=True, return_special_tokens_mask=True
     )
     out = []
     for text, ids, offsets, special in zip(
