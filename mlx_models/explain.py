@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import explain_report as report
+from . import run_dir as rd
 from .attribution import RULES
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .config import TrainConfig
 from .data import FORMATS, SPLIT_SEED, _pick, load_splits, read_file
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, WeightsError
 from .explainer import GRADIENT_METHODS, METHODS, Column, Example, Options, explain_examples
-from .io import atomic_dir, atomic_write_json, atomic_write_text
+from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 
 ITER = re.compile(r"iter-(\d+)")
 
@@ -49,18 +50,20 @@ def open_run(path: Path, which: str) -> Run:
             f"{path} trained a {cfg.task} model, which has no classifier to explain; "
             "explain a run trained with --task classify"
         )
-    tfidf = cfg.model == "tfidf"
-    marker = "model.joblib" if tfidf else "trainer_state.json"
-    found = {p.name: p for p in path.iterdir() if (p / marker).is_file()}
-    iters = sorted((n for n in found if ITER.fullmatch(n)), key=lambda n: int(n[5:]))
-    names = iters + [n for n in ("best", "last") if n in found] if which == "all" else [which]
-    if not names or any(n not in found for n in names):
-        have = ", ".join(iters + [n for n in ("best", "last") if n in found]) or "none"
+    if cfg.model == "tfidf":  # one fit: best/ and last/ hold the same pipeline
+        found = [(n, path / n, 1) for n in ("best", "last") if (path / n / "model.joblib").is_file()]
+    else:
+        found = [(p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)]
+        found.sort(
+            key=lambda c: (c[0] in ("best", "last"), c[0] == "last", c[2])
+        )  # iter-N by step, best, last
+    chosen = found if which == "all" else [c for c in found if c[0] == which]
+    if not chosen:
+        have = ", ".join(n for n, _, _ in found) or "none"
         raise ConfigError(
             f"{path} has no checkpoint {which!r} (checkpoints: {have}); pick one of them or all"
         )
-    step = lambda n: 1 if tfidf else json.loads((found[n] / "trainer_state.json").read_text())["step"]  # noqa: E731
-    return Run(path, cfg, tfidf, [(n, found[n], step(n)) for n in names])
+    return Run(path, cfg, cfg.model == "tfidf", chosen)
 
 
 def read_texts(path: Path) -> list[Example]:
@@ -132,7 +135,7 @@ def scorer(run: Run, path: Path, options: Options, max_length: int | None, cache
 
     cfg = TrainConfig.from_json(path / "train_config.json")
     if run.path not in cache:
-        num_labels = json.loads((path / "config.json").read_text())["num_labels"]
+        num_labels = read_json(path / "config.json", WeightsError, "use another checkpoint")["num_labels"]
         cache[run.path] = build(dataclasses.replace(cfg, grad_checkpoint=False), num_labels)[:2]
     model, tokenizer = cache[run.path]
     restore_weights(model, path)
@@ -159,7 +162,7 @@ def num_labels(run: Run) -> int:
         import joblib
 
         return len(joblib.load(path / "model.joblib").classes_)
-    return int(json.loads((path / "config.json").read_text())["num_labels"])
+    return int(read_json(path / "config.json", WeightsError, "use another checkpoint")["num_labels"])
 
 
 def non_predictive_flags(args, runs: list[Run], examples: list[Example]):
@@ -221,11 +224,6 @@ def write_outputs(
         atomic_write_json(tmp / "summary.json", summary[1])
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2 through run_cli, not a usage dump
-        raise ConfigError(f"{message} (python -m mlx_models.explain --help lists the options)")
-
-
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -253,7 +251,7 @@ def _checkpoint(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="python -m mlx_models.explain",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2],

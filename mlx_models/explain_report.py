@@ -99,7 +99,9 @@ def drift_table(
     ``method``'s word scores with the previous iter-N and with last, the share of |attribution|
     on words TF-IDF finds non-predictive, accuracy on these texts and comprehensiveness."""
     iters = sorted((c for c in columns if c.checkpoint.startswith("iter-")), key=lambda c: c.step)
-    ordered = iters + [c for c in columns if not c.checkpoint.startswith("iter-")]
+    ordered = iters + sorted(
+        (c for c in columns if c.checkpoint in ("best", "last")), key=lambda c: c.checkpoint
+    )
     last = next((c for c in columns if c.checkpoint == "last"), ordered[-1])
     scores = {c.label: [o.scores[method] for o in c.explained] for c in ordered}
     lines = [

@@ -11,7 +11,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from test_attribution import captum_ig, rel_err
-from test_train import sentiment_splits, write_splits
 
 import mlx_models.trainer as trainer
 from hf_fixtures import SENTENCES, padded_batch
@@ -27,6 +26,7 @@ from mlx_models.loading import read_config
 from mlx_models.lora import LoRALinear
 from mlx_models.perturbation import Shap
 from mlx_models.reference import torch_model
+from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--n", "8", "--steps", "16", "--shap-evals", "64", "--random-draws", "2"]

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-from test_train import sentiment_splits
 
 from mlx_models.baseline import DEFAULT_PARAMS, pipeline
 from mlx_models.drift import mass_share, rank_agreement
@@ -13,6 +12,7 @@ from mlx_models.faithfulness import K_PERCENT, aopc, random_rankings, top_k_mask
 from mlx_models.perturbation import occlusion
 from mlx_models.tfidf_attribution import class_coefficients, non_predictive, word_contributions
 from mlx_models.words import split_words
+from sentiment import sentiment_splits
 
 
 def logistic_bag(weights: np.ndarray, bias: float = 0.0):
