@@ -129,9 +129,9 @@ def scorer(run: Run, path: Path, options: Options, max_length: int | None, cache
         from .explainer import TfidfScorer
 
         return TfidfScorer(joblib.load(path / "model.joblib"))  # our own run's pipeline
+    from .build import build
     from .explainer import MLXScorer
     from .run_dir import restore_weights
-    from .trainer import build
 
     cfg = TrainConfig.from_json(path / "train_config.json")
     if run.path not in cache:
