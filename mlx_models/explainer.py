@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import tfidf_attribution as tfidf
 from .attribution import baseline_ids, gradient_x_input, integrated_gradients
 from .batching import batch_order, collate, encode, pad_id_for
-from .errors import ConfigError
+from .errors import ConfigError, WeightsError
 from .faithfulness import aopc, random_rankings
 from .perturbation import Shap, occlusion
 from .words import Tokenized, keep_tokens, seen_words, split_words, tokenize, word_scores
@@ -167,6 +167,10 @@ def explain_examples(
     predicted class) or "gold" (the label)."""
     toks = scorer.prepare(examples)
     proba = scorer.proba_examples(examples, toks)
+    if not np.isfinite(proba).all():
+        raise WeightsError(
+            "the model gives non-finite probabilities; its weights are broken, explain another checkpoint"
+        )
     targets = proba.argmax(1) if target == "pred" else np.array([e.label for e in examples])
     out = [
         Explained(t, p, int(y), scorer.seen(e, t))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from captum import attr as captum
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
@@ -21,7 +22,6 @@ from mlx_models.attribution import (
 from mlx_models.loading import read_config
 from mlx_models.reference import torch_model
 
-captum = pytest.importorskip("captum.attr", reason="captum is in requirements.txt")
 STEPS = 50
 CAPTUM_RULE = {"gauss-legendre": "gausslegendre", "trapezoid": "riemann_trapezoid"}
 # captum's riemann_trapezoid steps are 1/n (weights summing to 1 - 1/n) where the trapezoid rule
