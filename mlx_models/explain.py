@@ -121,6 +121,16 @@ def methods_for(run: Run, methods: list[str]) -> list[str]:
     return methods
 
 
+def check_run(run: Run, args) -> None:
+    """What can be refused before any model runs."""
+    methods_for(run, args.methods)
+    if args.baseline == "mask" and not run.tfidf:
+        from .loading import load_tokenizer
+
+        if load_tokenizer(run.checkpoints[0][1]).mask_token_id is None:
+            raise ConfigError(f"{run.path}: the model's tokenizer has no mask token; use --baseline pad")
+
+
 def scorer(run: Run, path: Path, options: Options, max_length: int | None, cache: dict):
     """The model of checkpoint ``path`` (built once per run, its trained weights restored)."""
     if run.tfidf:
@@ -301,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
     runs = [open_run(Path(r), args.checkpoint) for r in args.runs]
     for run in runs:
-        methods_for(run, args.methods)  # fail before any model runs
+        check_run(run, args)
     labels = {num_labels(r) for r in runs}
     if len(labels) > 1:
         raise ConfigError(f"the runs classify into different numbers of classes ({sorted(labels)})")

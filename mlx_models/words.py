@@ -24,22 +24,17 @@ def split_words(text: str) -> list[tuple[int, int]]:
 
 
 def word_of_tokens(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> np.ndarray:
-    """For each token, the index of the word holding its first non-space character, or NO_WORD.
+    """For each (non-special) token, the index of its word, or NO_WORD past the last word.
 
-    Byte-level BPE and SentencePiece offsets may include the space before a word ("Ġgreat",
-    "▁great"); special tokens have empty offsets. A token that runs over a word boundary
-    counts for the word it starts in.
+    A token counts for the word holding its first non-space character: byte-level BPE and
+    SentencePiece offsets may include the space before a word ("Ġgreat", "▁great"), and a token
+    running over a word boundary counts for the word it starts in. A whitespace-only token (a lone
+    "Ġ" or "▁", or its empty span once RoBERTa trims offsets) counts for the word that follows
+    it, whose space it is. Special tokens are the caller's to set apart.
     """
-    starts = np.array([s for s, _ in spans], dtype=np.int64)
     ends = np.array([e for _, e in spans], dtype=np.int64)
-    out = np.full(len(offsets), NO_WORD, dtype=np.int64)
-    for i, (start, end) in enumerate(offsets):
-        if end <= start or not len(spans):
-            continue
-        w = int(np.searchsorted(ends, start, side="right"))  # first word ending after `start`
-        if w < len(spans) and starts[w] < end:
-            out[i] = w
-    return out
+    w = np.searchsorted(ends, np.array([s for s, _ in offsets], dtype=np.int64), side="right")
+    return np.where(w < len(spans), w, NO_WORD).astype(np.int64)  # first word ending after the start
 
 
 def word_scores(token_scores: np.ndarray, token_word: np.ndarray, n_words: int) -> np.ndarray:

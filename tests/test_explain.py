@@ -34,18 +34,21 @@ FAST = ["--n", "8", "--steps", "16", "--shap-evals", "64", "--random-draws", "2"
 
 @pytest.fixture(scope="module")
 def runs(tiny, tmp_path_factory) -> dict[str, Path]:
-    """A full BERT run with iter-4/8/12, a Llama QLoRA run, a TF-IDF run: on the same data."""
+    """A full BERT run with iter-4/8/12, a Llama QLoRA run, a RoBERTa LoRA run, a TF-IDF run."""
     root = tmp_path_factory.mktemp("explain-runs")
     data = write_splits(root / "data", sentiment_splits())
     model = lambda t: str(tiny(t, "classify", num_labels=2)[1])  # noqa: E731
     common = ["--data-dir", str(data), "--max-length", "32", "--batch-size", "8"]
-    out = {name: root / name for name in ("bert", "llama-qlora", "tfidf")}
+    out = {name: root / name for name in ("bert", "llama-qlora", "roberta-lora", "tfidf")}
     steps = ["--max-steps", "12", "--eval-every", "4", "--save-every", "4"]
     trainer.run(load_train_config(["--model", model("bert"), *common, *steps, "--out", str(out["bert"])]))
     qlora = ["--lora", "--quantize", "4", "--max-steps", "8", "--learning-rate", "5e-3"]
     trainer.run(
         load_train_config(["--model", model("llama"), *common, *qlora, "--out", str(out["llama-qlora"])])
     )
+    lora = ["--lora", "--max-steps", "8", "--learning-rate", "5e-3"]
+    roberta = ["--model", model("roberta"), *common, *lora, "--out", str(out["roberta-lora"])]
+    trainer.run(load_train_config(roberta))
     run_tfidf(load_train_config(["--model", "tfidf", "--data-dir", str(data), "--out", str(out["tfidf"])]))
     return out
 
@@ -120,14 +123,23 @@ def test_qlora_attributions_equal_the_fused_model_and_captum(runs, tmp_path):
     assert rel_err(integrated_gradients(ours.model, *args).per_dim, dense.per_dim) > 1e-2
 
 
-def test_qlora_run_through_the_cli_with_shap(runs, tmp_path):
-    out = tmp_path / "qlora"
-    assert (
-        explain([str(runs["llama-qlora"]), "--method", "ig,grad-input,shap", *FAST, "--out", str(out)]) == 0
-    )
+@pytest.mark.parametrize(
+    "name,extra,first_token", [("llama-qlora", [], "<s>"), ("roberta-lora", ["--baseline", "mask"], "<s>")]
+)
+def test_lora_runs_through_the_cli(runs, tmp_path, name, extra, first_token):
+    out = tmp_path / name
+    argv = [str(runs[name]), "--method", "ig,grad-input,shap", *FAST, *extra, "--out", str(out)]
+    assert explain(argv) == 0
     records = read_records(out)
     assert len(records) == 8 and all(set(r["scores"]) == {"ig", "grad-input", "shap"} for r in records)
-    assert all(r["tokens"][0] == "<s>" and r["token_words"][0] == -1 for r in records)  # Llama's bos
+    assert all(r["tokens"][0] == first_token and r["token_words"][0] == -1 for r in records)  # special
+    for r in records:
+        ig = r["completeness"]
+        assert ig["gap"] <= 1e-3 * abs(ig["f_input"] - ig["f_baseline"]) + 1e-7
+        # The words hold all the attribution: special tokens get none (the baseline keeps them).
+        assert sum(s for s in r["scores"]["ig"] if s is not None) == pytest.approx(
+            sum(r["token_scores"]["ig"]), abs=1e-6
+        )
 
 
 def test_shap_values_add_up(runs):
@@ -193,6 +205,10 @@ BAD = {
     ),  # fmt: skip
     "linear on a transformer": (lambda r, t: [str(r["bert"]), "--method", "linear"], "the TF-IDF baseline's"),
     "one step": (lambda r, t: [str(r["bert"]), "--steps", "1"], "at least 2 steps"),
+    "mask baseline without a mask token": (
+        lambda r, t: [str(r["llama-qlora"]), "--baseline", "mask"],
+        "tokenizer has no mask token; use --baseline pad",
+    ),
     "no --out": (lambda r, t: [str(r["bert"])], "--out"),
 }
 
