@@ -169,3 +169,28 @@ def test_quadrature_rules(steps):
     assert (w * (3 * a + 1)).sum() == pytest.approx(2.5)
     with pytest.raises(ValueError, match="unknown quadrature rule"):
         quadrature(steps, "simpson")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "llama"])
+def test_captum_convergence_delta_runs_the_baseline_ids(tiny, model_type):
+    """captum's convergence delta takes f(baseline) from the baseline's token ids, not from the end
+    of the path it integrated (baseline word embeddings, input ids): the same for BERT, but RoBERTa's
+    positions come from the ids and Llama's classifier pools the last non-pad token by id."""
+    hf_dir, mlx_dir = tiny(model_type, "classify")
+    model, tok = load_model(mlx_dir), load_tokenizer(mlx_dir)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(hf_dir, attn_implementation="eager")
+    ids, mask, base = inputs(tok)
+    ours = integrated_gradients(model, mx.array(ids), mx.array(mask), mx.array(TARGETS), mx.array(base))
+    t = lambda a: torch.from_numpy(np.asarray(a).astype(np.int64))  # noqa: E731
+    lig = captum.LayerIntegratedGradients(probabilities(hf.eval()), hf.get_input_embeddings())
+    _, delta = lig.attribute(
+        t(ids), baselines=t(base), target=t(TARGETS), additional_forward_args=(t(mask),),
+        n_steps=STEPS, return_convergence_delta=True,
+    )  # fmt: skip
+    by_ids = probabilities(hf)(t(base), t(mask)).detach().numpy()[np.arange(4), TARGETS]
+    np.testing.assert_allclose(delta.numpy(), by_ids - ours.f_baseline, atol=1e-6)
+    change = np.abs(ours.f_input - ours.f_baseline).max()
+    if model_type == "bert":
+        assert np.abs(delta.numpy()).max() <= 1e-3 * change + 1e-7
+    else:
+        assert np.abs(delta.numpy()).max() > 0.3 * change  # as large as what is being explained
