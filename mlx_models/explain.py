@@ -26,7 +26,16 @@ from .cli import ArgumentParser, run_cli
 from .config import TrainConfig
 from .data import FORMATS, SPLIT_SEED, _pick, load_splits, read_file
 from .errors import ConfigError, DataError, WeightsError
-from .explainer import GRADIENT_METHODS, METHODS, Column, Example, Options, explain_examples
+from .explainer import (
+    GRADIENT_METHODS,
+    METHODS,
+    Column,
+    Example,
+    MLXScorer,
+    Options,
+    TfidfScorer,
+    explain_examples,
+)
 from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 
 ITER = re.compile(r"iter-(\d+)")
@@ -53,10 +62,7 @@ def open_run(path: Path, which: str) -> Run:
     if cfg.model == "tfidf":  # one fit: best/ and last/ hold the same pipeline
         found = [(n, path / n, 1) for n in ("best", "last") if (path / n / "model.joblib").is_file()]
     else:
-        found = [(p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)]
-        found.sort(
-            key=lambda c: (c[0] in ("best", "last"), c[0] == "last", c[2])
-        )  # iter-N by step, best, last
+        found = sorted(((p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)), key=_order)
     chosen = found if which == "all" else [c for c in found if c[0] == which]
     if not chosen:
         have = ", ".join(n for n, _, _ in found) or "none"
@@ -64,6 +70,12 @@ def open_run(path: Path, which: str) -> Run:
             f"{path} has no checkpoint {which!r} (checkpoints: {have}); pick one of them or all"
         )
     return Run(path, cfg, cfg.model == "tfidf", chosen)
+
+
+def _order(checkpoint: tuple[str, Path, int]) -> tuple:
+    """iter-N by step, then best, then last."""
+    name, _, step = checkpoint
+    return name in ("best", "last"), name == "last", step
 
 
 def read_texts(path: Path) -> list[Example]:
@@ -136,19 +148,15 @@ def scorer(run: Run, path: Path, options: Options, max_length: int | None, cache
     if run.tfidf:
         import joblib
 
-        from .explainer import TfidfScorer
-
         return TfidfScorer(joblib.load(path / "model.joblib"))  # our own run's pipeline
     from .build import build
-    from .explainer import MLXScorer
-    from .run_dir import restore_weights
 
     cfg = TrainConfig.from_json(path / "train_config.json")
     if run.path not in cache:
         num_labels = read_json(path / "config.json", WeightsError, "use another checkpoint")["num_labels"]
         cache[run.path] = build(dataclasses.replace(cfg, grad_checkpoint=False), num_labels)[:2]
     model, tokenizer = cache[run.path]
-    restore_weights(model, path)
+    rd.restore_weights(model, path)
     model.eval()  # also the LoRA layers, created in training mode
     return MLXScorer(model, tokenizer, max_length or cfg.max_length, cfg.padding_side, options)
 
@@ -167,7 +175,7 @@ def explain_runs(runs: list[Run], examples: list[Example], args, options: Option
 
 
 def num_labels(run: Run) -> int:
-    name, path, _ = run.checkpoints[0]
+    _, path, _ = run.checkpoints[0]
     if run.tfidf:
         import joblib
 
@@ -316,12 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     if len(labels) > 1:
         raise ConfigError(f"the runs classify into different numbers of classes ({sorted(labels)})")
     examples, names, source = load_examples(args, runs[0])
-    check_examples(examples, labels.pop(), args.target)
-    class_names = names or [str(i) for i in range(num_labels(runs[0]))]
+    n_classes = labels.pop()
+    check_examples(examples, n_classes, args.target)
+    class_names = names or [str(i) for i in range(n_classes)]
     flags = non_predictive_flags(args, runs, examples)
-    options = Options(args.steps, args.ig_rule, args.baseline, args.batch_size, args.ig_rows)
-    options = dataclasses.replace(
-        options, shap_evals=args.shap_evals, random_draws=args.random_draws, seed=args.seed
+    options = Options(
+        steps=args.steps,
+        rule=args.ig_rule,
+        baseline=args.baseline,
+        batch_size=args.batch_size,
+        rows=args.ig_rows,
+        shap_evals=args.shap_evals,
+        random_draws=args.random_draws,
+        seed=args.seed,
     )
     columns = explain_runs(runs, examples, args, options)
     header = (

@@ -20,7 +20,7 @@ from .batching import batch_order, collate, encode, pad_id_for
 from .errors import ConfigError, WeightsError
 from .faithfulness import aopc, random_rankings
 from .perturbation import Shap, occlusion
-from .words import Tokenized, keep_tokens, seen_words, split_words, tokenize, word_scores
+from .words import Tokenized, join_words, keep_tokens, seen_words, split_words, tokenize, word_scores
 
 METHODS = ("ig", "grad-input", "occlusion", "shap", "linear")
 GRADIENT_METHODS = ("ig", "grad-input")
@@ -67,7 +67,7 @@ class Explained:
 
 
 class MLXScorer:
-    methods = ("ig", "grad-input", "occlusion", "shap")
+    """A BERT, RoBERTa or Llama classifier: ig, grad-input, occlusion, shap."""
 
     def __init__(self, model, tokenizer, max_length: int, padding_side: str, options: Options):
         self.model, self.tokenizer, self.options = model, tokenizer, options
@@ -130,7 +130,8 @@ class MLXScorer:
 
 
 class TfidfScorer:
-    methods = ("linear", "occlusion", "shap")
+    """The TF-IDF baseline: linear, occlusion, shap."""
+
     mask_token = "..."  # the vectorizer ignores it: a masked word is a dropped word
 
     def __init__(self, pipeline):
@@ -152,8 +153,6 @@ class TfidfScorer:
         return self.pipeline.predict_proba(list(texts))
 
     def proba_kept(self, example: Example, tok: Tokenized, keep: np.ndarray) -> np.ndarray:
-        from .words import join_words
-
         return self.proba_texts([join_words(example.text, example.spans, k) for k in keep])
 
     def linear(self, example: Example, target: int) -> np.ndarray:
