@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 
 from .drift import mass_share, rank_agreement
-from .explainer import Column, Example, Explained
+from .explainer import GRADIENT_METHODS, Column, Example, Explained
 
 TOP_WORDS, MIN_COUNT = 10, 3  # summary: words seen at least MIN_COUNT times in a class
 
@@ -177,9 +177,19 @@ td,th{border:1px solid #ccc;padding:6px;vertical-align:top;max-width:32em}th{bac
 .head{font-size:11px;color:#555;margin-bottom:4px}.unseen{color:#aaa}"""
 
 
+def _shown(c: Column, method: str) -> str | None:
+    """The method a column shows in ``method``'s table: the TF-IDF baseline answers the gradient
+    methods with its exact contributions."""
+    if method in c.methods:
+        return method
+    return "linear" if method in GRADIENT_METHODS and "linear" in c.methods else None
+
+
 def html_page(examples: list[Example], columns: list[Column], class_names: list[str], n: int) -> str:
     """One table per method: a row per text, a column per model or checkpoint."""
     methods = list(dict.fromkeys(m for c in columns for m in c.methods))
+    if "linear" in methods and any(m in GRADIENT_METHODS for m in methods):
+        methods.remove("linear")  # the TF-IDF columns are shown beside ig / grad-input
     out = [
         f"<!doctype html><meta charset=utf-8><title>token attributions</title><style>{STYLE}</style>",
         "<h1>Token attributions</h1><p>Word background: <span style='background:rgba(33,102,172,.6)'>"
@@ -188,15 +198,12 @@ def html_page(examples: list[Example], columns: list[Column], class_names: list[
         f"First {min(n, len(examples))} of {len(examples)} texts.</p>",
     ]
     for m in methods:
-        cols = [c for c in columns if m in c.methods]
-        out.append(
-            f"<h2>{html.escape(m)}</h2><table><tr><th>#</th>"
-            + "".join(f"<th>{html.escape(c.label)}</th>" for c in cols)
-            + "</tr>"
-        )
+        cols = [(c, _shown(c, m)) for c in columns if _shown(c, m)]
+        heads = "".join(f"<th>{html.escape(c.label)}{'' if s == m else f' ({s})'}</th>" for c, s in cols)
+        out.append(f"<h2>{html.escape(m)}</h2><table><tr><th>#</th>{heads}</tr>")
         for i, e in enumerate(examples[:n]):
             gold = "" if e.label is None else f"<br>gold: {html.escape(class_names[e.label])}"
-            cells = "".join(_cell(e, c.explained[i], m, class_names) for c in cols)
+            cells = "".join(_cell(e, c.explained[i], s, class_names) for c, s in cols)
             out.append(f"<tr><td>{i}{gold}</td>{cells}</tr>")
         out.append("</table>")
     return "\n".join(out) + "\n"

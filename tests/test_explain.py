@@ -95,6 +95,7 @@ def test_every_checkpoint_and_the_tfidf_baseline(runs, tmp_path, capsys):
     assert 0 <= drift[0]["non_predictive"]["mass_share"] <= 1  # the TF-IDF run among RUN flags words
     page = (out / "index.html").read_text()
     assert all(f"<th>{run}/{c}</th>" in page for run, c in columns) and "rgba(" in page
+    assert "<th>tfidf/best (linear)</th>" in page and "<h2>linear</h2>" not in page  # beside ig
     printed = capsys.readouterr().out
     assert "## Faithfulness" in printed and "## Drift across checkpoints: bert, ig" in printed
 
