@@ -12,15 +12,20 @@ def encode(
 ) -> list[list[int]]:
     """Token ids, truncated to max_length (None: not truncated). No token_type_ids: single-sentence
     BERT type ids are all zero (the model's default) and RoBERTa has none."""
-    out = tokenizer(
+    out = run_tokenizer(tokenizer, texts, max_length, add_special_tokens=add_special_tokens)
+    return [list(ids) for ids in out["input_ids"]]
+
+
+def run_tokenizer(tokenizer: Any, texts: list[str], max_length: int | None, **extra: Any):
+    """The tokenizer's output for ``encode`` (``extra`` asks for more, e.g. character offsets)."""
+    return tokenizer(
         list(texts),
         truncation=max_length is not None,
         max_length=max_length,
-        add_special_tokens=add_special_tokens,
         return_token_type_ids=False,
         return_attention_mask=False,
+        **extra,
     )
-    return [list(ids) for ids in out["input_ids"]]
 
 
 def batch_order(

@@ -90,16 +90,22 @@ def load_trained(path: str | Path, checkpoint: str | None = None) -> Trained:
             base=where.path,
             base_heads=_heads(model),
         )
-    from .build import build  # the training machinery: only for run checkpoints
-
-    # As --eval-only does: a from-scratch run's tokenizer and config come from RUN/init.
-    run_dir = str(where.path.parent)
-    cfg = dataclasses.replace(where.cfg, grad_checkpoint=False, resume=None, eval_only=run_dir, out=run_dir)
-    model, tokenizer, base = build(cfg, where.config["num_labels"])
+    model, tokenizer, base = rebuild(where)
     heads = _heads(model)
     rd.restore_weights(model, where.path)
     model.eval()
     return Trained(**vars(where), model=model, tokenizer=tokenizer, base=base, base_heads=heads)
+
+
+def rebuild(where: Checkpoint) -> tuple[nn.Module, Any, Path]:
+    """The model a run checkpoint was trained as (its weights not yet restored), its tokenizer and
+    its base model, built as --eval-only does: a from-scratch run's tokenizer and config come from
+    RUN/init."""
+    from .build import build  # the training machinery: only for run checkpoints
+
+    run_dir = str(where.path.parent)
+    cfg = dataclasses.replace(where.cfg, grad_checkpoint=False, resume=None, eval_only=run_dir, out=run_dir)
+    return build(cfg, where.config["num_labels"])
 
 
 def _heads(model: nn.Module) -> dict[str, mx.array]:

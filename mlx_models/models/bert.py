@@ -58,7 +58,9 @@ class BertEmbeddings(nn.Module):
     def position_ids(self, input_ids: mx.array) -> mx.array:
         return mx.arange(input_ids.shape[1])[None]
 
-    def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
+    def __call__(self, input_ids: mx.array, token_type_ids=None, inputs_embeds=None) -> mx.array:
+        # inputs_embeds (B, L, D) replaces the word-embedding lookup, as in transformers; positions
+        # and token types still come from input_ids (attributions move the word embeddings only).
         if input_ids.shape[1] > self.max_positions:  # MLX would read past the position table
             raise DataError(
                 f"an input of {input_ids.shape[1]} tokens is longer than the model's "
@@ -67,7 +69,7 @@ class BertEmbeddings(nn.Module):
         if token_type_ids is None:
             token_type_ids = mx.zeros_like(input_ids)
         h = (
-            self.word_embeddings(input_ids)
+            (self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
             + self.position_embeddings(self.position_ids(input_ids))
             + self.token_type_embeddings(token_type_ids)
         )
@@ -186,8 +188,10 @@ class BertModel(nn.Module):
         input_ids: mx.array,
         attention_mask: mx.array | None = None,
         token_type_ids: mx.array | None = None,
+        inputs_embeds: mx.array | None = None,
     ) -> tuple[mx.array, mx.array | None]:
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), padding_mask(attention_mask))
+        h = self.embeddings(input_ids, token_type_ids, inputs_embeds)
+        h = self.encoder(h, padding_mask(attention_mask))
         return h, (self.pooler(h) if "pooler" in self else None)
 
     @property
@@ -234,8 +238,10 @@ def classifier_dropout(args: ModelArgs) -> nn.Dropout:
 class EncoderTaskModel(TaskModel):
     """The encoder under a head: ``head(hidden states (B, L, D), pooled (B, D) or None)``."""
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> mx.array:
-        return self.head(*self[self.base_model_prefix](input_ids, attention_mask, token_type_ids))
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> mx.array:
+        return self.head(
+            *self[self.base_model_prefix](input_ids, attention_mask, token_type_ids, inputs_embeds)
+        )
 
 
 class BertForMaskedLM(EncoderTaskModel):

@@ -125,8 +125,13 @@ class LlamaModel(nn.Module):
         self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        h = self.embed_tokens(input_ids)
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        inputs_embeds: mx.array | None = None,
+    ) -> mx.array:
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
         mask = causal_mask(h.shape[1], attention_mask)
         for layer in self.layers:
             h = layer(h, mask)
@@ -137,11 +142,17 @@ def untied_lm_head(args: ModelArgs) -> nn.Linear | None:
     return None if args.tie_word_embeddings else nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
 
-class LlamaForCausalLM(TaskModel):
+class LlamaTaskModel(TaskModel):
+    """The decoder under a head: ``head(hidden states (B, L, D), attention mask or None)``."""
+
+    def __call__(self, input_ids, attention_mask=None, inputs_embeds=None) -> mx.array:
+        return self.head(self.model(input_ids, attention_mask, inputs_embeds), attention_mask)
+
+
+class LlamaForCausalLM(LlamaTaskModel):
     base_class, base_model_prefix, task, heads = LlamaModel, "model", "lm", {"lm_head": untied_lm_head}
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        h = self.model(input_ids, attention_mask)
+    def head(self, h: mx.array, attention_mask: mx.array | None) -> mx.array:
         if "lm_head" in self:
             return self.lm_head(h)
         return self.model.embed_tokens.as_linear(h)  # (B, L, vocab)
@@ -150,12 +161,11 @@ class LlamaForCausalLM(TaskModel):
 Model = LlamaForCausalLM  # mlx-lm's name for the causal LM
 
 
-class LlamaForSequenceClassification(TaskModel):
+class LlamaForSequenceClassification(LlamaTaskModel):
     base_class, base_model_prefix, task = LlamaModel, "model", "classify"
     heads = {"score": lambda a: nn.Linear(a.hidden_size, a.num_labels, bias=False)}
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        h = self.model(input_ids, attention_mask)
+    def head(self, h: mx.array, attention_mask: mx.array | None) -> mx.array:
         # Llama has no pad token, so the last real token is found from the attention
         # mask, not from pad ids (transformers needs config.pad_token_id for this).
         if attention_mask is None:

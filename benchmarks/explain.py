@@ -1,0 +1,126 @@
+"""Integrated Gradients, ours (MLX) vs captum (PyTorch), on the same inputs in the same run.
+
+    python benchmarks/explain.py [--n 100] [--steps 50] [--max-length 128] [--quick] [--out FILE]
+
+all-MiniLM-L6-v2 (the embedded checkpoint) with a seeded 2-label head; N IMDB test reviews (the
+explain CLI's stratified pick), truncated to --max-length tokens; IG of the predicted class's
+probability on the word embeddings, Gauss-Legendre, pad baseline with the special tokens kept;
+batches of 16 texts sorted by length, at most 64 rows (texts x steps) per pass on both sides.
+Ours is `MLXScorer.gradient`, the CLI's own path (it also runs f(x) and f(baseline): 2 forward
+passes per batch more than captum). captum's LayerIntegratedGradients runs in a child process
+(captum_peer.py) on the very same padded batches. The attributions are compared too.
+Writes --out (default benchmarks/explain.md; --quick writes nothing unless --out is given).
+"""
+
+# ruff: noqa: I001  (run.py imports mlx_models, which loads OpenBLAS, before any mlx.core import)
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from run import load, machine
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_models import load_model, load_tokenizer
+from mlx_models.config import TrainConfig
+from mlx_models.data import SPLIT_SEED, _pick, load_splits
+from mlx_models.explainer import Example, MLXScorer, Options
+from mlx_models.loading import resolve
+
+
+def reviews(n: int) -> list[Example]:
+    test = load_splits(TrainConfig(max_samples=None)).test
+    test = test.take(_pick(test.labels, len(test), n, SPLIT_SEED)[1])
+    return [Example(t, y) for t, y in zip(test.texts, test.labels, strict=True)]
+
+
+def captum_inputs(work: Path, scorer: MLXScorer, toks, targets, directory: Path, steps: int) -> list:
+    """The padded batches ours runs on, for the child process; returns each batch's indices."""
+    arrays, order = {}, []
+    for b, (idx, ids, mask) in enumerate(scorer.batches([t.ids for t in toks])):
+        keep = np.isin(ids, scorer.tokenizer.all_special_ids) | (mask == 0)
+        arrays |= {f"ids_{b}": ids, f"mask_{b}": mask, f"target_{b}": targets[idx]}
+        arrays[f"base_{b}"] = np.where(keep, ids, scorer.baseline_id)
+        order.append((idx, mask))
+    head = scorer.model.classifier
+    meta = {"model_dir": str(directory), "num_labels": 2, "batches": len(order), "steps": steps, "rows": 64}
+    np.savez(
+        work / "inputs.npz",
+        meta=json.dumps(meta),
+        classifier_weight=np.array(head.weight),
+        classifier_bias=np.array(head.bias),
+        **arrays,
+    )
+    return order
+
+
+def run(n: int, steps: int, max_length: int) -> str:
+    directory = resolve("minilm-l6")
+    mx.random.seed(0)
+    model, tok = load_model(directory, "classify"), load_tokenizer(directory)
+    scorer = MLXScorer(model, tok, max_length, "right", Options(steps=steps, batch_size=16, rows=64))
+    examples = reviews(n)
+    toks = scorer.prepare(examples)
+    targets = scorer.proba_examples(examples, toks).argmax(1)
+    scorer.gradient("ig", toks[:2], targets[:2])  # warm-up, not timed
+    tic = time.perf_counter()
+    ours = scorer.gradient("ig", toks, targets)
+    ours_s = time.perf_counter() - tic
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        order = captum_inputs(work, scorer, toks, targets, directory, steps)
+        peer = Path(__file__).with_name("captum_peer.py")
+        proc = subprocess.run([sys.executable, str(peer), str(work)], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"captum peer failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        theirs = np.load(work / "captum.npz")
+        worst = 0.0
+        for b, (idx, mask) in enumerate(order):
+            for row, i in enumerate(idx):
+                ref = theirs[f"tokens_{b}"][row][mask[row].astype(bool)]
+                worst = max(worst, float(np.abs(ours[i][0] - ref).max() / np.abs(ref).max()))
+    captum_s = sum(result["times"])
+    tokens = sum(len(t.ids) for t in toks)
+    return (
+        f"{n} IMDB test reviews, {tokens} tokens in all (≤ {max_length} per review), {steps} Gauss-Legendre "
+        f"steps, batches of 16 texts, 64 rows per pass; PyTorch with {result['threads']} threads.\n\n"
+        "| | seconds | reviews/s | ratio (speed) |\n|---|---:|---:|---:|\n"
+        f"| ours: MLX (`MLXScorer.gradient`, CPU, OpenBLAS) | {ours_s:.1f} | {n / ours_s:.2f} "
+        f"| {captum_s / ours_s:.2f}× |\n"
+        f"| captum `LayerIntegratedGradients`, transformers, PyTorch CPU | {captum_s:.1f} "
+        f"| {n / captum_s:.2f} | 1.00× |\n\n"
+        f"Agreement: max over reviews of max |ours − captum| / max |captum| per review = {worst:.1e}.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100, help="reviews (default 100)")
+    p.add_argument("--steps", type=int, default=50, help="IG steps (default 50)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per review (default 128)")
+    p.add_argument("--quick", action="store_true", help="8 reviews of 32 tokens, 8 steps: a smoke run")
+    p.add_argument("--out", help="markdown file (default benchmarks/explain.md; none with --quick)")
+    args = p.parse_args(argv)
+    n, steps, length = (8, 8, 32) if args.quick else (args.n, args.steps, args.max_length)
+    out = args.out or (None if args.quick else str(Path(__file__).with_name("explain.md")))
+    command = "python benchmarks/explain.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    tic = time.perf_counter()
+    head = f"# Integrated Gradients: ours vs captum\n\nCommand: `{command.strip()}`\n\n{machine()}\n"
+    print(head, flush=True)
+    body = run(n, steps, length)
+    text = f"{head}\n{body}\nWall time: {time.perf_counter() - tic:.0f} s; load average at end: {load()}.\n"
+    print(body)
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
