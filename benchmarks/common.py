@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import torch_peers
 
 from mlx_models.config import TrainConfig
 from mlx_models.step import TrainStep, make_optimizer
@@ -145,18 +146,24 @@ def mlx_row(
     return row
 
 
-def torch_row(kind: str, cfg: dict, tokens: int, warmup: int, steps: int) -> Row:
-    """A PyTorch peer, run in a child process (see torch_peers.py for why)."""
-    row = Row("", tokens, steps, memory=RSS_PEAK)
+def torch_row(kind: str, cfg: dict, tokens: int, warmup: int, steps: int, in_process: bool = False) -> Row:
+    """A PyTorch peer, run in a clean child process, or with ``in_process`` in this one, which has
+    imported mlx_models (OpenBLAS loaded globally) and run MLX: the two side by side show whether
+    mlx_models slows PyTorch down (see mlx_models/_blas.py). Memory only from the child."""
+    row = Row("", tokens, steps, memory="–" if in_process else RSS_PEAK)
     cfg = cfg | {"warmup": warmup, "steps": steps}
 
-    def run() -> None:
+    def child() -> dict:
         cmd = [sys.executable, str(Path(__file__).with_name("torch_peers.py")), kind, json.dumps(cfg)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if proc.returncode:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-        row.warmup_s, row.times, row.peak_gb = out["warmup_s"], out["times"], out["peak_gb"]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def run() -> None:
+        out = torch_peers.main(kind, cfg) if in_process else child()
+        row.warmup_s, row.times = out["warmup_s"], out["times"]
+        row.peak_gb = None if in_process else out["peak_gb"]
 
     row.deferred = run
     return row
@@ -191,7 +198,7 @@ def ratio_table(pairs: list[tuple[str, Row, Row]]) -> str:
     for label, a, b in pairs:
         ok = not (a.error or b.error)
         speed = f"{a.tokens_per_s / b.tokens_per_s:.2f}×" if ok else "–"
-        mem = f"{a.peak_gb / b.peak_gb:.2f}×" if ok and b.peak_gb else "–"
+        mem = f"{a.peak_gb / b.peak_gb:.2f}×" if ok and a.peak_gb and b.peak_gb else "–"
         lines.append(f"| {label} | {speed} | {mem} |")
     return "\n".join(lines)
 

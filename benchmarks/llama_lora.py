@@ -62,6 +62,10 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
     pt = prepare(
         "transformers + peft: LoRA, PyTorch CPU fp32", lambda: torch_row("llama", peft, tokens, w, n)
     )
+    inproc = prepare(
+        "same, PyTorch in this process (after `import mlx_models` and the MLX rows)",
+        lambda: torch_row("llama", peft, tokens, w, n, in_process=True),
+    )
     o32 = prepare("ours: LoRA, fp32 base", lambda: ours_row(None))
     o4 = prepare("ours: QLoRA, 4-bit base (dequantize + BLAS GEMM)", lambda: ours_row(BITS))
     l32 = prepare("mlx-lm: LoRA, fp32 base", lambda: mlx_lm_row(None, w, n))
@@ -71,7 +75,7 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
     head = prepare(
         "ours: LoRA, fp32 base, lm_head trained too (apply_lora default)", lambda: ours_row(None, True)
     )
-    rows = time_interleaved([o32, o4, l32, l4, pt, head])
+    rows = time_interleaved([o32, o4, l32, l4, pt, inproc, head])
     desc = (
         f"Llama {shape['hidden_size']} hidden, {shape['num_hidden_layers']} layers, "
         f"{shape['num_attention_heads']} heads ({shape['num_key_value_heads']} kv), "
@@ -88,6 +92,7 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
             ("ours QLoRA ÷ mlx-lm QLoRA (4-bit)", o4, l4),
             ("ours LoRA ÷ PyTorch + peft (fp32)", o32, pt),
             ("ours QLoRA ÷ PyTorch + peft (fp32)", o4, pt),
+            ("PyTorch + peft in this process ÷ in a clean process", inproc, pt),
         ]
     )
     return f"## 1. LoRA / QLoRA train step, small Llama\n\n{desc}\n\n{table(rows)}\n\nRatios:\n\n{ratios}\n"

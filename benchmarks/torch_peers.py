@@ -1,10 +1,11 @@
-"""The PyTorch peers, run by run.py in a child process: ``python torch_peers.py KIND JSON``.
+"""The PyTorch peers: ``python torch_peers.py KIND JSON`` in a clean child process, or ``main()``
+in run.py's own process (which imported mlx_models and runs MLX), the two side by side.
 
-A separate process because ``import mlx_models`` loads OpenBLAS with RTLD_GLOBAL, and in such a
-process PyTorch's train step runs ~5x slower on this machine (its own GEMMs are unaffected, but
-other BLAS calls resolve to OpenBLAS, whose threads then fight PyTorch's OpenMP threads). This
-module must not import mlx or mlx_models. Prints one JSON line: warm-up and timed step seconds and
-the peak memory as the growth of the RSS high-water mark from before the model was built.
+In a process that loaded the pthread build of OpenBLAS globally (as ``import mlx_models`` did
+before it preferred the OpenMP build), PyTorch's train step ran ~5x slower here: libtorch's BLAS
+calls resolve to OpenBLAS, whose own thread pool fights PyTorch's OpenMP threads. This module does
+not import mlx or mlx_models itself. The child prints one JSON line: warm-up and timed step seconds
+and the peak memory as the growth of the RSS high-water mark from before the model was built.
 """
 
 import json

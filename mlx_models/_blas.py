@@ -2,8 +2,15 @@
 
 The Linux ``mlx-cpu`` wheel bundles the reference BLAS (~3 GFLOP/s on a GEMM). A
 library loaded with RTLD_GLOBAL *before* ``libmlx.so`` wins the symbol lookup, so
-OpenBLAS (Debian ``libopenblas0-pthread``) makes MLX's CPU matmuls ~50x faster.
-This module must be imported before the first ``import mlx.core``.
+OpenBLAS makes MLX's CPU matmuls ~50x faster. This module must be imported before the
+first ``import mlx.core``.
+
+The OpenMP build of OpenBLAS (Debian ``libopenblas0-openmp``) comes first: once loaded
+globally, OpenBLAS also takes the BLAS calls of PyTorch in the same process (libtorch
+exports ``sgemm_`` without binding it to itself). The pthread build then runs its own
+thread pool against PyTorch's OpenMP threads, and a PyTorch train step is ~5x slower;
+the OpenMP build shares PyTorch's OpenMP runtime (one ``libgomp.so.1``), and the step
+keeps its speed (benchmarks/results.md, "PyTorch next to mlx_models").
 """
 
 import ctypes
@@ -12,7 +19,9 @@ import os
 import sys
 import warnings
 
-_CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.so")
+_OPENMP = tuple(f"/usr/lib/{a}-linux-gnu/openblas-openmp/libopenblas.so.0" for a in ("x86_64", "aarch64"))
+_CANDIDATES = (*_OPENMP, "libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.so")
+_INSTALL = "apt-get install libopenblas0-openmp"
 
 
 def _load() -> str:
@@ -30,19 +39,30 @@ def _load() -> str:
     names = list(_CANDIDATES)
     found = ctypes.util.find_library("openblas")
     if found:
-        names.insert(0, found)
+        names.insert(len(_OPENMP), found)
     for name in names:
         try:
             ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-            return f"OpenBLAS ({name})"
         except OSError:
             continue
+        if _uses_openmp():
+            return f"OpenBLAS, OpenMP build ({name})"
+        return f"OpenBLAS ({name}; not the OpenMP build, PyTorch in this process runs ~5x slower: {_INSTALL})"
     warnings.warn(
         "OpenBLAS not found: MLX will use the reference BLAS of the mlx-cpu wheel "
-        "(~50x slower matmuls). Install it with `apt-get install libopenblas0-pthread`.",
+        "(~50x slower matmuls). Install it with `apt-get install libopenblas0-openmp`.",
         stacklevel=3,
     )
-    return "reference BLAS bundled with mlx-cpu (slow: apt-get install libopenblas0-pthread)"
+    return "reference BLAS bundled with mlx-cpu (slow: apt-get install libopenblas0-openmp)"
+
+
+def _uses_openmp() -> bool:
+    """Whether an OpenMP runtime is loaded (the OpenMP build of OpenBLAS brings libgomp)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgomp" in f.read()
+    except OSError:
+        return False
 
 
 BLAS = _load()
