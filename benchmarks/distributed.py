@@ -82,7 +82,11 @@ def worker(kind: str, steps: int, stress: int) -> dict:
 
 
 def launch(kind: str, ranks: int, steps: int, stress: int = 0) -> dict:
-    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = os.environ | {
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
     cmd = [sys.executable, __file__]  # one rank: a plain process (mlx.launch -n 1 has no ring)
     if ranks > 1:
         cmd = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", *cmd]

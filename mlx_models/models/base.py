@@ -9,13 +9,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import ConfigError
+from . import cpu_ops
 
 ACTIVATIONS = {
-    "gelu": nn.gelu,  # exact erf form, as torch's nn.GELU()
+    "gelu": cpu_ops.gelu,  # exact erf form, as torch's nn.GELU()
     "gelu_new": nn.gelu_approx,
     "gelu_pytorch_tanh": nn.gelu_approx,
     "relu": nn.relu,
-    "silu": nn.silu,
+    "silu": cpu_ops.silu,
 }
 
 

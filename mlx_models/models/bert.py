@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import DataError
+from . import cpu_ops
 from .base import BaseModelArgs, TaskModel, activation, padding_mask
 
 
@@ -94,15 +95,8 @@ class BertSelfAttention(nn.Module):
             proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, n_heads, L, head_dim)
             for proj in (self.query, self.key, self.value)
         )
-        if self.training and self.dropout_p > 0:
-            # The fused kernel has no dropout on the attention probabilities.
-            scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
-            if mask is not None:
-                scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-            probs = self.dropout(mx.softmax(scores, axis=-1, precise=True))
-            out = probs @ v
-        else:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        dropout = self.dropout if self.training and self.dropout_p > 0 else None
+        out = cpu_ops.attention(q, k, v, self.scale, mask, dropout)
         return out.transpose(0, 2, 1, 3).reshape(B, L, D)
 
 

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
+from . import cpu_ops
 from .base import BaseModelArgs, TaskModel, causal_mask, last_token_index
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -86,7 +87,7 @@ class Attention(nn.Module):
         # Positions are 0..L-1 even under left padding, as in transformers: RoPE only sees
         # relative offsets, and pads are masked, so real tokens are unaffected.
         q, k = self.rope(q), self.rope(k)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = cpu_ops.attention(q, k, v, self.scale, mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -99,7 +100,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(H, D, bias=args.mlp_bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(cpu_ops.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class TransformerBlock(nn.Module):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import bert
+from . import bert, cpu_ops
 
 
 @dataclass
@@ -47,7 +47,7 @@ class RobertaLMHead(nn.Module):
         self.bias = mx.zeros((args.vocab_size,))
 
     def __call__(self, h: mx.array, embeddings: nn.Module) -> mx.array:
-        h = self.layer_norm(nn.gelu(self.dense(h)))
+        h = self.layer_norm(cpu_ops.gelu(self.dense(h)))
         logits = self.decoder(h) if "decoder" in self else embeddings.as_linear(h)
         return logits + self.bias
 

@@ -1,0 +1,60 @@
+"""Minimal reproduction: MLX's CPU backend evaluates transcendental functions one element at a time.
+
+    python benchmarks/mlx_cpu_exp.py
+
+Times ms per call on a (1024, 1376) float32 array (the LoRA benchmark's MLP activations) of:
+MLX's exp, sigmoid, erf, silu, gelu (compiled), a multiply-add for scale, PyTorch's same ops in
+this process, and our mlx_models.models.cpu_ops replacements. Prints a markdown table.
+"""
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# isort: off
+import mlx_models  # noqa: E402, F401  (OpenBLAS before MLX)
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import torch  # noqa: E402
+from mlx_models.models import cpu_ops  # noqa: E402
+# isort: on
+
+SHAPE = (1024, 1376)
+
+
+def ms(fn, arg, repeats: int = 20) -> float:
+    fn(arg)
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn(arg)
+        times.append(time.perf_counter() - tic)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    x = mx.random.normal(SHAPE)
+    mx.eval(x)
+    xt = torch.randn(SHAPE)
+    mlx = lambda f: lambda a: mx.eval(mx.compile(f)(a))  # noqa: E731
+    rows = {
+        "exp": (mx.exp, torch.exp, cpu_ops.exp),
+        "sigmoid": (mx.sigmoid, torch.sigmoid, None),
+        "erf": (mx.erf, torch.erf, None),
+        "silu": (nn.silu, torch.nn.functional.silu, cpu_ops.silu),
+        "gelu (erf)": (nn.gelu, torch.nn.functional.gelu, cpu_ops.gelu),
+        "x * 1.5 + 1 (for scale)": (lambda a: a * 1.5 + 1, lambda a: a * 1.5 + 1, None),
+    }
+    print(f"ms per call, float32 {SHAPE}, MLX {mx.__version__} on {mx.default_device()}, PyTorch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads)\n")  # fmt: skip
+    print("| op | MLX | PyTorch | MLX ÷ PyTorch time | cpu_ops (ours) |\n|---|---:|---:|---:|---:|")
+    for name, (ours_mlx, theirs, fast) in rows.items():
+        a, b = ms(mlx(ours_mlx), x), ms(theirs, xt)
+        c = f"{ms(mlx(fast), x):.2f}" if fast else "–"
+        print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.0f}× | {c} |")
+
+
+if __name__ == "__main__":
+    main()

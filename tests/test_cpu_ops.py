@@ -1,0 +1,99 @@
+"""The CPU fast paths of models/cpu_ops.py against MLX's built-ins: values and gradients, over the
+whole float32 range that reaches them (saturated exponentials, masked scores, grouped heads)."""
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_models.models import cpu_ops
+
+
+def close(a, b, rtol=2e-6, atol=2e-6):
+    a, b = np.array(a), np.array(b)
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def x():
+    mx.random.seed(0)
+    wide = mx.random.normal((64, 257)) * 6  # most of the interesting range, odd width
+    edges = mx.array([-1e30, -200.0, -88.0, -87.0, -20.0, -1e-8, 0.0, 1e-8, 20.0, 87.0, 88.0])
+    return wide, edges
+
+
+def test_on_cpu_here():
+    assert cpu_ops.on_cpu()  # else the tests below compare the built-ins with themselves
+
+
+def test_exp_matches_within_float32_rounding(x):
+    wide, edges = x
+    close(cpu_ops.exp(wide), mx.exp(wide), atol=0)
+    ours, theirs = np.array(cpu_ops.exp(edges)), np.array(mx.exp(edges))
+    assert ours[0] < 2e-38 and ours[1] < 2e-38  # underflow: (at most) float32's smallest normal
+    np.testing.assert_allclose(ours[2:], theirs[2:], rtol=3e-6, atol=2e-38)
+
+
+@pytest.mark.parametrize("name", ["silu", "gelu"])
+def test_activations_and_their_gradients(x, name):
+    wide, edges = x
+    ours, builtin = getattr(cpu_ops, name), {"silu": nn.silu, "gelu": nn.gelu}[name]
+    inputs = mx.concatenate([wide.reshape(-1), edges[2:]])
+    close(ours(inputs), builtin(inputs), rtol=1e-5, atol=2e-6)  # erf: |error| < 1.5e-7
+    weight = mx.cos(inputs)
+    grad = lambda f: mx.grad(lambda v: (f(v) * weight).sum())(inputs)  # noqa: E731
+    close(grad(ours), grad(builtin), rtol=1e-5, atol=5e-6)
+
+
+def test_half_precision_keeps_the_builtins():
+    h = mx.array([0.5, -2.0], mx.float16)
+    assert mx.array_equal(cpu_ops.silu(h), nn.silu(h)) and mx.array_equal(cpu_ops.gelu(h), nn.gelu(h))
+
+
+def test_softmax_and_cross_entropy(x):
+    wide, _ = x
+    close(cpu_ops.softmax(wide), mx.softmax(wide, axis=-1, precise=True), rtol=1e-5, atol=1e-7)
+    targets = mx.random.randint(0, wide.shape[-1], (wide.shape[0],))
+    close(cpu_ops.cross_entropy(wide, targets), nn.losses.cross_entropy(wide, targets), rtol=1e-6)
+    grad = lambda f: mx.grad(lambda v: f(v, targets).mean())(wide)  # noqa: E731
+    close(grad(cpu_ops.cross_entropy), grad(nn.losses.cross_entropy), rtol=1e-5, atol=1e-8)
+
+
+def causal_padded(L: int, keep: mx.array) -> mx.array:
+    idx = mx.arange(L)
+    return (idx[:, None] >= idx[None]) & keep[:, None, None, :] | mx.eye(L, dtype=mx.bool_)
+
+
+@pytest.mark.parametrize("kv_heads", [8, 2])
+@pytest.mark.parametrize("mask", ["none", "causal", "bool", "additive"])
+def test_attention_and_its_gradients(kv_heads, mask):
+    mx.random.seed(1)
+    B, H, L, d = 2, 8, 19, 16
+    q, k, v = (mx.random.normal((B, h, L, d)) for h in (H, kv_heads, kv_heads))
+    keep = mx.arange(L)[None] < mx.array([[L], [11]])  # the second row padded after 11 tokens
+    masks = {
+        "none": None,
+        "causal": "causal",
+        "bool": causal_padded(L, keep),
+        "additive": mx.where(keep, 0.0, -1e9)[:, None, None, :].astype(mx.float32),
+    }
+    m, scale = masks[mask], 1 / math.sqrt(d)
+    fast = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=m)  # noqa: E731
+    ours = lambda q, k, v: cpu_ops.attention(q, k, v, scale, m)  # noqa: E731
+    close(ours(q, k, v), fast(q, k, v), rtol=1e-5, atol=1e-6)
+    weight = mx.random.normal(q.shape)
+    grads = lambda f: mx.grad(lambda *a: (f(*a) * weight).sum(), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    for a, b in zip(grads(ours), grads(fast), strict=True):
+        close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_dropout_only_in_training():
+    q = mx.random.normal((1, 2, 5, 4))
+    drop = nn.Dropout(0.5)
+    out = cpu_ops.attention(q, q, q, 0.5, None, drop)
+    assert not mx.allclose(out, cpu_ops.attention(q, q, q, 0.5, None)).item()
+    drop.eval()
+    close(cpu_ops.attention(q, q, q, 0.5, None, drop), cpu_ops.attention(q, q, q, 0.5, None))
