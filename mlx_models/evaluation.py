@@ -5,6 +5,8 @@ A `Scorer` is the model's compiled, gradient-free forward with its loss and pred
 graph per padded batch shape, one host sync per batch. Under mlx.launch each rank scores its
 share of the examples and the sums are added over the ranks."""
 
+import time
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -12,7 +14,6 @@ import numpy as np
 from .batching import batch_order
 from .distributed import World
 from .metrics import classification_metrics
-from .models.cpu_ops import cross_entropy
 from .tasks import Masking, make_batch, token_predictions
 
 
@@ -29,7 +30,7 @@ class Scorer:
                 targets, keep = batch["labels"], mx.ones(batch["labels"].shape, mx.bool_)
             else:
                 logits, targets, keep = token_predictions(model, batch, task)
-            ce = cross_entropy(logits, mx.maximum(targets, 0)) * keep
+            ce = nn.losses.cross_entropy(logits, mx.maximum(targets, 0)) * keep
             predicted = mx.argmax(logits, axis=-1)
             hits = ((predicted == targets) & keep).sum()
             return mx.stack([ce.sum(), keep.sum().astype(mx.float32), hits.astype(mx.float32)]), predicted
@@ -55,11 +56,14 @@ def evaluate(
     world: World | None = None,
 ) -> dict:
     """Mean loss per example (classify) or per predicted token (mlm, lm) over ``encoded``, in
-    eval mode. Masked-LM masks are drawn from a fixed seed, so evaluations compare."""
+    eval mode, and the tokens scored per second. Masked-LM masks are drawn from a fixed seed, so
+    evaluations compare."""
     world, task = world or World(None), scorer.task
     share = world.part(list(range(len(encoded))))
     num_labels = getattr(scorer.model.args, "num_labels", 2)
-    sums, confusion = np.zeros(3), np.zeros((num_labels, num_labels), np.int64)  # loss, count, hits
+    sums = np.zeros(4)  # loss, count, hits, tokens
+    confusion = np.zeros((num_labels, num_labels), np.int64)
+    tic = time.perf_counter()
     rng = np.random.default_rng((seed + 1, world.rank))
     scorer.model.eval()
     for part in batch_order([len(encoded[i]) for i in share], batch_size, seed, 0, shuffle=False):
@@ -69,12 +73,13 @@ def evaluate(
             pad_id=pad_id, padding_side=padding_side, masking=masking, rng=rng,
         )  # fmt: skip
         batch_sums, predicted = scorer(batch)
-        sums += batch_sums
+        sums += [*batch_sums, sum(len(encoded[i]) for i in idx)]
         if task == "classify":
             np.add.at(confusion, ([labels[i] for i in idx], predicted), 1)
     scorer.model.train()
-    loss, count, hits = world.total(sums, "the evaluation sums").tolist()
-    out = {"loss": loss / max(count, 1), "n": len(encoded)}
+    loss, count, hits, tokens = world.total(sums, "the evaluation sums").tolist()
+    speed = round(tokens / max(time.perf_counter() - tic, 1e-9), 1)
+    out = {"loss": loss / max(count, 1), "n": len(encoded), "tokens_per_s": speed}
     if task == "classify":
         confusion = world.total(confusion, "the evaluation sums")
         golds, preds = (np.repeat(idx, confusion.ravel()).tolist() for idx in np.indices(confusion.shape))

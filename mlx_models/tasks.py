@@ -14,7 +14,6 @@ import mlx.nn as nn
 import numpy as np
 
 from .batching import PAD_MULTIPLE, collate
-from .models.cpu_ops import cross_entropy
 
 IGNORE = -100  # label of a token that is not predicted (HF's convention)
 
@@ -22,7 +21,7 @@ IGNORE = -100  # label of a token that is not predicted (HF's convention)
 def classify_loss(model: nn.Module, batch: dict) -> tuple[mx.array, mx.array]:
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).astype(mx.float32)
     labels = batch["labels"]
-    return cross_entropy(logits, labels).mean(), mx.array(labels.size)
+    return nn.losses.cross_entropy(logits, labels, reduction="mean"), mx.array(labels.size)
 
 
 def token_predictions(model: nn.Module, batch: dict, task: str) -> tuple[mx.array, mx.array, mx.array]:
@@ -40,7 +39,7 @@ def token_predictions(model: nn.Module, batch: dict, task: str) -> tuple[mx.arra
 
 def token_loss(model: nn.Module, batch: dict, task: str) -> tuple[mx.array, mx.array]:
     logits, targets, keep = token_predictions(model, batch, task)
-    ce = cross_entropy(logits, mx.maximum(targets, 0)) * keep
+    ce = nn.losses.cross_entropy(logits, mx.maximum(targets, 0)) * keep
     n = keep.sum()
     return ce.sum() / mx.maximum(n, 1), n
 

@@ -53,13 +53,12 @@ def test_half_precision_keeps_the_builtins():
     assert mx.array_equal(cpu_ops.silu(h), nn.silu(h)) and mx.array_equal(cpu_ops.gelu(h), nn.gelu(h))
 
 
-def test_softmax_and_cross_entropy(x):
+def test_softmax(x):
     wide, _ = x
     close(cpu_ops.softmax(wide), mx.softmax(wide, axis=-1, precise=True), rtol=1e-5, atol=1e-7)
-    targets = mx.random.randint(0, wide.shape[-1], (wide.shape[0],))
-    close(cpu_ops.cross_entropy(wide, targets), nn.losses.cross_entropy(wide, targets), rtol=1e-6)
-    grad = lambda f: mx.grad(lambda v: f(v, targets).mean())(wide)  # noqa: E731
-    close(grad(cpu_ops.cross_entropy), grad(nn.losses.cross_entropy), rtol=1e-5, atol=1e-8)
+    weight = mx.cos(wide)
+    grad = lambda f: mx.grad(lambda v: (f(v) * weight).sum())(wide)  # noqa: E731
+    close(grad(cpu_ops.softmax), grad(lambda v: mx.softmax(v, axis=-1, precise=True)), rtol=1e-4, atol=2e-6)
 
 
 def causal_padded(L: int, keep: mx.array) -> mx.array:

@@ -1,15 +1,17 @@
 """The exponentials of a training step, fast on MLX's CPU backend.
 
 On an x86 CPU, MLX evaluates ``exp``, ``erf`` and ``sigmoid`` one element at a time: ``mx.exp`` on
-1.4 M floats takes ~16 ms here, PyTorch ~0.6 ms (benchmarks/profile.md; a two-line reproduction is
-in benchmarks/README.md). They sit in every activation (SiLU, GELU), in the attention softmax and
-in the loss's log-sum-exp, and made those a third of our step. Built from multiplies and adds
-instead, which ``mx.compile`` fuses into one vectorised loop, they run 4-10x faster, within
-1e-6 relative of the built-ins. On Metal and CUDA the built-ins are fast, and are used.
+1.4 M floats takes ~20 ms here, PyTorch ~0.9 ms (``benchmarks/mlx_cpu_exp.py``). They sit in every
+activation (SiLU, GELU) and in the attention softmax, and made those a third of our step. Built
+from multiplies and adds instead, which ``mx.compile`` fuses, they run 4-5x faster, within 1e-6
+relative of the built-ins. On Metal and CUDA, and in half precision, the built-ins are used.
 
 ``exp`` is Cephes' float32 ``expf`` (a degree-7 polynomial on x - n ln 2, scaled by 2^n through
 the exponent bits); ``erf`` is Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7). Gradients are
-written out (``mx.custom_function``), so the backward pass is as short as the forward.
+written out (``mx.custom_function``). The fused chain keeps a few (N, D) temporaries that MLX's
+own ``exp`` does not, so the loss's log-sum-exp over the vocabulary (the largest array of a
+language-model step) stays MLX's ``cross_entropy``: its speed-up was not worth 18% more peak
+memory on the LoRA benchmark.
 """
 
 import math
@@ -103,15 +105,6 @@ def softmax(x: mx.array, axis: int = -1) -> mx.array:
         return mx.softmax(x, axis=axis, precise=True)
     e = _fast_exp(x - mx.stop_gradient(x.max(axis=axis, keepdims=True)))
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
-    """Per-row cross-entropy of float32 ``logits`` (..., V) against class ids ``targets`` (...)."""
-    if not on_cpu():
-        return nn.losses.cross_entropy(logits, targets)
-    top = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
-    lse = mx.log(_fast_exp(logits - top).sum(axis=-1)) + top[..., 0]
-    return lse - mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
 
 
 def attention(q, k, v, scale: float, mask=None, dropout: nn.Module | None = None) -> mx.array:
