@@ -42,10 +42,10 @@ def _load() -> str:
         names.insert(len(_OPENMP), found)
     for name in names:
         try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
-        if _uses_openmp():
+        if _is_openmp_build(lib):
             return f"OpenBLAS, OpenMP build ({name})"
         return f"OpenBLAS ({name}; not the OpenMP build, PyTorch in this process runs ~5x slower: {_INSTALL})"
     warnings.warn(
@@ -56,12 +56,11 @@ def _load() -> str:
     return "reference BLAS bundled with mlx-cpu (slow: apt-get install libopenblas0-openmp)"
 
 
-def _uses_openmp() -> bool:
-    """Whether an OpenMP runtime is loaded (the OpenMP build of OpenBLAS brings libgomp)."""
+def _is_openmp_build(lib) -> bool:
+    """OpenBLAS says how it was built: openblas_get_parallel() is 2 for the OpenMP build."""
     try:
-        with open("/proc/self/maps") as f:
-            return "libgomp" in f.read()
-    except OSError:
+        return lib.openblas_get_parallel() == 2
+    except AttributeError:
         return False
 
 

@@ -25,6 +25,15 @@ def x():
     return wide, edges
 
 
+@pytest.fixture(autouse=True)
+def cpu():
+    """The fast paths are the CPU's: run there (on a Mac too), then restore the device."""
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(device)
+
+
 def test_on_cpu_here():
     assert cpu_ops.on_cpu()  # else the tests below compare the built-ins with themselves
 
@@ -96,3 +105,24 @@ def test_attention_dropout_only_in_training():
     assert not mx.allclose(out, cpu_ops.attention(q, q, q, 0.5, None)).item()
     drop.eval()
     close(cpu_ops.attention(q, q, q, 0.5, None, drop), cpu_ops.attention(q, q, q, 0.5, None))
+
+
+def test_silu_far_below_zero_and_at_infinity():
+    x = mx.array([-3e38, -100.0, float("-inf"), float("nan")])
+    ours, theirs = np.array(cpu_ops.silu(x)), np.array(nn.silu(x))
+    np.testing.assert_allclose(ours[:2], theirs[:2], atol=1e-30)
+    assert np.isnan(ours[2:]).all() and np.isnan(theirs[2:]).all()
+
+
+@pytest.mark.parametrize("mask", ["causal", "per-head bool", "per-head additive"])
+def test_attention_shorter_queries_and_per_head_masks(mask):
+    """Queries over the last L of S keys (causal offset), and masks with a head axis under GQA."""
+    mx.random.seed(2)
+    B, H, Hk, L, S, d = 2, 4, 2, 5, 19, 8
+    q, k, v = mx.random.normal((B, H, L, d)), mx.random.normal((B, Hk, S, d)), mx.random.normal((B, Hk, S, d))
+    keep = mx.random.uniform(shape=(B, H, L, S)) > 0.3
+    keep = keep | (mx.arange(S) == S - 1)  # every query sees a key
+    masks = {"causal": "causal", "per-head bool": keep, "per-head additive": mx.where(keep, 0.0, -1e9)}
+    m = masks[mask]
+    fast = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=m)
+    close(cpu_ops.attention(q, k, v, 0.3, m), fast, rtol=1e-5, atol=1e-6)

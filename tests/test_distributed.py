@@ -149,9 +149,8 @@ def test_two_ranks_equal_one_rank(one_rank, two_ranks, kind):
 def start_ranks(args: list[str], log: Path, tmp: Path) -> list[subprocess.Popen]:
     """Two ring ranks started as ``mlx.launch`` would, but without it: the launcher ends the other
     ranks itself once one dies, which would hide whether rank 0 notices on its own."""
-    port = free_port()
     hostfile = tmp / "hosts.json"
-    hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"], [f"127.0.0.1:{free_port()}"]]))
     procs = []
     for rank in range(2):
         env = {**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)}

@@ -98,9 +98,10 @@ def test_sigterm_during_convert_cleans_up(big_hf, tmp_path):
     )
     wait_for(proc, shard_in_temp(tmp_path, "out"))
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
-    assert stray(tmp_path, "out") == [] and not out.exists()
-    assert (tmp_path / "log").read_text().strip().splitlines()[-1] == "terminated"
+    code, log = proc.wait(timeout=60), (tmp_path / "log").read_text()
+    assert code == 143, (code, log[-2000:])
+    assert stray(tmp_path, "out") == [] and not out.exists(), (stray(tmp_path, "out"), log[-2000:])
+    assert log.strip().splitlines()[-1] == "terminated", log[-2000:]
 
 
 # --- training --------------------------------------------------------------------------------------

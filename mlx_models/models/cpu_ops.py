@@ -68,7 +68,8 @@ def _fast_exp_vjp(primals, cotangent, output):
 
 @mx.custom_function
 def _fast_silu(x):
-    return x / (1.0 + _exp(-x))
+    # below -88 exp(-x) saturates: x * 0 gives -0 there, and NaN for -inf as MLX's silu does
+    return mx.where(x < -88.0, x * 0.0, x / (1.0 + _exp(-x)))
 
 
 @_fast_silu.vjp
@@ -100,11 +101,23 @@ silu = _fp32(_fast_silu, nn.silu)
 gelu = _fp32(_fast_gelu, nn.gelu)  # the exact (erf) GELU, torch's nn.GELU()
 
 
-def softmax(x: mx.array, axis: int = -1) -> mx.array:
+@mx.custom_function
+def _fast_softmax(x):
+    e = _exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@_fast_softmax.vjp
+def _fast_softmax_vjp(primals, cotangent, output):
+    """From the probabilities alone, as MLX's own softmax: only they are kept for the backward."""
+    return (output * (cotangent - (cotangent * output).sum(axis=-1, keepdims=True)),)
+
+
+def softmax(x: mx.array) -> mx.array:
+    """Softmax over the last axis."""
     if not (on_cpu() and x.dtype == mx.float32):
-        return mx.softmax(x, axis=axis, precise=True)
-    e = _fast_exp(x - mx.stop_gradient(x.max(axis=axis, keepdims=True)))
-    return e / e.sum(axis=axis, keepdims=True)
+        return mx.softmax(x, axis=-1, precise=True)
+    return _fast_softmax(x)
 
 
 def attention(q, k, v, scale: float, mask=None, dropout: nn.Module | None = None) -> mx.array:
@@ -122,12 +135,14 @@ def attention(q, k, v, scale: float, mask=None, dropout: nn.Module | None = None
         S = k.shape[-2]
         mask = mx.arange(S - L, S)[:, None] >= mx.arange(S)[None]
     if mask is not None:
-        if groups > 1 and mask.ndim == 4:
-            mask = mask[:, :, None]
+        if groups > 1 and mask.ndim >= 3:  # split a per-head axis as the scores' (H_kv, groups)
+            heads = mask.shape[-3]
+            split = (k.shape[1], groups) if heads == H else (heads, 1)
+            mask = mask.reshape(*mask.shape[:-3], *split, *mask.shape[-2:])
         if mask.dtype == mx.bool_:
             scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
         else:
-            scores = scores + mask
+            scores = scores + mask.astype(scores.dtype)
     probs = softmax(scores)
     if dropout is not None:
         probs = dropout(probs)
