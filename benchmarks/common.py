@@ -146,6 +146,24 @@ def mlx_row(
     return row
 
 
+def eval_row(model: nn.Module, task: str, batch: dict, tokens: int, warmup: int, steps: int) -> Row:
+    """Evaluation as the trainer runs it (``mlx_models.evaluation.Scorer``: the compiled,
+    gradient-free forward with its loss and predictions, in eval mode) on one batch; a "step"
+    is one evaluation batch (the trainer's default: 4 x the training batch)."""
+    from mlx_models.evaluation import Scorer
+
+    gc.collect()
+    mx.clear_cache()
+    base = mx.get_active_memory()
+    mx.eval(model.parameters())
+    mx.reset_peak_memory()
+    model.eval()
+    scorer = Scorer(model, task)
+    row = warm_up(Row("", tokens, steps, lambda: float(scorer(batch)[0][0])), warmup)
+    row.peak_gb, row.memory = (mx.get_peak_memory() - base) / 1e9, MLX_PEAK
+    return row
+
+
 def torch_row(kind: str, cfg: dict, tokens: int, warmup: int, steps: int, in_process: bool = False) -> Row:
     """A PyTorch peer, run in a clean child process, or with ``in_process`` in this one, which has
     imported mlx_models (OpenBLAS loaded globally) and run MLX: the two side by side show whether

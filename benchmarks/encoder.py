@@ -1,13 +1,14 @@
 """Section 2: full finetuning of a MiniLM-sized BERT for sequence classification, ours vs transformers."""
 
 import mlx.core as mx
-from common import describe, mlx_row, prepare, section, time_interleaved, torch_row
+from common import describe, eval_row, mlx_row, prepare, section, time_interleaved, torch_row
 from shapes import MINILM
 
 from mlx_models.models import build_model
 from mlx_models.tasks import classify_loss
 
 SHAPE = MINILM
+EVAL_X = 4  # the trainer's evaluation batch: 4 x the training batch
 
 
 def run(quick: bool, batch: int = 8, seq: int = 128) -> str:
@@ -36,10 +37,19 @@ def run(quick: bool, batch: int = 8, seq: int = 128) -> str:
         "ours: BERT full finetuning (compiled step)",
         lambda: mlx_row(build_model(cfg, "classify"), classify_loss, batch_args, tokens, w, n),
     )
-    rows = time_interleaved([ours, pt, inproc])
+    eval_args = {k: mx.concatenate([v] * EVAL_X) for k, v in batch_args.items()}
+    ev = prepare(
+        f"ours: evaluation (the trainer's compiled no-grad forward), batch {EVAL_X * batch}",
+        lambda: eval_row(build_model(cfg, "classify"), "classify", eval_args, EVAL_X * tokens, w, n),
+    )
+    rows = time_interleaved([ours, pt, inproc, ev])
     desc = (
         f"BERT {describe(cfg)} (MiniLM-L6 shape); batch {batch} × seq {seq} = {tokens} tokens/step; "
         "every weight trained, 2-label classification, dropout 0.1, AdamW lr 1e-4."
     )
-    pairs = [("ours ÷ PyTorch", ours, pt), ("PyTorch in this process ÷ in a clean process", inproc, pt)]
+    pairs = [
+        ("ours ÷ PyTorch", ours, pt),
+        ("PyTorch in this process ÷ in a clean process", inproc, pt),
+        ("ours: evaluation ÷ training", ev, ours),
+    ]
     return section("2. Encoder full finetuning step", desc, rows, pairs)

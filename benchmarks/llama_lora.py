@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 import mlx.nn as nn
-from common import mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
+from common import eval_row, mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
 from shapes import LLAMA, LLAMA_QUICK, LORA_ALPHA, LORA_RANK, LORA_TARGETS
 
 from mlx_models.lora import apply_lora
@@ -11,6 +11,7 @@ from mlx_models.quant import quantizable, quantize
 from mlx_models.tasks import lm_loss
 
 BITS, GROUP = 4, 64
+EVAL_X = 4  # the trainer's evaluation batch: 4 x the training batch
 SHAPE, QUICK_SHAPE, TARGETS, RANK, ALPHA = LLAMA, LLAMA_QUICK, LORA_TARGETS, LORA_RANK, LORA_ALPHA
 
 
@@ -75,7 +76,12 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
     head = prepare(
         "ours: LoRA, fp32 base, lm_head trained too (apply_lora default)", lambda: ours_row(None, True)
     )
-    rows = time_interleaved([o32, o4, l32, l4, pt, inproc, head])
+    eval_args = {k: mx.concatenate([v] * EVAL_X) for k, v in batch_args.items()}
+    ev = prepare(
+        f"ours: evaluation of the LoRA model (the trainer's compiled no-grad forward), batch {EVAL_X * batch}",
+        lambda: eval_row(ours(cfg, None), "lm", eval_args, EVAL_X * tokens, w, n),
+    )
+    rows = time_interleaved([o32, o4, l32, l4, pt, inproc, head, ev])
     desc = (
         f"Llama {shape['hidden_size']} hidden, {shape['num_hidden_layers']} layers, "
         f"{shape['num_attention_heads']} heads ({shape['num_key_value_heads']} kv), "
@@ -93,6 +99,7 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
             ("ours LoRA ÷ PyTorch + peft (fp32)", o32, pt),
             ("ours QLoRA ÷ PyTorch + peft (fp32)", o4, pt),
             ("PyTorch + peft in this process ÷ in a clean process", inproc, pt),
+            ("ours: evaluation ÷ LoRA training (fp32)", ev, o32),
         ]
     )
     return f"## 1. LoRA / QLoRA train step, small Llama\n\n{desc}\n\n{table(rows)}\n\nRatios:\n\n{ratios}\n"

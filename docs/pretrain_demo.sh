@@ -9,16 +9,17 @@ OUT=${OUT:-results/pretrain-demo}
 SHAPE=num_hidden_layers=4,hidden_size=256,num_attention_heads=4,intermediate_size=1024,vocab_size=8192,max_position_embeddings=130
 export HF_HUB_OFFLINE=1
 
-# 1. Masked-LM pretraining, Lit-GPT's recipe flags: 1.5 M tokens, global batch 32 of micro-batches of 8.
+# 1. Masked-LM pretraining, Lit-GPT's recipe flags: 7 M tokens (~5 passes over the corpus), global
+#    batch 32 of micro-batches of 16.
 $PY train.py --model roberta-base --from-scratch --task mlm --model-config "$SHAPE" \
   --data_dir "$OUT/corpus" --out "$OUT/pretrain" --max-length 128 \
-  --train.max_tokens 1500000 --train.global_batch_size 32 --train.micro_batch_size 8 \
-  --train.learning_rate 5e-4 --train.lr_warmup_steps 40 --lr-schedule cosine \
-  --eval.interval 60 --train.save_interval 120
+  --train.max_tokens 7000000 --train.global_batch_size 32 --train.micro_batch_size 16 \
+  --train.learning_rate 1e-3 --train.lr_warmup_steps 150 --lr-schedule cosine \
+  --eval.interval 400 --train.save_interval 400
 
 # 2. Finetune the pretrained encoder (a new classification head) and 3. the same architecture from
 #    random initialisation (the pretraining run's tokenizer), with the same data and budget.
-FT=(--dataset imdb --max-samples 2000 --max-length 128 --epochs 3 --batch-size 16 --learning-rate 1e-4 --seed 0)
+FT=(--dataset imdb --max-samples 2000 --max-length 128 --epochs 3 --batch-size 16 --learning-rate 2e-4 --seed 0)
 $PY train.py --model "$OUT/pretrain/best" --out "$OUT/finetune-pretrained" "${FT[@]}"
 $PY train.py --model roberta-base --from-scratch --model-config "$SHAPE" --tokenizer "$OUT/pretrain/init" \
   --out "$OUT/finetune-random-init" "${FT[@]}"

@@ -313,3 +313,23 @@ def test_missing_data_dir_gets_the_embedded_corpus(tmp_path, capsys):
     assert "wrote 5000 IMDB reviews" in capsys.readouterr().err
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 5000
     assert (d / "imdb.txt").read_text().count("\n") == 5000
+
+
+def test_the_head_on_the_masked_positions_only_gives_the_full_heads_rows(tokenizer):
+    """Masked-LM training runs the head on the gathered masked rows (padded to MASKED_MULTIPLE):
+    the same logits as the full (B, L, V) head at those rows, and the padding rows do not count."""
+    from mlx_models.tasks import MASKED_MULTIPLE, token_predictions
+
+    model = scratch.build(small_config(tokenizer), "mlm", seed=0)
+    model.eval()
+    seqs = encode(tokenizer, corpus_texts()[-6:], 40)
+    masking = Masking.for_tokenizer(tokenizer)
+    batch = make_batch("mlm", seqs, None, pad_id=1, masking=masking, rng=np.random.default_rng(1))
+    at, keep = np.array(batch["masked_at"]), np.array(batch["masked_keep"])
+    labels = np.array(batch["labels"]).ravel()
+    assert len(at) % MASKED_MULTIPLE == 0 and keep.sum() == (labels != IGNORE).sum() < len(at)
+    full = np.array(model(batch["input_ids"], attention_mask=batch["attention_mask"]))
+    logits, targets, counted = token_predictions(model, batch, "mlm")
+    rows = at[keep]
+    np.testing.assert_allclose(np.array(logits)[keep], full.reshape(-1, full.shape[-1])[rows], atol=1e-5)
+    assert (np.array(targets)[keep] == labels[rows]).all() and (np.array(counted) == keep).all()

@@ -230,12 +230,16 @@ def classifier_dropout(args: ModelArgs) -> nn.Dropout:
 
 
 class EncoderTaskModel(TaskModel):
-    """The encoder under a head: ``head(hidden states (B, L, D), pooled (B, D) or None)``."""
+    """The encoder under a head: ``head(hidden states (B, L, D), pooled (B, D) or None)``.
+    ``positions`` (flat indices into B x L) runs a token head on those rows only: (K, D) -> (K, V)."""
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> mx.array:
-        return self.head(
-            *self[self.base_model_prefix](input_ids, attention_mask, token_type_ids, inputs_embeds)
-        )
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, positions=None
+    ) -> mx.array:
+        h, pooled = self[self.base_model_prefix](input_ids, attention_mask, token_type_ids, inputs_embeds)
+        if positions is not None:
+            h = h.reshape(-1, h.shape[-1])[positions]
+        return self.head(h, pooled)
 
 
 class BertForMaskedLM(EncoderTaskModel):
