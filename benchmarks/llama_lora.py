@@ -78,7 +78,8 @@ def run(quick: bool, batch: int = 4, seq: int = 256) -> str:
     )
     eval_args = {k: mx.concatenate([v] * EVAL_X) for k, v in batch_args.items()}
     ev = prepare(
-        f"ours: evaluation of the LoRA model (the trainer's compiled no-grad forward), batch {EVAL_X * batch}",
+        f"ours: evaluation of the LoRA model (the trainer's compiled no-grad forward), "
+        f"batch {EVAL_X * batch}",
         lambda: eval_row(ours(cfg, None), "lm", eval_args, EVAL_X * tokens, w, n),
     )
     rows = time_interleaved([o32, o4, l32, l4, pt, inproc, head, ev])
