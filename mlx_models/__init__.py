@@ -1,10 +1,12 @@
 """mlx_models: BERT, RoBERTa and Llama in MLX, cross-checked against transformers."""
 
 from ._blas import BLAS  # noqa: I001  (must run before the first `import mlx.core`)
+from ._malloc import KEEPS_FREED_MEMORY
 from .errors import ConfigError, DataError, MLXModelsError, SourceError, WeightsError
 
 __all__ = [
     "BLAS",
+    "KEEPS_FREED_MEMORY",
     "ConfigError",
     "DataError",
     "MLXModelsError",

@@ -29,25 +29,6 @@ sys.path.insert(0, str(ROOT))
 from convert import main as convert_main  # noqa: E402
 
 
-def test_openblas_is_loaded():
-    if sys.platform == "linux":
-        assert mlx_models.BLAS.startswith("OpenBLAS"), mlx_models.BLAS
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="OpenBLAS is loaded on Linux only")
-def test_openblas_and_pytorch_share_one_openmp_runtime():
-    """The OpenMP build of OpenBLAS, which takes PyTorch's BLAS calls once loaded globally, runs on
-    PyTorch's own OpenMP runtime (a second thread pool made PyTorch's step ~5x slower)."""
-    code = (
-        "import re, mlx_models, torch; torch.ones(64, 64) @ torch.ones(64, 64); print(mlx_models.BLAS); "
-        "print(len(set(re.findall(r'/\\S*libgomp\\S*', open('/proc/self/maps').read()))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    blas, runtimes = out.stdout.splitlines()
-    assert "OpenMP build" in blas, blas
-    assert runtimes == "1", runtimes  # one libgomp: OpenBLAS's and PyTorch's threads are one pool
-
-
 def test_roberta_base_shape_shards_and_reloads_bit_exact(tmp_path):
     config = transformers.RobertaConfig(
         vocab_size=50265,
