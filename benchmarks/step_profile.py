@@ -61,6 +61,34 @@ def ablate(family: str):
             setattr(owner, name, value)
 
 
+@contextlib.contextmanager
+def glibc_malloc_defaults():
+    """glibc's own malloc settings while inside (as before ``mlx_models/_malloc.py``): large blocks
+    mmapped and unmapped, freed memory trimmed; ours again on leaving."""
+    import ctypes
+
+    from mlx_models import _malloc
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_malloc.M_MMAP_MAX, 65536)  # glibc's DEFAULT_MMAP_MAX
+    libc.mallopt(_malloc.M_TRIM_THRESHOLD, 128 * 1024)  # DEFAULT_TRIM_THRESHOLD
+    libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        _malloc.keep_freed_memory()
+
+
+def system_share(run, repeats: int) -> float:
+    """The share of ``run``'s wall time spent in the kernel (page faults, mostly)."""
+    import resource
+
+    before, tic = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_stime - before) / (time.perf_counter() - tic)
+
+
 def gemm_seconds(shapes: list[tuple[int, int, int]], repeats: int) -> float:
     """Time of a step's matrix products, one after another, through MLX's BLAS."""
     import mlx.core as mx
@@ -129,11 +157,24 @@ def mlx_profile(kind: str, quick: bool, repeats: int) -> dict:
         run()
     t = interleaved(steps, repeats)
     builtins_s = t.pop("builtins")
+    with glibc_malloc_defaults():  # not interleaved: switching settings moves memory about
+        steps["full"]()
+        glibc_s = interleaved({"full": steps["full"]}, repeats)["full"]
+        glibc_sys = system_share(steps["full"], repeats)
+    steps["full"]()
+    sys_share = system_share(steps["full"], repeats)
     shares = {label: max(t["full"] - t[family], 0.0) for family, label in ABLATED}
     shares["optimizer"] = max(t["full"] - t["optimizer"], 0.0)
     shares["GEMM"] = gemm_seconds(matmul_shapes(kind, quick), repeats)
     shares["other"] = max(t["full"] - sum(shares.values()), 0.0)
-    return {"step_s": t["full"], "families": shares, "builtins_s": builtins_s}
+    return {
+        "step_s": t["full"],
+        "families": shares,
+        "builtins_s": builtins_s,
+        "glibc_s": glibc_s,
+        "sys_share": sys_share,
+        "glibc_sys_share": glibc_sys,
+    }
 
 
 def torch_profile(kind: str, quick: bool) -> dict:
@@ -153,7 +194,10 @@ def table(name: str, ours: dict, theirs: dict) -> str:
         f"Step: ours {ours['step_s']:.2f} s, PyTorch {theirs['step_s']:.2f} s "
         f"(ours ÷ PyTorch speed {speed:.2f}×). The same step with MLX's built-in exp, softmax and "
         f"activations instead of `cpu_ops` (as before): {ours['builtins_s']:.2f} s "
-        f"({theirs['step_s'] / ours['builtins_s']:.2f}× PyTorch).",
+        f"({theirs['step_s'] / ours['builtins_s']:.2f}× PyTorch). With glibc's malloc defaults instead "
+        f"of `_malloc.py`'s (every large array's pages faulted in afresh): {ours['glibc_s']:.2f} s "
+        f"({theirs['step_s'] / ours['glibc_s']:.2f}× PyTorch). Time in the kernel (page faults, mostly): "
+        f"{ours['sys_share']:.0%} of the step, {ours['glibc_sys_share']:.0%} with glibc's defaults.",
         "",
         "| op family | ours s | ours share | PyTorch s | PyTorch share | ours ÷ PyTorch time |",
         "|---|---:|---:|---:|---:|---:|",

@@ -4,8 +4,10 @@
 # Offline; ~1 h 15 min on 2 CPU cores. Measured 2026-11-24 (issue 8, still open): at this budget the
 # model is still on the masked-LM plateau (validation loss 6.35, masked-token accuracy 12.6%), and
 # the pretrained encoder finetunes WORSE than random initialisation (IMDB test accuracy 0.646 vs
-# 0.727, 2,000 test reviews; ahead only after the first epoch: validation 0.643 vs 0.499). The
-# README will quote this demo once a budget that leaves the plateau beats random initialisation.
+# 0.727, 2,000 test reviews; ahead only after the first epoch: validation 0.643 vs 0.499). Smaller,
+# faster shapes, other rates and 40% masking were tried on 2026-12-03 with the same outcome:
+# docs/pretraining_experiments.md. The README will quote this demo once a budget beats random
+# initialisation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
