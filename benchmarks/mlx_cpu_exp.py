@@ -4,7 +4,8 @@
 
 Times ms per call on a (1024, 1376) float32 array (the LoRA benchmark's MLP activations) of:
 MLX's exp, sigmoid, erf, silu, gelu (compiled), a multiply-add for scale, PyTorch's same ops in
-this process, and our mlx_models.models.cpu_ops replacements. Prints a markdown table.
+this process, and our mlx_models.models.cpu_ops replacements; then a multiply-add on normal and on
+subnormal floats. Prints markdown tables.
 """
 
 import statistics
@@ -54,6 +55,19 @@ def main() -> None:
         a, b = ms(mlx(ours_mlx), x), ms(theirs, xt)
         c = f"{ms(mlx(fast), x):.2f}" if fast else "–"
         print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.0f}× | {c} |")
+    subnormals(mlx)
+
+
+def subnormals(mlx) -> None:
+    """The same multiply-add on normal and on subnormal floats: x86 cores take a slow path per
+    subnormal operand or result (why cpu_ops.exp flushes below -87 to exact zeros)."""
+    print("\n| x * 0.5 + x, x all equal to | MLX | PyTorch |\n|---|---:|---:|")
+    for value in (1e-30, 1e-39):
+        a, b = mx.full(SHAPE, value), torch.full(SHAPE, value)
+        mx.eval(a)
+        kind = "normal" if value > 1.18e-38 else "subnormal"
+        fma = lambda v: v * 0.5 + v  # noqa: E731
+        print(f"| {value:g} ({kind}) | {ms(mlx(fma), a):.2f} | {ms(fma, b):.2f} |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ in a child process (see benchmarks/README.md for why).
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -61,32 +62,39 @@ def ablate(family: str):
             setattr(owner, name, value)
 
 
-@contextlib.contextmanager
-def glibc_malloc_defaults():
-    """glibc's own malloc settings while inside (as before ``mlx_models/_malloc.py``): large blocks
-    mmapped and unmapped, freed memory trimmed; ours again on leaving."""
-    import ctypes
-
-    from mlx_models import _malloc
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(_malloc.M_MMAP_MAX, 65536)  # glibc's DEFAULT_MMAP_MAX
-    libc.mallopt(_malloc.M_TRIM_THRESHOLD, 128 * 1024)  # DEFAULT_TRIM_THRESHOLD
-    libc.malloc_trim(0)
-    try:
-        yield
-    finally:
-        _malloc.keep_freed_memory()
-
-
-def system_share(run, repeats: int) -> float:
-    """The share of ``run``'s wall time spent in the kernel (page faults, mostly)."""
+def kernel_time(run, repeats: int) -> dict:
+    """``run`` timed back to back: seconds per step, system CPU seconds per wall second (all
+    threads; can pass 100%) and minor page faults per step, from ``getrusage``."""
     import resource
 
-    before, tic = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.perf_counter()
+    before, tic = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(repeats):
         run()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_stime - before) / (time.perf_counter() - tic)
+    wall, after = time.perf_counter() - tic, resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "step_s": wall / repeats,
+        "sys_share": (after.ru_stime - before.ru_stime) / wall,
+        "faults": (after.ru_minflt - before.ru_minflt) / repeats,
+    }
+
+
+def glibc_child(kind: str, quick: bool, repeats: int) -> dict:
+    """``kernel_time`` of our whole step in a child process that keeps glibc's own malloc settings
+    (``MLX_MODELS_NO_MALLOPT=1``: no mallopt call, so glibc's dynamic mmap threshold works)."""
+    cmd = [sys.executable, __file__, "--child", kind, "--repeats", str(repeats)] + ["--quick"] * quick
+    env = {**os.environ, "MLX_MODELS_NO_MALLOPT": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(kind: str, quick: bool, repeats: int) -> dict:
+    step, batch = build(kind, quick)
+    for _ in range(2):
+        step([batch])
+    timing = kernel_time(lambda: step([batch]), repeats)
+    return {**timing, "keeps_freed_memory": mlx_models.KEEPS_FREED_MEMORY}
 
 
 def gemm_seconds(shapes: list[tuple[int, int, int]], repeats: int) -> float:
@@ -157,12 +165,10 @@ def mlx_profile(kind: str, quick: bool, repeats: int) -> dict:
         run()
     t = interleaved(steps, repeats)
     builtins_s = t.pop("builtins")
-    with glibc_malloc_defaults():  # not interleaved: switching settings moves memory about
-        steps["full"]()
-        glibc_s = interleaved({"full": steps["full"]}, repeats)["full"]
-        glibc_sys = system_share(steps["full"], repeats)
-    steps["full"]()
-    sys_share = system_share(steps["full"], repeats)
+    kernel = kernel_time(steps["full"], repeats)
+    glibc = glibc_child(kind, quick, repeats)
+    if glibc["keeps_freed_memory"] or not mlx_models.KEEPS_FREED_MEMORY:
+        glibc = None  # not glibc, or MLX_MODELS_NO_MALLOPT set here too: nothing to compare
     shares = {label: max(t["full"] - t[family], 0.0) for family, label in ABLATED}
     shares["optimizer"] = max(t["full"] - t["optimizer"], 0.0)
     shares["GEMM"] = gemm_seconds(matmul_shapes(kind, quick), repeats)
@@ -171,9 +177,8 @@ def mlx_profile(kind: str, quick: bool, repeats: int) -> dict:
         "step_s": t["full"],
         "families": shares,
         "builtins_s": builtins_s,
-        "glibc_s": glibc_s,
-        "sys_share": sys_share,
-        "glibc_sys_share": glibc_sys,
+        "kernel": kernel,
+        "glibc": glibc,
     }
 
 
@@ -194,10 +199,7 @@ def table(name: str, ours: dict, theirs: dict) -> str:
         f"Step: ours {ours['step_s']:.2f} s, PyTorch {theirs['step_s']:.2f} s "
         f"(ours ÷ PyTorch speed {speed:.2f}×). The same step with MLX's built-in exp, softmax and "
         f"activations instead of `cpu_ops` (as before): {ours['builtins_s']:.2f} s "
-        f"({theirs['step_s'] / ours['builtins_s']:.2f}× PyTorch). With glibc's malloc defaults instead "
-        f"of `_malloc.py`'s (every large array's pages faulted in afresh): {ours['glibc_s']:.2f} s "
-        f"({theirs['step_s'] / ours['glibc_s']:.2f}× PyTorch). Time in the kernel (page faults, mostly): "
-        f"{ours['sys_share']:.0%} of the step, {ours['glibc_sys_share']:.0%} with glibc's defaults.",
+        f"({theirs['step_s'] / ours['builtins_s']:.2f}× PyTorch). {malloc_line(ours)}",
         "",
         "| op family | ours s | ours share | PyTorch s | PyTorch share | ours ÷ PyTorch time |",
         "|---|---:|---:|---:|---:|---:|",
@@ -210,6 +212,18 @@ def table(name: str, ours: dict, theirs: dict) -> str:
     return "\n".join(lines)
 
 
+def malloc_line(ours: dict) -> str:
+    k, g = ours["kernel"], ours["glibc"]
+    if g is None:
+        return "(No malloc comparison: not glibc, or `MLX_MODELS_NO_MALLOPT` is set.)"
+    return (
+        f"Timed back to back, ours {k['step_s']:.2f} s a step, {k['faults']:,.0f} minor page faults, "
+        f"{k['sys_share']:.0%} system CPU per wall second; in a child process with glibc's own malloc "
+        f"settings (`MLX_MODELS_NO_MALLOPT=1`, before `mlx_models/_malloc.py`): {g['step_s']:.2f} s, "
+        f"{g['faults']:,.0f} faults, {g['sys_share']:.0%}."
+    )
+
+
 STEPS = {
     "lora": "LoRA step, small Llama (8 layers × 512, 4 × 256 tokens)",
     "encoder": "Full finetuning step, MiniLM shape (6 layers × 384, 8 × 128 tokens)",
@@ -220,8 +234,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--child", choices=list(STEPS), help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    repeats = 2 if args.quick else 5
+    repeats = args.repeats or (2 if args.quick else 5)
+    if args.child:
+        print(json.dumps(child(args.child, args.quick, repeats)))
+        return 0
     command = f"python benchmarks/step_profile.py{' --quick' if args.quick else ''}"
     parts = ["# Where a training step's time goes", f"Command: `{command}`"]
     for kind, name in STEPS.items():
