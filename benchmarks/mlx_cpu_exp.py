@@ -5,7 +5,8 @@
 Times ms per call on a (1024, 1376) float32 array (the LoRA benchmark's MLP activations) of:
 MLX's exp, sigmoid, erf, silu, gelu (compiled), a multiply-add for scale, PyTorch's same ops in
 this process, and our mlx_models.models.cpu_ops replacements; then a multiply-add on normal and on
-subnormal floats. Prints markdown tables.
+subnormal floats, and the parts of one attention layer of the MiniLM evaluation. Prints markdown
+tables.
 """
 
 import statistics
@@ -56,6 +57,7 @@ def main() -> None:
         c = f"{ms(mlx(fast), x):.2f}" if fast else "–"
         print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.0f}× | {c} |")
     subnormals(mlx)
+    attention_parts()
 
 
 def subnormals(mlx) -> None:
@@ -68,6 +70,24 @@ def subnormals(mlx) -> None:
         kind = "normal" if value > 1.18e-38 else "subnormal"
         fma = lambda v: v * 0.5 + v  # noqa: E731
         print(f"| {value:g} ({kind}) | {ms(mlx(fma), a):.2f} | {ms(fma, b):.2f} |")
+
+
+def attention_parts() -> None:
+    """Where the MiniLM evaluation's attention goes (batch 32, 12 heads, 128 tokens, head size
+    32): the two batched GEMMs against the softmax between them."""
+    q, k, v = (mx.random.normal((32, 12, 128, 32)) for _ in range(3))
+    scores = q @ k.swapaxes(-1, -2)
+    mx.eval(q, k, v, scores)
+    parts = {
+        "scores q @ k^T (384 GEMMs)": (lambda a: a @ k.swapaxes(-1, -2), q),
+        "softmax, cpu_ops": (cpu_ops.softmax, scores),
+        "softmax, MLX (precise)": (lambda a: mx.softmax(a, axis=-1, precise=True), scores),
+        "probs @ v (384 GEMMs)": (lambda a: a @ v, scores),
+        "whole attention, cpu_ops": (lambda a: cpu_ops.attention(a, k, v, 32**-0.5), q),
+    }
+    print("\n| attention part, (32, 12, 128, 32) | ms |\n|---|---:|")
+    for name, (fn, arg) in parts.items():
+        print(f"| {name} | {ms(lambda a, fn=fn: mx.eval(mx.compile(fn)(a)), arg):.1f} |")
 
 
 if __name__ == "__main__":
