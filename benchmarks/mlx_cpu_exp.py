@@ -4,9 +4,9 @@
 
 Times ms per call on a (1024, 1376) float32 array (the LoRA benchmark's MLP activations) of:
 MLX's exp, sigmoid, erf, silu, gelu (compiled), a multiply-add for scale, PyTorch's same ops in
-this process, and our mlx_models.models.cpu_ops replacements; then a multiply-add on normal and on
-subnormal floats, and the parts of one attention layer of the MiniLM evaluation. Prints markdown
-tables.
+this process, and our mlx_models.models.cpu_ops replacements: its pure-MLX formulas and the
+compiled kernels of mlx_models/kernels; then a multiply-add on normal and on subnormal floats, and
+the parts of one attention layer of the MiniLM evaluation. Prints markdown tables.
 """
 
 import statistics
@@ -20,6 +20,7 @@ import mlx_models  # noqa: E402, F401  (OpenBLAS before MLX)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import torch  # noqa: E402
+from mlx_models.kernels import native  # noqa: E402
 from mlx_models.models import cpu_ops  # noqa: E402
 # isort: on
 
@@ -41,23 +42,43 @@ def main() -> None:
     mx.eval(x)
     xt = torch.randn(SHAPE)
     mlx = lambda f: lambda a: mx.eval(mx.compile(f)(a))  # noqa: E731
+    last = lambda f: lambda a: f(a, -1)  # noqa: E731
     rows = {
         "exp": (mx.exp, torch.exp, cpu_ops.exp),
         "sigmoid": (mx.sigmoid, torch.sigmoid, None),
         "erf": (mx.erf, torch.erf, None),
         "silu": (nn.silu, torch.nn.functional.silu, cpu_ops.silu),
         "gelu (erf)": (nn.gelu, torch.nn.functional.gelu, cpu_ops.gelu),
+        "softmax, last axis": (last(mx.softmax), last(torch.softmax), cpu_ops.softmax),
+        "logsumexp, last axis": (last(mx.logsumexp), last(torch.logsumexp), cpu_ops.logsumexp),
         "x * 1.5 + 1 (for scale)": (lambda a: a * 1.5 + 1, lambda a: a * 1.5 + 1, None),
     }
     print(f"ms per call, float32 {SHAPE}, MLX {mx.__version__} on {mx.default_device()}, PyTorch "
           f"{torch.__version__} ({torch.get_num_threads()} threads)\n")  # fmt: skip
-    print("| op | MLX | PyTorch | MLX ÷ PyTorch time | cpu_ops (ours) |\n|---|---:|---:|---:|---:|")
+    print(
+        "| op | MLX | PyTorch | MLX ÷ PyTorch time | cpu_ops, formulas | cpu_ops, kernels "
+        "| kernels ÷ PyTorch time |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
     for name, (ours_mlx, theirs, fast) in rows.items():
         a, b = ms(mlx(ours_mlx), x), ms(theirs, xt)
-        c = f"{ms(mlx(fast), x):.2f}" if fast else "–"
-        print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.0f}× | {c} |")
+        formulas, kernels = (ours(fast, x, use_kernels) if fast else None for use_kernels in (False, True))
+        cells = [f"{t:.2f}" if t else "–" for t in (formulas, kernels)]
+        ratio = f"{kernels / b:.1f}×" if kernels else "–"
+        print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.0f}× | {cells[0]} | {cells[1]} | {ratio} |")
     subnormals(mlx)
     attention_parts(mlx)
+
+
+def ours(fn, x, use_kernels: bool) -> float | None:
+    """ms of a cpu_ops op, compiled, with or without the kernels (None: they are not built, or the
+    op has no kernel and the time would repeat the formulas' column)."""
+    if use_kernels and (native is None or fn is cpu_ops.exp):
+        return None
+    cpu_ops.native = native if use_kernels else None
+    try:
+        return ms(lambda a: mx.eval(mx.compile(fn)(a)), x)
+    finally:
+        cpu_ops.native = native
 
 
 def subnormals(mlx) -> None:

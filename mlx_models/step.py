@@ -11,6 +11,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
+from . import adamw
+from .adamw import global_norm
 from .config import TrainConfig
 from .distributed import World
 
@@ -35,9 +37,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optim.Optimizer:
     """AdamW as torch defines it and HF's Trainer sets it up: no weight decay on biases and norm
     weights (the 1-D parameters). bias_correction: MLX's default is off; without it the first
     updates are ~3x larger and finetuning a pretrained encoder collapses to chance."""
-    adamw = partial(optim.AdamW, learning_rate=schedule(cfg, total_steps), bias_correction=True)
+    make = partial(adamw.AdamW, learning_rate=schedule(cfg, total_steps), bias_correction=True)
     no_decay = lambda _, p: p.ndim < 2  # noqa: E731
-    return optim.MultiOptimizer([adamw(weight_decay=0.0), adamw(weight_decay=cfg.weight_decay)], [no_decay])
+    return optim.MultiOptimizer([make(weight_decay=0.0), make(weight_decay=cfg.weight_decay)], [no_decay])
 
 
 @dataclass
@@ -89,10 +91,10 @@ class TrainStep:
         def update(grad, count: mx.array):
             if group is not None:  # mean over ranks x ranks = the sum
                 grad = tree_map(lambda g: g * group.size(), nn.average_gradients(grad, group=group))
-            grad = tree_map(lambda g: g / count, grad)
+            scale = 1.0 / count  # the mean; then clipped as optim.clip_grad_norm does
             if max_grad_norm:
-                grad, _ = optim.clip_grad_norm(grad, max_grad_norm)
-            optimizer.update(model, grad)
+                scale = scale * mx.minimum(max_grad_norm / (global_norm(grad) * scale + 1e-6), 1.0)
+            adamw.update(optimizer, model, grad, scale)
 
         compiled = partial(mx.compile, inputs=self.state, outputs=self.state)
         self._accumulate = compiled(accumulate) if compile else accumulate

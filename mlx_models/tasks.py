@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .batching import PAD_MULTIPLE, collate
+from .models import cpu_ops
 
 IGNORE = -100  # label of a token that is not predicted (HF's convention)
 # The masked-LM head runs on the masked tokens only (ModernBERT's "sparse prediction"): ~15% of the
@@ -26,7 +27,7 @@ MASKED_MULTIPLE = 64
 def classify_loss(model: nn.Module, batch: dict) -> tuple[mx.array, mx.array]:
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).astype(mx.float32)
     labels = batch["labels"]
-    return nn.losses.cross_entropy(logits, labels, reduction="mean"), mx.array(labels.size)
+    return cpu_ops.cross_entropy(logits, labels).mean(), mx.array(labels.size)
 
 
 def token_predictions(model: nn.Module, batch: dict, task: str) -> tuple[mx.array, mx.array, mx.array]:
@@ -45,7 +46,7 @@ def token_predictions(model: nn.Module, batch: dict, task: str) -> tuple[mx.arra
 
 def token_loss(model: nn.Module, batch: dict, task: str) -> tuple[mx.array, mx.array]:
     logits, targets, keep = token_predictions(model, batch, task)
-    ce = nn.losses.cross_entropy(logits, mx.maximum(targets, 0)) * keep
+    ce = cpu_ops.cross_entropy(logits, mx.maximum(targets, 0)) * keep
     n = keep.sum()
     return ce.sum() / mx.maximum(n, 1), n
 

@@ -1,7 +1,10 @@
 """The CPU fast paths of models/cpu_ops.py against MLX's built-ins: values and gradients, over the
-whole float32 range that reaches them (saturated exponentials, masked scores, grouped heads)."""
+whole float32 range that reaches them (saturated exponentials, masked scores, grouped heads). Every
+test runs twice: with the compiled kernels (mlx_models/kernels) and with the pure-MLX formulas
+that stand in where they are not built."""
 
 import math
+import platform
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,17 +28,47 @@ def x():
     return wide, edges
 
 
-@pytest.fixture(autouse=True)
-def cpu():
-    """The fast paths are the CPU's: run there (on a Mac too), then restore the device."""
+@pytest.fixture(autouse=True, params=["kernels", "formulas"])
+def cpu(request, monkeypatch):
+    """The fast paths are the CPU's: run there (on a Mac too), then restore the device; with the
+    compiled kernels, then without them."""
+    if request.param == "formulas":
+        monkeypatch.setattr(cpu_ops, "native", None)
+    elif cpu_ops.native is None:
+        pytest.skip("mlx_models/kernels is not built (make kernels)")
     device = mx.default_device()
     mx.set_default_device(mx.cpu)
-    yield
+    yield request.param
     mx.set_default_device(device)
 
 
 def test_on_cpu_here():
     assert cpu_ops.on_cpu()  # else the tests below compare the built-ins with themselves
+
+
+class Spy:
+    """A module's stand-in that records which of its functions are called."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+
+    def __getattr__(self, name):
+        self.calls.append(name)
+        return getattr(self.module, name)
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="make setup builds the kernels on Linux")
+def test_kernels_are_built_and_used(cpu, monkeypatch):
+    """Were the kernels missing, the kernel half of this file would skip and training would run
+    ~2x slower without a word but the import's warning."""
+    from mlx_models import kernels
+
+    assert kernels.native is not None, "mlx_models/kernels is not built: make kernels"
+    spy = Spy(kernels.native)
+    monkeypatch.setattr(cpu_ops, "native", spy if cpu == "kernels" else None)
+    x = mx.ones((2, 3))
+    mx.eval(cpu_ops.gelu(x), cpu_ops.silu(x), cpu_ops.softmax(x), cpu_ops.logsumexp(x))
+    assert spy.calls == (["gelu", "silu", "softmax", "logsumexp"] if cpu == "kernels" else [])
 
 
 def test_exp_matches_within_float32_rounding(x):
@@ -137,3 +170,17 @@ def test_attention_shorter_queries_and_per_head_masks(mask):
     m = masks[mask]
     fast = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=m)
     close(cpu_ops.attention(q, k, v, 0.3, m), fast, rtol=1e-5, atol=1e-6)
+
+
+def test_logsumexp_and_cross_entropy_with_their_gradients(x):
+    wide, _ = x
+    close(cpu_ops.logsumexp(wide), mx.logsumexp(wide, axis=-1), rtol=1e-6)
+    targets = mx.arange(wide.shape[0]) % wide.shape[1]
+    weight = mx.cos(mx.arange(wide.shape[0]))
+    for ours, theirs in (
+        (cpu_ops.logsumexp, lambda v: mx.logsumexp(v, axis=-1)),
+        (lambda v: cpu_ops.cross_entropy(v, targets), lambda v: nn.losses.cross_entropy(v, targets)),
+    ):
+        close(ours(wide), theirs(wide), rtol=1e-6, atol=4e-6)  # lse ~ 20: float32 eps * 20
+        grad = lambda f: mx.grad(lambda v: (f(v) * weight).sum())(wide)  # noqa: E731
+        close(grad(ours), grad(theirs), rtol=1e-5, atol=1e-7)

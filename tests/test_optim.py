@@ -53,3 +53,75 @@ def test_adamw_and_schedule_match_torch(tmp_path, lr_schedule):
         sched.step()
         for name, t in (("w", tw), ("b", tb)):
             np.testing.assert_allclose(np.array(params[name]), t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_kernel_adamw_equals_mlx_adamw(monkeypatch, bias_correction):
+    """The one-kernel update (mlx_models/kernels) against mlx.optimizers.AdamW, on a parameter that
+    splits over the threads, under a schedule; and it is the kernel that ran."""
+    import mlx.optimizers as optim
+
+    from mlx_models import adamw as step
+
+    if step.native is None:
+        pytest.skip("mlx_models/kernels is not built (make kernels)")
+    real, calls = step.native, []
+
+    class Spy:
+        def adamw(self, *args):
+            calls.append(1)
+            return real.adamw(*args)
+
+    monkeypatch.setattr(step, "native", Spy())
+    kw = dict(
+        learning_rate=optim.linear_schedule(1e-2, 1e-3, 5), weight_decay=0.1, bias_correction=bias_correction
+    )
+    ours, theirs = step.AdamW(**kw), optim.AdamW(**kw)
+    mx.random.seed(0)
+    p = {"w": mx.random.normal((300, 129)), "b": mx.random.normal((7,))}
+    a, b = p, p
+    for _ in range(5):
+        g = {k: mx.random.normal(v.shape) for k, v in p.items()}
+        a, b = ours.apply_gradients(g, a), theirs.apply_gradients(g, b)
+    mx.eval(a, b)
+    for k in p:  # within a few ulps of each array's scale: the kernel rounds once per multiply-add
+        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-6, atol=1e-6)
+        for s in ("m", "v"):
+            np.testing.assert_allclose(
+                np.array(ours.state[k][s]), np.array(theirs.state[k][s]), rtol=1e-6, atol=2e-7
+            )
+    assert calls == [1] * 10
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_scaled_update_equals_mean_then_clip_grad_norm(monkeypatch, kernels):
+    """TrainStep's update: the mean over `count` examples and the clipping factor folded into one
+    scale (multiplied in by the AdamW kernel), against MLX's g / count then clip_grad_norm."""
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from mlx_models import adamw
+
+    if not kernels:
+        monkeypatch.setattr(adamw, "native", None)
+    elif adamw.native is None:
+        pytest.skip("mlx_models/kernels is not built (make kernels)")
+    mx.random.seed(1)
+    model = nn.Linear(200, 100)
+    ref = nn.Linear(200, 100)
+    ref.update(model.parameters())
+    kw = dict(learning_rate=1e-2, weight_decay=0.1, bias_correction=True)
+    ours, theirs = optim.MultiOptimizer([adamw.AdamW(**kw)]), optim.MultiOptimizer([optim.AdamW(**kw)])
+    count, max_norm = 7.0, 1.0
+    for _ in range(3):
+        g = {"weight": mx.random.normal((100, 200)) * 3, "bias": mx.random.normal((100,))}
+        norm = adamw.global_norm(g) / count
+        np.testing.assert_allclose(norm.item(), optim.clip_grad_norm(g, 1e9)[1].item() / count, rtol=1e-5)
+        scale = mx.minimum(max_norm / (norm + 1e-6), 1.0) / count
+        adamw.update(ours, model, g, scale)
+        clipped, _ = optim.clip_grad_norm({k: v / count for k, v in g.items()}, max_norm)
+        theirs.update(ref, clipped)
+        mx.eval(model.parameters(), ref.parameters())
+    assert ours.optimizers[0].gradient_scale is None  # the scale was the call's only
+    for k in ("weight", "bias"):
+        np.testing.assert_allclose(np.array(model[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)

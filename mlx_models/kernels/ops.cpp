@@ -1,0 +1,235 @@
+// MLX primitives for the float32 CPU kernels of elementwise.h, run on both cores (OpenMP, the
+// runtime OpenBLAS already uses) and bound to Python as mlx_models._cpu_kernels. MLX's own CPU
+// exp, erf and sigmoid are scalar code; these loops are vectorised for the CPU they are built on.
+// Gradients are wired in Python (models/cpu_ops.py, mx.custom_function), so vjp is not defined here.
+#include <omp.h>
+
+#include <nanobind/nanobind.h>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+#include "elementwise.h"
+
+namespace mx = mlx::core;
+namespace nb = nanobind;
+
+namespace mlx_models {
+
+enum class Kind { Gelu, GeluVjp, Silu, SiluVjp, Softmax, SoftmaxVjp, LogSumExp, LogSumExpVjp };
+
+constexpr size_t kChunk = 16384;  // elements a thread takes at a time; below 2 chunks, one thread
+
+bool is_row_op(Kind k) { return k >= Kind::Softmax; }
+
+// One block of `len` elements from `lo`: a part of the buffer for elementwise kinds, whole rows of
+// length d for the row kinds (logsumexp writes one float a row, its vjp reads one lse and g a row).
+void run_block(Kind kind, const float* a, const float* b, const float* c, float* out, size_t lo,
+               size_t len, size_t d) {
+  switch (kind) {
+    case Kind::Gelu: return gelu(a + lo, out + lo, len);
+    case Kind::GeluVjp: return gelu_vjp(a + lo, b + lo, out + lo, len);
+    case Kind::Silu: return silu(a + lo, out + lo, len);
+    case Kind::SiluVjp: return silu_vjp(a + lo, b + lo, out + lo, len);
+    default: break;
+  }
+  for (size_t r = lo; r < lo + len; r += d) {
+    if (kind == Kind::Softmax) softmax_row(a + r, out + r, d);
+    if (kind == Kind::SoftmaxVjp) softmax_vjp_row(a + r, b + r, out + r, d);
+    if (kind == Kind::LogSumExp) out[r / d] = logsumexp_row(a + r, d);
+    if (kind == Kind::LogSumExpVjp) logsumexp_vjp_row(a + r, b[r / d], c[r / d], out + r, d);
+  }
+}
+
+// The n elements of the first input (d a row), in blocks shared out over the OpenMP threads.
+void run(Kind kind, const float* a, const float* b, const float* c, float* out, size_t n, size_t d) {
+  size_t step = is_row_op(kind) ? d * std::max<size_t>(1, kChunk / d) : kChunk;
+  int64_t blocks = (n + step - 1) / step;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    size_t lo = blk * step;
+    run_block(kind, a, b, c, out, lo, std::min(step, n - lo), d);
+  }
+}
+
+mx::Shape out_shape(Kind kind, mx::Shape shape) {
+  if (kind == Kind::LogSumExp) shape.pop_back();
+  return shape;
+}
+
+class CpuKernel : public mx::Primitive {
+ public:
+  CpuKernel(mx::Stream stream, Kind kind) : mx::Primitive(stream), kind_(kind) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    auto ptr = [&](size_t i) { return inputs.size() > i ? inputs[i].data<float>() : nullptr; };
+    auto& x = inputs[0];
+    size_t d = x.ndim() ? x.shape().back() : 1;
+    encoder.dispatch([kind = kind_, a = ptr(0), b = ptr(1), c = ptr(2), o = out.data<float>(),
+                      n = x.size(), d]() { run(kind, a, b, c, o, n, d); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {out_shape(kind_, inputs[0].shape())};
+  }
+
+  const char* name() const override {
+    static const char* names[] = {"Gelu",    "GeluVjp",    "Silu",      "SiluVjp",
+                                  "Softmax", "SoftmaxVjp", "LogSumExp", "LogSumExpVjp"};
+    return names[static_cast<int>(kind_)];
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return kind_ == static_cast<const CpuKernel&>(other).kind_;
+  }
+
+ private:
+  Kind kind_;
+};
+
+// AdamW over float32 (p, g, m, v) and its 9 coefficients k (elementwise.h): three outputs (p', m', v'), each
+// written into its input's buffer when MLX may donate it.
+class AdamWStep : public mx::Primitive {
+ public:
+  explicit AdamWStep(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) encoder.set_input_array(in);
+    const int source[] = {0, 2, 3};  // p' in p, m' in m, v' in v
+    for (int i = 0; i < 3; ++i) {
+      auto& in = inputs[source[i]];
+      if (in.is_donatable()) {
+        outputs[i].copy_shared_buffer(in);
+      } else {
+        outputs[i].set_data(mx::allocator::malloc(outputs[i].nbytes()));
+      }
+      encoder.set_output_array(outputs[i]);
+    }
+    encoder.dispatch([p = inputs[0].data<float>(), g = inputs[1].data<float>(), m = inputs[2].data<float>(),
+                      v = inputs[3].data<float>(), k = inputs[4].data<float>(), po = outputs[0].data<float>(),
+                      mo = outputs[1].data<float>(), vo = outputs[2].data<float>(), n = inputs[0].size()]() {
+      int64_t blocks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        size_t lo = blk * kChunk, len = std::min(kChunk, n - lo);
+        adamw(p + lo, g + lo, m + lo, v + lo, k, po + lo, mo + lo, vo + lo, len);
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[0].shape(), inputs[0].shape()};
+  }
+
+  const char* name() const override { return "AdamWStep"; }
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+};
+
+// sum(x^2) of a float32 array as a float32 scalar: partial sums per block in double, one per thread.
+class SumSquares : public mx::Primitive {
+ public:
+  explicit SumSquares(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(inputs[0]);
+    encoder.set_output_array(out);
+    encoder.dispatch([x = inputs[0].data<float>(), o = out.data<float>(), n = inputs[0].size()]() {
+      int64_t blocks = (n + kChunk - 1) / kChunk;
+      double total = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (blocks > 1)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        size_t lo = blk * kChunk;
+        total += sum_squares(x + lo, std::min(kChunk, n - lo));
+      }
+      *o = static_cast<float>(total);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {mx::Shape{}}; }
+  const char* name() const override { return "SumSquares"; }
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+};
+
+std::vector<mx::array> adamw_step(std::vector<mx::array> inputs) {
+  auto shape = inputs[0].shape();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto& in = inputs[i];
+    if (in.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
+    if (in.shape() != (i == 4 ? mx::Shape{9} : shape)) throw std::invalid_argument("the arrays' shapes do not match");
+    in = mx::contiguous(in, false, mx::Device::cpu);
+  }
+  auto prim = std::make_shared<AdamWStep>(mx::default_stream(mx::Device::cpu));
+  return mx::array::make_arrays({shape, shape, shape}, {mx::float32, mx::float32, mx::float32}, prim, inputs);
+}
+
+// Checks the inputs (float32; the first's shape, or its rows' for a logsumexp's lse and g), makes
+// them row-contiguous and builds the lazy array.
+mx::array make(Kind kind, std::vector<mx::array> inputs) {
+  auto shape = inputs[0].shape();
+  if (is_row_op(kind) && shape.empty()) throw std::invalid_argument("expected an array of rows, got a scalar");
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto& in = inputs[i];
+    bool per_row = kind == Kind::LogSumExpVjp && i > 0;
+    if (in.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
+    if (in.shape() != (per_row ? out_shape(Kind::LogSumExp, shape) : shape))
+      throw std::invalid_argument("the arrays' shapes do not match");
+    in = mx::contiguous(in, false, mx::Device::cpu);
+  }
+  auto prim = std::make_shared<CpuKernel>(mx::default_stream(mx::Device::cpu), kind);
+  return mx::array(out_shape(kind, shape), mx::float32, prim, std::move(inputs));
+}
+
+}  // namespace mlx_models
+
+using mlx_models::Kind;
+using mlx_models::make;
+
+NB_MODULE(_cpu_kernels, m) {
+  m.doc() = "float32 CPU kernels for MLX: GELU, SiLU, the last-axis softmax and logsumexp with their vjps, AdamW and sum(x^2)";
+  m.def("gelu", [](const mx::array& x) { return make(Kind::Gelu, {x}); });
+  m.def("gelu_vjp", [](const mx::array& x, const mx::array& g) { return make(Kind::GeluVjp, {x, g}); });
+  m.def("silu", [](const mx::array& x) { return make(Kind::Silu, {x}); });
+  m.def("silu_vjp", [](const mx::array& x, const mx::array& g) { return make(Kind::SiluVjp, {x, g}); });
+  m.def("softmax", [](const mx::array& x) { return make(Kind::Softmax, {x}); });
+  m.def("softmax_vjp",
+        [](const mx::array& y, const mx::array& g) { return make(Kind::SoftmaxVjp, {y, g}); });
+  m.def("logsumexp", [](const mx::array& x) { return make(Kind::LogSumExp, {x}); });
+  m.def("logsumexp_vjp", [](const mx::array& x, const mx::array& lse, const mx::array& g) {
+    return make(Kind::LogSumExpVjp, {x, lse, g});
+  });
+  m.def(
+      "adamw",
+      [](const mx::array& p, const mx::array& g, const mx::array& m, const mx::array& v, const mx::array& k) {
+        auto out = mlx_models::adamw_step({p, g, m, v, k});
+        return nb::make_tuple(out[0], out[1], out[2]);
+      },
+      "(p', m', v') of one AdamW step; k = (1 - lr wd, b1, 1 - b1, b2, 1 - b2, c1, c2, eps, gradient scale)");
+  m.def("sum_squares", [](const mx::array& x) {
+    if (x.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
+    auto prim = std::make_shared<mlx_models::SumSquares>(mx::default_stream(mx::Device::cpu));
+    return mx::array(mx::Shape{}, mx::float32, prim, {mx::contiguous(x, false, mx::Device::cpu)});
+  });
+  m.def("threads", []() { return omp_get_max_threads(); });
+}

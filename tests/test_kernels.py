@@ -1,0 +1,84 @@
+"""The compiled CPU kernels (mlx_models/kernels) called directly: layouts, sizes that split over
+the threads, and the inputs they refuse. Their values and gradients inside the models' ops are
+tests/test_cpu_ops.py's."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_models.kernels import native
+
+pytestmark = pytest.mark.skipif(native is None, reason="mlx_models/kernels is not built (make kernels)")
+
+
+@pytest.fixture(autouse=True)
+def cpu():
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(device)
+
+
+def close(a, b, rtol, atol):
+    a, b = np.array(a), np.array(b)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def test_kernels_take_any_layout_and_reject_what_they_cannot_do():
+    """Transposed and sliced inputs are made contiguous; other dtypes and shapes are refused."""
+    a = mx.random.normal((33, 17))
+    close(native.softmax(a.T), mx.softmax(a.T, axis=-1), rtol=1e-5, atol=1e-7)
+    close(native.gelu(a[::2, 1:]), nn.gelu(a[::2, 1:]), rtol=1e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="float32"):
+        native.gelu(a.astype(mx.float16))
+    with pytest.raises(ValueError, match="shapes"):
+        native.gelu_vjp(a, a[1:])
+    with pytest.raises(ValueError, match="scalar"):
+        native.softmax(mx.array(1.0))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (16384 * 3 + 5,), (3, 70001), (4099, 5)])
+def test_sizes_that_split_over_threads(shape):
+    """Blocks of 16384 elements (or whole rows) are shared out: odd tails, rows longer than a
+    block, many short rows. The row ops against float64 (on 70k-long rows MLX's own softmax is
+    1e-4 off, ours 1e-5)."""
+    mx.random.seed(3)
+    a, g = mx.random.normal(shape) * 4, mx.random.normal(shape)
+    close(native.gelu(a), nn.gelu(a), rtol=1e-5, atol=2e-6)
+    close(native.silu_vjp(a, g), mx.vjp(nn.silu, [a], [g])[1][0], rtol=1e-5, atol=5e-6)
+    x, dy = np.array(a, np.float64), np.array(g, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    y = e / e.sum(-1, keepdims=True)
+    close(native.softmax(a), y, rtol=2e-5, atol=1e-8)
+    close(
+        native.softmax_vjp(mx.array(y, mx.float32), g),
+        y * (dy - (dy * y).sum(-1, keepdims=True)),
+        rtol=1e-4,
+        atol=1e-6,  # g - sum(g y) cancels: float32 eps times |g|
+    )
+    lse = np.log(e.sum(-1)) + x.max(-1)
+    close(native.logsumexp(a), lse, rtol=1e-6, atol=1e-6)
+    w = np.cos(lse)
+    grad = native.logsumexp_vjp(a, mx.array(lse, mx.float32), mx.array(w, mx.float32))
+    close(grad, w[..., None] * y, rtol=2e-5, atol=1e-8)
+
+
+def test_inside_compile_and_nan_propagates():
+    f = mx.compile(lambda v: native.gelu(v * 2.0) + 1.0)
+    a = mx.array([0.5, float("nan"), -3.0])
+    out = np.array(f(a))
+    assert np.isnan(out[1]) and np.allclose(out[[0, 2]], np.array(nn.gelu(a * 2.0) + 1.0)[[0, 2]], atol=1e-6)
+    assert np.isnan(np.array(native.softmax(mx.array([[1.0, float("nan")]])))).all()
+
+
+def test_sum_squares_in_double():
+    """The gradient norm's sum: partial sums in double (MLX's float32 sum of 3.9M squares is 0.3%
+    off), NaN kept, 0 for an empty array."""
+    mx.random.seed(4)
+    a = mx.random.normal((5000, 777))
+    np.testing.assert_allclose(native.sum_squares(a).item(), (np.array(a, np.float64) ** 2).sum(), rtol=1e-7)
+    assert native.sum_squares(a[:, ::3]).item() == pytest.approx((np.array(a[:, ::3], np.float64) ** 2).sum())
+    assert np.isnan(native.sum_squares(mx.array([float("nan"), 1.0])).item())
+    assert native.sum_squares(mx.zeros((0,))).item() == 0.0
