@@ -9,8 +9,9 @@ The OpenMP build of OpenBLAS (Debian ``libopenblas0-openmp``) comes first: once 
 globally, OpenBLAS also takes the BLAS calls of PyTorch in the same process (libtorch
 exports ``sgemm_`` without binding it to itself). The pthread build then runs its own
 thread pool against PyTorch's OpenMP threads, and a PyTorch train step is ~5x slower;
-the OpenMP build shares PyTorch's OpenMP runtime (one ``libgomp.so.1``), and the step
-keeps its speed (benchmarks/results.md, "PyTorch next to mlx_models").
+the OpenMP build shares PyTorch's OpenMP runtime (one ``libgomp.so.1``). PyTorch still loses
+6% to OpenBLAS serving its BLAS calls instead of MKL, and ~20% once MLX has run OpenMP work
+from its own thread (two thread teams on the cores; benchmarks/torch_inprocess.py).
 """
 
 import ctypes

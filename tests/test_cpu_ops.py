@@ -60,7 +60,7 @@ class Spy:
 @pytest.mark.skipif(platform.system() != "Linux", reason="make setup builds the kernels on Linux")
 def test_kernels_are_built_and_used(cpu, monkeypatch):
     """Were the kernels missing, the kernel half of this file would skip and training would run
-    ~2x slower without a word but the import's warning."""
+    ~1.6x slower without a word but the import's warning."""
     from mlx_models import kernels
 
     assert kernels.native is not None, "mlx_models/kernels is not built: make kernels"

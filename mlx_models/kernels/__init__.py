@@ -12,7 +12,7 @@ except ImportError as e:  # not built (macOS runs on Metal), or built against an
     native = None
     if platform.system() == "Linux":
         warnings.warn(
-            f"mlx_models' CPU kernels are not loaded ({e}); training on the CPU is ~2x slower. "
+            f"mlx_models' CPU kernels are not loaded ({e}); training on the CPU is ~1.6x slower. "
             "Build them with `make kernels`.",
             stacklevel=2,
         )

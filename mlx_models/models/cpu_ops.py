@@ -6,7 +6,7 @@ They sit in every activation (SiLU, GELU), in the attention softmax and in the l
 log-sum-exp over the vocabulary, and made those a third of our step.
 
 Where ``mlx_models/kernels`` is built (``make setup`` on Linux), GELU, SiLU, the softmax and the
-log-sum-exp run there: vectorised for the CPU, on all its cores, 15-25x faster than the formulas
+log-sum-exp run there: vectorised for the CPU, on all its cores, 12-30x faster than the formulas
 below. Elsewhere the formulas below stand in, built from multiplies and adds that ``mx.compile``
 fuses (4-5x faster than the built-ins); the loss's log-sum-exp then stays MLX's, since the
 formulas keep a few (N, V) temporaries (18% more peak memory on the LoRA benchmark). On Metal
