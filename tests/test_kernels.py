@@ -82,3 +82,30 @@ def test_sum_squares_in_double():
     assert native.sum_squares(a[:, ::3]).item() == pytest.approx((np.array(a[:, ::3], np.float64) ** 2).sum())
     assert np.isnan(native.sum_squares(mx.array([float("nan"), 1.0])).item())
     assert native.sum_squares(mx.zeros((0,))).item() == 0.0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (4099, 7), (2, 3, 1000)])
+def test_norm_kernels_at_odd_sizes(shape):
+    """LayerNorm and RMSNorm and their vjps against mx.fast's: one element, short rows, many rows
+    that split over the threads (dw, db summed per thread), rows longer than a vector register."""
+    mx.random.seed(6)
+    x, g = mx.random.normal(shape), mx.random.normal(shape)
+    w, b = mx.random.normal(shape[-1:]), mx.random.normal(shape[-1:])
+    close(native.layer_norm(x, w, b, 1e-5), mx.fast.layer_norm(x, w, b, 1e-5), rtol=1e-4, atol=1e-5)
+    close(native.rms_norm(x, w, 1e-6), mx.fast.rms_norm(x, w, 1e-6), rtol=1e-4, atol=1e-5)
+    ln = mx.vjp(lambda *a: mx.fast.layer_norm(*a, 1e-5), [x, w, b], [g])[1]
+    for ours, theirs in zip(native.layer_norm_vjp(x, w, g, 1e-5), ln, strict=True):
+        close(ours, theirs, rtol=1e-3, atol=1e-3)
+    rms = mx.vjp(lambda *a: mx.fast.rms_norm(*a, 1e-6), [x, w], [g])[1]
+    for ours, theirs in zip(native.rms_norm_vjp(x, w, g, 1e-6), rms, strict=True):
+        close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+def test_norm_kernels_refuse_mismatched_shapes():
+    x = mx.ones((4, 8))
+    with pytest.raises(ValueError, match="shapes"):
+        native.layer_norm(x, mx.ones((7,)), mx.ones((8,)), 1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        native.rms_norm_vjp(x, mx.ones((8,)), mx.ones((4, 7)), 1e-5)
+    with pytest.raises(ValueError, match="scalar"):
+        native.rms_norm(mx.array(1.0), mx.ones((1,)), 1e-5)

@@ -247,7 +247,9 @@ def test_mlx_lm_loads_converted_llama(tiny, smollm2):
         ours = load_model(path)
         theirs, _ = mlx_lm.load(str(path))
         ids = mx.array([[1, 5, 9, 20, 33, 7]])
-        np.testing.assert_allclose(np.array(ours(ids)), np.array(theirs(ids)), atol=1e-4, rtol=1e-4)
+        # both float32 through 30 layers: against float64 transformers, SmolLM2's logits from
+        # mlx-lm are 3.9e-4 off, ours 1.5e-4 (our norm kernels sum in SIMD lanes)
+        np.testing.assert_allclose(np.array(ours(ids)), np.array(theirs(ids)), atol=5e-4, rtol=1e-4)
 
 
 def test_parity_cli(tiny, capsys):

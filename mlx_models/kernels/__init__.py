@@ -1,5 +1,6 @@
-"""mlx_models' compiled CPU kernels (``ops.cpp``, ``elementwise.h``): GELU, SiLU and the softmax
-with their vjps, vectorised for the machine they are built on and run on all its cores. ``make
+"""mlx_models' compiled CPU kernels (``ops.cpp``, ``elementwise.h``, ``norms.h``): GELU, SiLU,
+softmax, log-sum-exp, LayerNorm and RMSNorm with their vjps, AdamW and a sum of squares,
+vectorised for the machine they are built on and run on all its cores. ``make
 setup`` builds them on Linux (``make kernels``); ``native`` is the module, or None where it is not
 built, and models/cpu_ops.py then falls back to its pure-MLX formulas."""
 

@@ -11,6 +11,7 @@
 #include "mlx/primitives.h"
 
 #include "elementwise.h"
+#include "norms.h"
 
 namespace mx = mlx::core;
 namespace nb = nanobind;
@@ -172,6 +173,98 @@ class SumSquares : public mx::Primitive {
   bool is_equivalent(const mx::Primitive&) const override { return true; }
 };
 
+// LayerNorm (x, w, b) and RMSNorm (x, w) over the last axis, and their vjps from (x, w, g):
+// (dx, dw, db) and (dx, dw). Rows are shared out over the threads; dw and db are summed per thread
+// and then added up.
+enum class Norm { LayerNorm, LayerNormVjp, RMSNorm, RMSNormVjp };
+
+class NormKernel : public mx::Primitive {
+ public:
+  NormKernel(mx::Stream stream, Norm kind, float eps) : mx::Primitive(stream), kind_(kind), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) encoder.set_input_array(in);
+    for (auto& out : outputs) {
+      out.set_data(mx::allocator::malloc(out.nbytes()));
+      encoder.set_output_array(out);
+    }
+    auto& x = inputs[0];
+    size_t d = x.shape().back(), rows = d ? x.size() / d : 0;
+    const float* third = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    std::vector<float*> out;
+    for (auto& o : outputs) out.push_back(o.data<float>());
+    encoder.dispatch([kind = kind_, eps = eps_, x = x.data<float>(), w = inputs[1].data<float>(), third, out, d,
+                      rows]() {
+      bool parallel = rows * d > kChunk;
+      if (kind == Norm::LayerNorm || kind == Norm::RMSNorm) {
+#pragma omp parallel for schedule(static) if (parallel)
+        for (int64_t r = 0; r < int64_t(rows); ++r) norm_row(x + r * d, w, third, out[0] + r * d, d, eps);
+        return;
+      }
+      size_t sums = kind == Norm::LayerNormVjp ? 2 : 1;  // dw (and db) per thread
+      std::vector<float> part(size_t(omp_get_max_threads()) * sums * d, 0.0f);
+#pragma omp parallel if (parallel)
+      {
+        float* pw = part.data() + size_t(omp_get_thread_num()) * sums * d;
+        float* pb = sums == 2 ? pw + d : nullptr;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < int64_t(rows); ++r)
+          norm_vjp_row(x + r * d, w, third + r * d, out[0] + r * d, pw, pb, d, eps);
+      }
+      for (size_t j = 0; j < sums; ++j) {
+        float* total = out[1 + j];
+        std::fill(total, total + d, 0.0f);
+        for (size_t t = 0; t < part.size() / (sums * d); ++t)
+          for (size_t i = 0; i < d; ++i) total[i] += part[(t * sums + j) * d + i];
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto row = mx::Shape{inputs[0].shape().back()};
+    if (kind_ == Norm::LayerNormVjp) return {inputs[0].shape(), row, row};
+    if (kind_ == Norm::RMSNormVjp) return {inputs[0].shape(), row};
+    return {inputs[0].shape()};
+  }
+
+  const char* name() const override {
+    static const char* names[] = {"LayerNorm", "LayerNormVjp", "RMSNorm", "RMSNormVjp"};
+    return names[static_cast<int>(kind_)];
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const NormKernel&>(other);
+    return kind_ == o.kind_ && eps_ == o.eps_;
+  }
+
+ private:
+  Norm kind_;
+  float eps_;
+};
+
+// inputs: x (..., D) first, then (D,) vectors, and for the vjps g (x's shape) last
+std::vector<mx::array> norm(Norm kind, float eps, std::vector<mx::array> inputs) {
+  auto& shape = inputs[0].shape();
+  if (shape.empty()) throw std::invalid_argument("expected an array of rows, got a scalar");
+  bool vjp = kind == Norm::LayerNormVjp || kind == Norm::RMSNormVjp;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto& in = inputs[i];
+    if (in.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
+    bool full = i == 0 || (vjp && i + 1 == inputs.size());
+    if (in.shape() != (full ? shape : mx::Shape{shape.back()}))
+      throw std::invalid_argument("the arrays' shapes do not match");
+    in = mx::contiguous(in, false, mx::Device::cpu);
+  }
+  auto prim = std::make_shared<NormKernel>(mx::default_stream(mx::Device::cpu), kind, eps);
+  auto shapes = prim->output_shapes(inputs);
+  return mx::array::make_arrays(shapes, std::vector<mx::Dtype>(shapes.size(), mx::float32), prim, inputs);
+}
+
 std::vector<mx::array> adamw_step(std::vector<mx::array> inputs) {
   auto shape = inputs[0].shape();
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -207,7 +300,7 @@ using mlx_models::Kind;
 using mlx_models::make;
 
 NB_MODULE(_cpu_kernels, m) {
-  m.doc() = "float32 CPU kernels for MLX: GELU, SiLU, the last-axis softmax and logsumexp with their vjps, AdamW and sum(x^2)";
+  m.doc() = "float32 CPU kernels for MLX: GELU, SiLU, softmax, logsumexp, LayerNorm and RMSNorm with their vjps, AdamW and sum(x^2)";
   m.def("gelu", [](const mx::array& x) { return make(Kind::Gelu, {x}); });
   m.def("gelu_vjp", [](const mx::array& x, const mx::array& g) { return make(Kind::GeluVjp, {x, g}); });
   m.def("silu", [](const mx::array& x) { return make(Kind::Silu, {x}); });
@@ -230,6 +323,20 @@ NB_MODULE(_cpu_kernels, m) {
     if (x.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
     auto prim = std::make_shared<mlx_models::SumSquares>(mx::default_stream(mx::Device::cpu));
     return mx::array(mx::Shape{}, mx::float32, prim, {mx::contiguous(x, false, mx::Device::cpu)});
+  });
+  m.def("layer_norm", [](const mx::array& x, const mx::array& w, const mx::array& b, float eps) {
+    return mlx_models::norm(mlx_models::Norm::LayerNorm, eps, {x, w, b})[0];
+  });
+  m.def("layer_norm_vjp", [](const mx::array& x, const mx::array& w, const mx::array& g, float eps) {
+    auto out = mlx_models::norm(mlx_models::Norm::LayerNormVjp, eps, {x, w, g});
+    return nb::make_tuple(out[0], out[1], out[2]);
+  });
+  m.def("rms_norm", [](const mx::array& x, const mx::array& w, float eps) {
+    return mlx_models::norm(mlx_models::Norm::RMSNorm, eps, {x, w})[0];
+  });
+  m.def("rms_norm_vjp", [](const mx::array& x, const mx::array& w, const mx::array& g, float eps) {
+    auto out = mlx_models::norm(mlx_models::Norm::RMSNormVjp, eps, {x, w, g});
+    return nb::make_tuple(out[0], out[1]);
   });
   m.def("threads", []() { return omp_get_max_threads(); });
 }

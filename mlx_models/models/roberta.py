@@ -41,7 +41,7 @@ class RobertaLMHead(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.dense = nn.Linear(args.hidden_size, args.hidden_size)
-        self.layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.layer_norm = cpu_ops.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         if not args.tie_word_embeddings:
             self.decoder = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.bias = mx.zeros((args.vocab_size,))
