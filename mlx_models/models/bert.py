@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import DataError
-from . import cpu_ops
+from . import cpu_ops, norms
 from .base import BaseModelArgs, TaskModel, activation, padding_mask
 
 
@@ -52,7 +52,7 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
         self.position_embeddings = nn.Embedding(args.max_position_embeddings, args.hidden_size)
         self.token_type_embeddings = nn.Embedding(args.type_vocab_size, args.hidden_size)
-        self.LayerNorm = cpu_ops.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.LayerNorm = norms.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.dropout = nn.Dropout(args.hidden_dropout_prob)
         self.max_positions = args.max_positions
 
@@ -104,7 +104,7 @@ class BertSelfOutput(nn.Module):
     def __init__(self, args: ModelArgs, in_dims: int):
         super().__init__()
         self.dense = nn.Linear(in_dims, args.hidden_size)
-        self.LayerNorm = cpu_ops.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.LayerNorm = norms.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.dropout = nn.Dropout(args.hidden_dropout_prob)
 
     def __call__(self, h: mx.array, residual: mx.array) -> mx.array:
@@ -198,7 +198,7 @@ class BertPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(args.hidden_size, args.hidden_size)
         self.act = activation(args.hidden_act)
-        self.LayerNorm = cpu_ops.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.LayerNorm = norms.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
     def __call__(self, h: mx.array) -> mx.array:
         return self.LayerNorm(self.act(self.dense(h)))

@@ -1,4 +1,4 @@
-"""The exponentials and norms of a training step, fast on MLX's CPU backend.
+"""The exponentials of a training step, fast on MLX's CPU backend (the norms: models/norms.py).
 
 On an x86 CPU, MLX evaluates ``exp``, ``erf`` and ``sigmoid`` one element at a time, on one core:
 ``mx.exp`` on 1.4 M floats takes ~17 ms here, PyTorch ~0.3 ms (``benchmarks/mlx_cpu_exp.py``).
@@ -6,7 +6,7 @@ They sit in every activation (SiLU, GELU), in the attention softmax and in the l
 log-sum-exp over the vocabulary, and made those a third of our step.
 
 Where ``mlx_models/kernels`` is built (``make setup`` on Linux), GELU, SiLU, the softmax, the
-log-sum-exp and the norms (``LayerNorm``, ``RMSNorm``) run there: vectorised for the CPU, on all
+log-sum-exp (and the norms, models/norms.py) run there: vectorised for the CPU, on all
 its cores, 9-36x faster than the formulas below. Elsewhere the formulas stand in, built from
 multiplies and adds that ``mx.compile`` fuses (2-4x faster than the built-ins); the loss's
 log-sum-exp and the norms then stay MLX's (the formulas would keep (N, V) temporaries: 18% more
@@ -20,7 +20,6 @@ Stegun 7.1.26 (|error| < 1.5e-7). Gradients are written out (``mx.custom_functio
 """
 
 import math
-from functools import cache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -118,44 +117,17 @@ def _fast_softmax_vjp(primals, cotangent, output):
 # The compiled kernels (mlx_models/kernels), with their vjps
 
 
-@mx.custom_function
-def _native_silu(x):
-    return native.silu(x)
+def _kernel(forward, vjp):
+    """``forward`` as an ``mx.custom_function`` whose vjp is ``vjp(x, cotangent, output)``."""
+    op = mx.custom_function(forward)
+    op.vjp(lambda primals, cotangent, output: (vjp(_first(primals), cotangent, output),))
+    return op
 
 
-@_native_silu.vjp
-def _native_silu_vjp(primals, cotangent, output):
-    return (native.silu_vjp(_first(primals), cotangent),)
-
-
-@mx.custom_function
-def _native_gelu(x):
-    return native.gelu(x)
-
-
-@_native_gelu.vjp
-def _native_gelu_vjp(primals, cotangent, output):
-    return (native.gelu_vjp(_first(primals), cotangent),)
-
-
-@mx.custom_function
-def _native_softmax(x):
-    return native.softmax(x)
-
-
-@_native_softmax.vjp
-def _native_softmax_vjp(primals, cotangent, output):
-    return (native.softmax_vjp(output, cotangent),)
-
-
-@mx.custom_function
-def _native_logsumexp(x):
-    return native.logsumexp(x)
-
-
-@_native_logsumexp.vjp
-def _native_logsumexp_vjp(primals, cotangent, output):
-    return (native.logsumexp_vjp(_first(primals), output, cotangent),)
+_native_silu = _kernel(lambda x: native.silu(x), lambda x, g, y: native.silu_vjp(x, g))
+_native_gelu = _kernel(lambda x: native.gelu(x), lambda x, g, y: native.gelu_vjp(x, g))
+_native_softmax = _kernel(lambda x: native.softmax(x), lambda x, g, y: native.softmax_vjp(y, g))
+_native_logsumexp = _kernel(lambda x: native.logsumexp(x), lambda x, g, y: native.logsumexp_vjp(x, y, g))
 
 
 def _pick(kernel, formula, builtin):
@@ -190,55 +162,6 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     ``nn.losses.cross_entropy`` (no reduction)."""
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return logsumexp(logits) - picked
-
-
-@cache
-def _native_layer_norm(eps: float):
-    @mx.custom_function
-    def f(x, weight, bias):
-        return native.layer_norm(x, weight, bias, eps)
-
-    @f.vjp
-    def f_vjp(primals, cotangent, output):
-        return native.layer_norm_vjp(primals[0], primals[1], cotangent, eps)
-
-    return f
-
-
-@cache
-def _native_rms_norm(eps: float):
-    @mx.custom_function
-    def f(x, weight):
-        return native.rms_norm(x, weight, eps)
-
-    @f.vjp
-    def f_vjp(primals, cotangent, output):
-        return native.rms_norm_vjp(primals[0], primals[1], cotangent, eps)
-
-    return f
-
-
-def _kernel_takes(*arrays) -> bool:
-    return native is not None and on_cpu() and all(a is not None and a.dtype == mx.float32 for a in arrays)
-
-
-class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` (same parameters), on the kernel for float32 on the CPU."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        weight, bias = self.get("weight"), self.get("bias")
-        if not _kernel_takes(x, weight, bias):
-            return super().__call__(x)
-        return _native_layer_norm(self.eps)(x, weight, bias)
-
-
-class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (same parameters), on the kernel for float32 on the CPU."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not _kernel_takes(x, self.weight):
-            return super().__call__(x)
-        return _native_rms_norm(self.eps)(x, self.weight)
 
 
 def attention(q, k, v, scale: float, mask=None, dropout: nn.Module | None = None) -> mx.array:

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
-from . import cpu_ops
+from . import cpu_ops, norms
 from .base import BaseModelArgs, TaskModel, causal_mask, last_token_index
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -108,8 +108,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.self_attn = Attention(args)
         self.mlp = MLP(args)
-        self.input_layernorm = cpu_ops.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.post_attention_layernorm = cpu_ops.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.input_layernorm = norms.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = norms.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask: mx.array | str | None) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), mask)
@@ -124,7 +124,7 @@ class LlamaModel(nn.Module):
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
-        self.norm = cpu_ops.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.norm = norms.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(
         self,

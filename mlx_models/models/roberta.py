@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import bert, cpu_ops
+from . import bert, cpu_ops, norms
 
 
 @dataclass
@@ -41,7 +41,7 @@ class RobertaLMHead(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.dense = nn.Linear(args.hidden_size, args.hidden_size)
-        self.layer_norm = cpu_ops.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.layer_norm = norms.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         if not args.tie_word_embeddings:
             self.decoder = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.bias = mx.zeros((args.vocab_size,))
