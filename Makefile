@@ -15,10 +15,11 @@ $(VENV)/.installed: requirements.txt Makefile
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-openmp; \
 	fi
-	@if [ "$$(uname -s)" = Linux ] && ! { command -v cmake && command -v g++; } >/dev/null; then \
-		echo "installing cmake and g++ (Debian): they build mlx_models/kernels, and mx.compile needs g++"; \
+	@if [ "$$(uname -s)" = Linux ] && ! { command -v cmake && command -v g++ && \
+		$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"; } >/dev/null; then \
+		echo "installing cmake, g++ and python3-dev (Debian): they build mlx_models/kernels, and mx.compile needs g++"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake g++; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake g++ python3-dev; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -27,13 +28,16 @@ $(VENV)/.installed: requirements.txt Makefile
 	$(PY) -c "import mlx_models, mlx.core as mx; print('BLAS:', mlx_models.BLAS, '| MLX', mx.__version__, mx.default_device())"
 	touch $@
 
-# The CPU kernels (mlx_models/kernels), built for this machine's CPU; Linux only (macOS runs on
-# Metal). cmake rebuilds them when a source changes and is a no-op otherwise.
+# The CPU kernels (mlx_models/kernels), built for this machine's CPU (MLX_MODELS_ARCH=native; give
+# e.g. x86-64-v3 for a build that runs on other machines too); Linux only (macOS runs on Metal).
+# cmake rebuilds them when a source or the installed mlx changes and is a no-op otherwise.
+MLX_MODELS_ARCH ?= native
 kernels: $(VENV)/.installed
 	@if [ "$$(uname -s)" = Linux ]; then \
-		cmake -S mlx_models/kernels -B build/kernels --log-level=WARNING -DPython_EXECUTABLE=$(abspath $(PY)) \
-			-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath mlx_models/kernels) >/dev/null && \
-		cmake --build build/kernels -j 2 > build/kernels.log 2>&1 || { tail -30 build/kernels.log; exit 1; }; \
+		mkdir -p build; \
+		{ cmake -S mlx_models/kernels -B build/kernels --log-level=WARNING -DPython_EXECUTABLE=$(abspath $(PY)) \
+			-DMLX_MODELS_ARCH=$(MLX_MODELS_ARCH) -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath mlx_models/kernels) && \
+		cmake --build build/kernels -j 2; } > build/kernels.log 2>&1 || { tail -30 build/kernels.log; exit 1; }; \
 		$(PY) -c "from mlx_models.kernels import native; assert native, 'kernels not loaded'; print('CPU kernels: built,', native.threads(), 'threads')"; \
 	fi
 

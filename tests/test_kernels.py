@@ -109,3 +109,43 @@ def test_norm_kernels_refuse_mismatched_shapes():
         native.rms_norm_vjp(x, mx.ones((8,)), mx.ones((4, 7)), 1e-5)
     with pytest.raises(ValueError, match="scalar"):
         native.rms_norm(mx.array(1.0), mx.ones((1,)), 1e-5)
+
+
+def test_built_against_the_installed_mlx():
+    """kernels/__init__.py refuses a module built against another mlx (its C++ layout differs)."""
+    assert native.mlx_version == mx.__version__
+
+
+def test_zero_length_rows_and_infinite_rows():
+    """Rows of length 0 are refused by the kernels (cpu_ops hands empty arrays to MLX's ops); a
+    log-sum-exp row of -inf is -inf and one holding +inf is +inf, as MLX's."""
+    from mlx_models.models import cpu_ops
+
+    empty = mx.zeros((3, 0))
+    for op in (native.softmax, native.logsumexp):
+        with pytest.raises(ValueError, match="length"):
+            op(empty)
+    assert cpu_ops.softmax(empty).shape == (3, 0)
+    with pytest.raises(ValueError, match="empty"):  # MLX's own answer
+        cpu_ops.logsumexp(empty)
+    inf = float("inf")
+    rows = mx.array([[-inf, -inf], [1.0, inf], [0.0, -inf]])
+    np.testing.assert_array_equal(np.array(native.logsumexp(rows)), np.array(mx.logsumexp(rows, axis=-1)))
+
+
+def test_silu_gradient_far_below_zero():
+    """Below -88 the SiLU gradient is (-)0 as MLX's, not a subnormal; NaN at -inf as MLX's."""
+    x, g = mx.array([-100.0, -1e30, float("-inf")]), mx.ones((3,))
+    ours, theirs = np.array(native.silu_vjp(x, g)), np.array(mx.vjp(nn.silu, [x], [g])[1][0])
+    assert (ours[:2] == 0).all() and (theirs[:2] == 0).all()
+    assert np.isnan(ours[2]) and np.isnan(theirs[2])
+
+
+def test_adamw_and_sum_squares_refuse_bad_inputs():
+    p, k = mx.ones((4, 3)), mx.ones((9,))
+    with pytest.raises(ValueError, match="float32"):
+        native.adamw(p, p.astype(mx.float16), p, p, k)
+    with pytest.raises(ValueError, match="shapes"):
+        native.adamw(p, p, p, p, mx.ones((8,)))
+    with pytest.raises(ValueError, match="float32"):
+        native.sum_squares(p.astype(mx.bfloat16))

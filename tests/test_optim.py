@@ -125,3 +125,44 @@ def test_scaled_update_equals_mean_then_clip_grad_norm(monkeypatch, kernels):
     assert ours.optimizers[0].gradient_scale is None  # the scale was the call's only
     for k in ("weight", "bias"):
         np.testing.assert_allclose(np.array(model[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.05, None])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_train_step_equals_mean_clip_and_mlx_adamw(max_grad_norm, compiled):
+    """TrainStep with make_optimizer (the AdamW kernel, the mean and the clipping folded into its
+    scale; compiled as the trainer runs it) against the same step spelled out with MLX's ops:
+    value_and_grad of the summed loss, g / count, clip_grad_norm, mlx.optimizers.AdamW in the
+    same two groups. The gradient norm changes from step to step, so a scale traced once and
+    replayed stale would fail; 0.05 clips every step, None never."""
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from mlx_models.step import TrainStep, make_optimizer
+
+    cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.1, warmup_ratio=0.0, out="unused")
+
+    def loss_fn(model, batch):
+        return ((model(batch["x"]) - batch["y"]) ** 2).mean(), mx.array(batch["x"].shape[0])
+
+    mx.random.seed(2)
+    ours, ref = nn.Linear(40, 30), nn.Linear(40, 30)
+    ref.update(ours.parameters())
+    step = TrainStep(ours, make_optimizer(cfg, 10), loss_fn, max_grad_norm=max_grad_norm, compile=compiled)
+    kw = dict(learning_rate=optim.linear_schedule(1e-2, 0.0, 10), bias_correction=True)
+    ref_opt = optim.MultiOptimizer(
+        [optim.AdamW(weight_decay=0.0, **kw), optim.AdamW(weight_decay=0.1, **kw)], [lambda _, p: p.ndim < 2]
+    )
+    grad_fn = nn.value_and_grad(ref, lambda m, b: loss_fn(m, b)[0] * b["x"].shape[0])
+    for i in range(4):
+        batch = {"x": mx.random.normal((6, 40)) * (i + 1), "y": mx.random.normal((6, 30))}
+        step([{**batch, "attention_mask": mx.ones((6, 1))}])
+        _, g = grad_fn(ref, batch)
+        g = {k: v / 6 for k, v in g.items()}
+        if max_grad_norm:
+            g, _ = optim.clip_grad_norm(g, max_grad_norm)
+        ref_opt.update(ref, g)
+        mx.eval(ours.parameters(), ref.parameters())
+    for k in ("weight", "bias"):
+        np.testing.assert_allclose(np.array(ours[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.array(ours["weight"]), np.array(nn.Linear(40, 30).weight))  # it trained

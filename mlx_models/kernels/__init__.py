@@ -1,19 +1,30 @@
 """mlx_models' compiled CPU kernels (``ops.cpp``, ``elementwise.h``, ``norms.h``): GELU, SiLU,
 softmax, log-sum-exp, LayerNorm and RMSNorm with their vjps, AdamW and a sum of squares,
-vectorised for the machine they are built on and run on all its cores. ``make
-setup`` builds them on Linux (``make kernels``); ``native`` is the module, or None where it is not
-built, and models/cpu_ops.py then falls back to its pure-MLX formulas."""
+vectorised for the machine they are built on and run on all its cores. ``make setup`` builds them
+on Linux (``make kernels``); ``native`` is the module, or None where it is not built or was built
+against another mlx than the one installed (rebuild: ``make kernels``), and models/cpu_ops.py
+then falls back to its pure-MLX formulas."""
 
 import platform
 import warnings
 
-try:
-    from . import _cpu_kernels as native
-except ImportError as e:  # not built (macOS runs on Metal), or built against another mlx
-    native = None
-    if platform.system() == "Linux":
-        warnings.warn(
-            f"mlx_models' CPU kernels are not loaded ({e}); training on the CPU is ~1.6x slower. "
-            "Build them with `make kernels`.",
-            stacklevel=2,
-        )
+import mlx.core as mx
+
+
+def _load():
+    try:
+        from . import _cpu_kernels
+    except ImportError as e:  # not built (macOS runs on Metal)
+        return None, f"not loaded ({e})"
+    if _cpu_kernels.mlx_version != mx.__version__:  # its C++ layout is that mlx's: not safe to call
+        return None, f"built against mlx {_cpu_kernels.mlx_version}, not the installed {mx.__version__}"
+    return _cpu_kernels, None
+
+
+native, _problem = _load()
+if _problem and platform.system() == "Linux" and mx.default_device() == mx.cpu:
+    warnings.warn(
+        f"mlx_models' CPU kernels are {_problem}; training on the CPU is ~1.6x slower. "
+        "Build them with `make kernels`.",
+        stacklevel=2,
+    )

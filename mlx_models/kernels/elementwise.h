@@ -74,7 +74,7 @@ inline void silu_vjp(const float* x, const float* g, float* out, size_t n) {
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) {
     float s = sigmoid_f(x[i]);
-    out[i] = g[i] * (s + x[i] * s * (1.0f - s));
+    out[i] = g[i] * (x[i] < -88.0f ? x[i] * 0.0f : s + x[i] * s * (1.0f - s));
   }
 }
 
@@ -110,7 +110,7 @@ inline float logsumexp_row(const float* x, size_t d) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (size_t i = 0; i < d; ++i) sum += exp_f(x[i] - m);
-  return m + std::log(sum);
+  return std::isinf(m) ? m : m + std::log(sum);  // all -inf: -inf; any +inf: +inf (as MLX)
 }
 
 inline void logsumexp_vjp_row(const float* x, float lse, float g, float* out, size_t d) {

@@ -251,6 +251,7 @@ class NormKernel : public mx::Primitive {
 std::vector<mx::array> norm(Norm kind, float eps, std::vector<mx::array> inputs) {
   auto& shape = inputs[0].shape();
   if (shape.empty()) throw std::invalid_argument("expected an array of rows, got a scalar");
+  if (shape.back() == 0) throw std::invalid_argument("expected rows of length > 0");
   bool vjp = kind == Norm::LayerNormVjp || kind == Norm::RMSNormVjp;
   for (size_t i = 0; i < inputs.size(); ++i) {
     auto& in = inputs[i];
@@ -282,6 +283,7 @@ std::vector<mx::array> adamw_step(std::vector<mx::array> inputs) {
 mx::array make(Kind kind, std::vector<mx::array> inputs) {
   auto shape = inputs[0].shape();
   if (is_row_op(kind) && shape.empty()) throw std::invalid_argument("expected an array of rows, got a scalar");
+  if (is_row_op(kind) && shape.back() == 0) throw std::invalid_argument("expected rows of length > 0");
   for (size_t i = 0; i < inputs.size(); ++i) {
     auto& in = inputs[i];
     bool per_row = kind == Kind::LogSumExpVjp && i > 0;
@@ -339,4 +341,5 @@ NB_MODULE(_cpu_kernels, m) {
     return nb::make_tuple(out[0], out[1]);
   });
   m.def("threads", []() { return omp_get_max_threads(); });
+  m.attr("mlx_version") = MLX_MODELS_MLX_VERSION;  // the mlx these were built against
 }

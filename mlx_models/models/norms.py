@@ -41,8 +41,10 @@ def _native_rms_norm(eps: float):
     return f
 
 
-def _kernel_takes(*arrays) -> bool:
-    return native is not None and on_cpu() and all(a is not None and a.dtype == mx.float32 for a in arrays)
+def _kernel_takes(x, *params) -> bool:
+    arrays = (x, *params)
+    ok = all(a is not None and a.dtype == mx.float32 for a in arrays)
+    return native is not None and on_cpu() and ok and x.ndim > 0 and x.size > 0
 
 
 class LayerNorm(nn.LayerNorm):
