@@ -2,7 +2,7 @@
 
 MLX's optimizer and ``clip_grad_norm`` are a dozen elementwise passes over the parameters and
 gradients, each on one core: on the MiniLM full-finetuning step, 0.150 s of 0.93 in the previous
-release's benchmarks/profile.md (0.067 s now). Here the mean
+release's benchmarks/profile.md (0.064 s now). Here the mean
 over the examples and the clipping factor become one scalar (``update``) that the update
 kernel (mlx_models/kernels) multiplies in, and the global norm is one kernel reading each gradient
 once. Without the kernels (Metal, CUDA, not built), or for other dtypes, MLX's own ops run.
@@ -12,8 +12,8 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
-from .kernels import native
-from .models.cpu_ops import on_cpu
+from . import kernels
+from .models.cpu_ops import kernel_takes
 
 
 class AdamW(optim.AdamW):
@@ -25,8 +25,7 @@ class AdamW(optim.AdamW):
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         s = self.gradient_scale
-        arrays = (gradient, parameter, state["m"], state["v"])
-        if native is None or not on_cpu() or any(a.dtype != mx.float32 for a in arrays):
+        if not kernel_takes(gradient, parameter, state["m"], state["v"]):
             gradient = gradient if s is None else (gradient * s).astype(gradient.dtype)
             return super().apply_single(gradient, parameter, state)
         lr = self.learning_rate.astype(mx.float32)
@@ -39,7 +38,9 @@ class AdamW(optim.AdamW):
         k = mx.stack([1 - lr * self.weight_decay, *constants, c1, c2, mx.array(self.eps), s]).astype(
             mx.float32
         )
-        parameter, state["m"], state["v"] = native.adamw(parameter, gradient, state["m"], state["v"], k)
+        parameter, state["m"], state["v"] = kernels.native.adamw(
+            parameter, gradient, state["m"], state["v"], k
+        )
         return parameter
 
 
@@ -47,8 +48,8 @@ def global_norm(grads) -> mx.array:
     """The L2 norm of all the gradients together, as ``optim.clip_grad_norm`` computes it."""
 
     def squared(g: mx.array) -> mx.array:
-        if native is not None and on_cpu() and g.dtype == mx.float32:
-            return native.sum_squares(g)
+        if kernel_takes(g):
+            return kernels.native.sum_squares(g)
         return (g.astype(mx.float32) if g.dtype == mx.float16 else g).square().sum()
 
     return mx.sqrt(sum((squared(g) for _, g in tree_flatten(grads)), mx.array(0.0)))

@@ -11,7 +11,10 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
+from mlx_models import kernels
 from mlx_models.models import cpu_ops, norms
+
+BUILT = kernels.native  # before any test swaps it out
 
 
 def close(a, b, rtol=2e-6, atol=2e-6):
@@ -33,9 +36,8 @@ def cpu(request, monkeypatch):
     """The fast paths are the CPU's: run there (on a Mac too), then restore the device; with the
     compiled kernels, then without them."""
     if request.param == "formulas":
-        monkeypatch.setattr(cpu_ops, "native", None)
-        monkeypatch.setattr(norms, "native", None)
-    elif cpu_ops.native is None:
+        monkeypatch.setattr(kernels, "native", None)
+    elif kernels.native is None:
         pytest.skip("mlx_models/kernels is not built (make kernels)")
     device = mx.default_device()
     mx.set_default_device(mx.cpu)
@@ -62,11 +64,9 @@ class Spy:
 def test_kernels_are_built_and_used(cpu, monkeypatch):
     """Were the kernels missing, the kernel half of this file would skip and training would run
     ~1.6x slower without a word but the import's warning."""
-    from mlx_models import kernels
-
-    assert kernels.native is not None, "mlx_models/kernels is not built: make kernels"
-    spy = Spy(kernels.native)
-    monkeypatch.setattr(cpu_ops, "native", spy if cpu == "kernels" else None)
+    assert BUILT is not None, "mlx_models/kernels is not built: make kernels"
+    spy = Spy(BUILT)
+    monkeypatch.setattr(kernels, "native", spy if cpu == "kernels" else None)
     x = mx.ones((2, 3))
     mx.eval(cpu_ops.gelu(x), cpu_ops.silu(x), cpu_ops.softmax(x), cpu_ops.logsumexp(x))
     assert spy.calls == (["gelu", "silu", "softmax", "logsumexp"] if cpu == "kernels" else [])

@@ -13,6 +13,14 @@ from transformers import (
 from mlx_models.config import TrainConfig
 from mlx_models.step import make_optimizer
 
+
+def assert_close(actual, desired, **tol):
+    """assert_allclose that fails on NaN or inf (numpy's passes when both sides are NaN)."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert np.isfinite(actual).all() and np.isfinite(desired).all()
+    np.testing.assert_allclose(actual, desired, **tol)
+
+
 HF_SCHEDULES = {
     "linear": get_linear_schedule_with_warmup,
     "cosine": get_cosine_schedule_with_warmup,
@@ -52,7 +60,7 @@ def test_adamw_and_schedule_match_torch(tmp_path, lr_schedule):
         topt.step()
         sched.step()
         for name, t in (("w", tw), ("b", tb)):
-            np.testing.assert_allclose(np.array(params[name]), t.detach().numpy(), rtol=1e-5, atol=1e-6)
+            assert_close(np.array(params[name]), t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bias_correction", [True, False])
@@ -62,17 +70,18 @@ def test_kernel_adamw_equals_mlx_adamw(monkeypatch, bias_correction):
     import mlx.optimizers as optim
 
     from mlx_models import adamw as step
+    from mlx_models import kernels
 
-    if step.native is None:
+    if kernels.native is None:
         pytest.skip("mlx_models/kernels is not built (make kernels)")
-    real, calls = step.native, []
+    real, calls = kernels.native, []
 
     class Spy:
         def adamw(self, *args):
             calls.append(1)
             return real.adamw(*args)
 
-    monkeypatch.setattr(step, "native", Spy())
+    monkeypatch.setattr(kernels, "native", Spy())
     kw = dict(
         learning_rate=optim.linear_schedule(1e-2, 1e-3, 5), weight_decay=0.1, bias_correction=bias_correction
     )
@@ -85,11 +94,9 @@ def test_kernel_adamw_equals_mlx_adamw(monkeypatch, bias_correction):
         a, b = ours.apply_gradients(g, a), theirs.apply_gradients(g, b)
     mx.eval(a, b)
     for k in p:  # within a few ulps of each array's scale: the kernel rounds once per multiply-add
-        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-6, atol=1e-6)
+        assert_close(np.array(a[k]), np.array(b[k]), rtol=1e-6, atol=1e-6)
         for s in ("m", "v"):
-            np.testing.assert_allclose(
-                np.array(ours.state[k][s]), np.array(theirs.state[k][s]), rtol=1e-6, atol=2e-7
-            )
+            assert_close(np.array(ours.state[k][s]), np.array(theirs.state[k][s]), rtol=1e-6, atol=2e-7)
     assert calls == [1] * 10
 
 
@@ -101,10 +108,11 @@ def test_scaled_update_equals_mean_then_clip_grad_norm(monkeypatch, kernels):
     import mlx.optimizers as optim
 
     from mlx_models import adamw
+    from mlx_models import kernels as compiled
 
     if not kernels:
-        monkeypatch.setattr(adamw, "native", None)
-    elif adamw.native is None:
+        monkeypatch.setattr(compiled, "native", None)
+    elif compiled.native is None:
         pytest.skip("mlx_models/kernels is not built (make kernels)")
     mx.random.seed(1)
     model = nn.Linear(200, 100)
@@ -116,7 +124,7 @@ def test_scaled_update_equals_mean_then_clip_grad_norm(monkeypatch, kernels):
     for _ in range(3):
         g = {"weight": mx.random.normal((100, 200)) * 3, "bias": mx.random.normal((100,))}
         norm = adamw.global_norm(g) / count
-        np.testing.assert_allclose(norm.item(), optim.clip_grad_norm(g, 1e9)[1].item() / count, rtol=1e-5)
+        assert_close(norm.item(), optim.clip_grad_norm(g, 1e9)[1].item() / count, rtol=1e-5)
         scale = mx.minimum(max_norm / (norm + 1e-6), 1.0) / count
         adamw.update(ours, model, g, scale)
         clipped, _ = optim.clip_grad_norm({k: v / count for k, v in g.items()}, max_norm)
@@ -124,7 +132,7 @@ def test_scaled_update_equals_mean_then_clip_grad_norm(monkeypatch, kernels):
         mx.eval(model.parameters(), ref.parameters())
     assert ours.optimizers[0].gradient_scale is None  # the scale was the call's only
     for k in ("weight", "bias"):
-        np.testing.assert_allclose(np.array(model[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)
+        assert_close(np.array(model[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.05, None])
@@ -164,5 +172,5 @@ def test_train_step_equals_mean_clip_and_mlx_adamw(max_grad_norm, compiled):
         ref_opt.update(ref, g)
         mx.eval(ours.parameters(), ref.parameters())
     for k in ("weight", "bias"):
-        np.testing.assert_allclose(np.array(ours[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)
+        assert_close(np.array(ours[k]), np.array(ref[k]), rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.array(ours["weight"]), np.array(nn.Linear(40, 30).weight))  # it trained

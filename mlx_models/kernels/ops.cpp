@@ -24,6 +24,37 @@ constexpr size_t kChunk = 16384;  // elements a thread takes at a time; below 2 
 
 bool is_row_op(Kind k) { return k >= Kind::Softmax; }
 
+// f(lo, len) over [0, n) in blocks of `step`, shared out over the OpenMP threads (one thread
+// below two blocks).
+template <class F>
+void in_blocks(size_t n, size_t step, F f) {
+  int64_t blocks = (n + step - 1) / step;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    size_t lo = blk * step;
+    f(lo, std::min(step, n - lo));
+  }
+}
+
+// Checks that every input is float32 of the shape expected(i), and makes it row-contiguous.
+template <class S>
+void prepare(std::vector<mx::array>& inputs, S expected) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
+    if (inputs[i].shape() != expected(i)) throw std::invalid_argument("the arrays' shapes do not match");
+    inputs[i] = mx::contiguous(inputs[i], false, mx::Device::cpu);
+  }
+}
+
+// Ours are CPU primitives: no Metal or CUDA kernel.
+class CpuPrimitive : public mx::Primitive {
+ public:
+  using mx::Primitive::Primitive;
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
+  }
+};
+
 // One block of `len` elements from `lo`: a part of the buffer for elementwise kinds, whole rows of
 // length d for the row kinds (logsumexp writes one float a row, its vjp reads one lse and g a row).
 void run_block(Kind kind, const float* a, const float* b, const float* c, float* out, size_t lo,
@@ -46,12 +77,7 @@ void run_block(Kind kind, const float* a, const float* b, const float* c, float*
 // The n elements of the first input (d a row), in blocks shared out over the OpenMP threads.
 void run(Kind kind, const float* a, const float* b, const float* c, float* out, size_t n, size_t d) {
   size_t step = is_row_op(kind) ? d * std::max<size_t>(1, kChunk / d) : kChunk;
-  int64_t blocks = (n + step - 1) / step;
-#pragma omp parallel for schedule(static) if (blocks > 1)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    size_t lo = blk * step;
-    run_block(kind, a, b, c, out, lo, std::min(step, n - lo), d);
-  }
+  in_blocks(n, step, [&](size_t lo, size_t len) { run_block(kind, a, b, c, out, lo, len, d); });
 }
 
 mx::Shape out_shape(Kind kind, mx::Shape shape) {
@@ -59,9 +85,9 @@ mx::Shape out_shape(Kind kind, mx::Shape shape) {
   return shape;
 }
 
-class CpuKernel : public mx::Primitive {
+class CpuKernel : public CpuPrimitive {
  public:
-  CpuKernel(mx::Stream stream, Kind kind) : mx::Primitive(stream), kind_(kind) {}
+  CpuKernel(mx::Stream stream, Kind kind) : CpuPrimitive(stream), kind_(kind) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& out = outputs[0];
@@ -74,10 +100,6 @@ class CpuKernel : public mx::Primitive {
     size_t d = x.ndim() ? x.shape().back() : 1;
     encoder.dispatch([kind = kind_, a = ptr(0), b = ptr(1), c = ptr(2), o = out.data<float>(),
                       n = x.size(), d]() { run(kind, a, b, c, o, n, d); });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -100,9 +122,9 @@ class CpuKernel : public mx::Primitive {
 
 // AdamW over float32 (p, g, m, v) and its 9 coefficients k (elementwise.h): three outputs (p', m', v'), each
 // written into its input's buffer when MLX may donate it.
-class AdamWStep : public mx::Primitive {
+class AdamWStep : public CpuPrimitive {
  public:
-  explicit AdamWStep(mx::Stream stream) : mx::Primitive(stream) {}
+  using CpuPrimitive::CpuPrimitive;
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& encoder = mx::cpu::get_command_encoder(stream());
@@ -120,17 +142,10 @@ class AdamWStep : public mx::Primitive {
     encoder.dispatch([p = inputs[0].data<float>(), g = inputs[1].data<float>(), m = inputs[2].data<float>(),
                       v = inputs[3].data<float>(), k = inputs[4].data<float>(), po = outputs[0].data<float>(),
                       mo = outputs[1].data<float>(), vo = outputs[2].data<float>(), n = inputs[0].size()]() {
-      int64_t blocks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (blocks > 1)
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        size_t lo = blk * kChunk, len = std::min(kChunk, n - lo);
+      in_blocks(n, kChunk, [&](size_t lo, size_t len) {
         adamw(p + lo, g + lo, m + lo, v + lo, k, po + lo, mo + lo, vo + lo, len);
-      }
+      });
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -142,9 +157,9 @@ class AdamWStep : public mx::Primitive {
 };
 
 // sum(x^2) of a float32 array as a float32 scalar: partial sums per block in double, one per thread.
-class SumSquares : public mx::Primitive {
+class SumSquares : public CpuPrimitive {
  public:
-  explicit SumSquares(mx::Stream stream) : mx::Primitive(stream) {}
+  using CpuPrimitive::CpuPrimitive;
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& out = outputs[0];
@@ -164,10 +179,6 @@ class SumSquares : public mx::Primitive {
     });
   }
 
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
-  }
-
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {mx::Shape{}}; }
   const char* name() const override { return "SumSquares"; }
   bool is_equivalent(const mx::Primitive&) const override { return true; }
@@ -178,9 +189,9 @@ class SumSquares : public mx::Primitive {
 // and then added up.
 enum class Norm { LayerNorm, LayerNormVjp, RMSNorm, RMSNormVjp };
 
-class NormKernel : public mx::Primitive {
+class NormKernel : public CpuPrimitive {
  public:
-  NormKernel(mx::Stream stream, Norm kind, float eps) : mx::Primitive(stream), kind_(kind), eps_(eps) {}
+  NormKernel(mx::Stream stream, Norm kind, float eps) : CpuPrimitive(stream), kind_(kind), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& encoder = mx::cpu::get_command_encoder(stream());
@@ -221,10 +232,6 @@ class NormKernel : public mx::Primitive {
     });
   }
 
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
-  }
-
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     auto row = mx::Shape{inputs[0].shape().back()};
     if (kind_ == Norm::LayerNormVjp) return {inputs[0].shape(), row, row};
@@ -253,14 +260,8 @@ std::vector<mx::array> norm(Norm kind, float eps, std::vector<mx::array> inputs)
   if (shape.empty()) throw std::invalid_argument("expected an array of rows, got a scalar");
   if (shape.back() == 0) throw std::invalid_argument("expected rows of length > 0");
   bool vjp = kind == Norm::LayerNormVjp || kind == Norm::RMSNormVjp;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    auto& in = inputs[i];
-    if (in.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
-    bool full = i == 0 || (vjp && i + 1 == inputs.size());
-    if (in.shape() != (full ? shape : mx::Shape{shape.back()}))
-      throw std::invalid_argument("the arrays' shapes do not match");
-    in = mx::contiguous(in, false, mx::Device::cpu);
-  }
+  mx::Shape x_shape = shape, row{shape.back()};
+  prepare(inputs, [&](size_t i) { return i == 0 || (vjp && i + 1 == inputs.size()) ? x_shape : row; });
   auto prim = std::make_shared<NormKernel>(mx::default_stream(mx::Device::cpu), kind, eps);
   auto shapes = prim->output_shapes(inputs);
   return mx::array::make_arrays(shapes, std::vector<mx::Dtype>(shapes.size(), mx::float32), prim, inputs);
@@ -268,12 +269,7 @@ std::vector<mx::array> norm(Norm kind, float eps, std::vector<mx::array> inputs)
 
 std::vector<mx::array> adamw_step(std::vector<mx::array> inputs) {
   auto shape = inputs[0].shape();
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    auto& in = inputs[i];
-    if (in.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
-    if (in.shape() != (i == 4 ? mx::Shape{9} : shape)) throw std::invalid_argument("the arrays' shapes do not match");
-    in = mx::contiguous(in, false, mx::Device::cpu);
-  }
+  prepare(inputs, [&](size_t i) { return i == 4 ? mx::Shape{9} : shape; });
   auto prim = std::make_shared<AdamWStep>(mx::default_stream(mx::Device::cpu));
   return mx::array::make_arrays({shape, shape, shape}, {mx::float32, mx::float32, mx::float32}, prim, inputs);
 }
@@ -284,14 +280,8 @@ mx::array make(Kind kind, std::vector<mx::array> inputs) {
   auto shape = inputs[0].shape();
   if (is_row_op(kind) && shape.empty()) throw std::invalid_argument("expected an array of rows, got a scalar");
   if (is_row_op(kind) && shape.back() == 0) throw std::invalid_argument("expected rows of length > 0");
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    auto& in = inputs[i];
-    bool per_row = kind == Kind::LogSumExpVjp && i > 0;
-    if (in.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
-    if (in.shape() != (per_row ? out_shape(Kind::LogSumExp, shape) : shape))
-      throw std::invalid_argument("the arrays' shapes do not match");
-    in = mx::contiguous(in, false, mx::Device::cpu);
-  }
+  auto rows = out_shape(Kind::LogSumExp, shape);
+  prepare(inputs, [&](size_t i) { return kind == Kind::LogSumExpVjp && i > 0 ? rows : shape; });
   auto prim = std::make_shared<CpuKernel>(mx::default_stream(mx::Device::cpu), kind);
   return mx::array(out_shape(kind, shape), mx::float32, prim, std::move(inputs));
 }
@@ -322,9 +312,10 @@ NB_MODULE(_cpu_kernels, m) {
       },
       "(p', m', v') of one AdamW step; k = (1 - lr wd, b1, 1 - b1, b2, 1 - b2, c1, c2, eps, gradient scale)");
   m.def("sum_squares", [](const mx::array& x) {
-    if (x.dtype() != mx::float32) throw std::invalid_argument("expected float32 arrays");
+    std::vector<mx::array> inputs{x};
+    mlx_models::prepare(inputs, [&](size_t) { return x.shape(); });
     auto prim = std::make_shared<mlx_models::SumSquares>(mx::default_stream(mx::Device::cpu));
-    return mx::array(mx::Shape{}, mx::float32, prim, {mx::contiguous(x, false, mx::Device::cpu)});
+    return mx::array(mx::Shape{}, mx::float32, prim, std::move(inputs));
   });
   m.def("layer_norm", [](const mx::array& x, const mx::array& w, const mx::array& b, float eps) {
     return mlx_models::norm(mlx_models::Norm::LayerNorm, eps, {x, w, b})[0];

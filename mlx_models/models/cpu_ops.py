@@ -1,13 +1,13 @@
 """The exponentials of a training step, fast on MLX's CPU backend (the norms: models/norms.py).
 
 On an x86 CPU, MLX evaluates ``exp``, ``erf`` and ``sigmoid`` one element at a time, on one core:
-``mx.exp`` on 1.4 M floats takes ~17 ms here, PyTorch ~0.3 ms (``benchmarks/mlx_cpu_exp.py``).
+``mx.exp`` on 1.4 M floats takes ~16 ms here, PyTorch ~0.2 ms (``benchmarks/mlx_cpu_exp.py``).
 They sit in every activation (SiLU, GELU), in the attention softmax and in the loss's
 log-sum-exp over the vocabulary, and made those a third of our step.
 
 Where ``mlx_models/kernels`` is built (``make setup`` on Linux), GELU, SiLU, the softmax, the
 log-sum-exp (and the norms, models/norms.py) run there: vectorised for the CPU, on all
-its cores, 9-19x faster than the formulas below. Elsewhere the formulas stand in, built from
+its cores, 9-17x faster than the formulas below. Elsewhere the formulas stand in, built from
 multiplies and adds that ``mx.compile`` fuses (2-4x faster than the built-ins); the loss's
 log-sum-exp and the norms then stay MLX's (the formulas would keep (N, V) temporaries: 18% more
 peak memory on the LoRA benchmark). On Metal and CUDA, and in half precision, the built-ins are
@@ -24,7 +24,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..kernels import native
+from .. import kernels
 
 LOG2E = 1.4426950408889634
 LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 in two parts (Cody-Waite), as Cephes
@@ -36,6 +36,13 @@ ERF_P = 0.3275911
 
 def on_cpu() -> bool:
     return mx.default_device() == mx.cpu
+
+
+def kernel_takes(*arrays) -> bool:
+    """Whether the compiled kernels (mlx_models/kernels) run on these arrays: built, on the CPU,
+    every array float32, neither a scalar nor empty. The one test of it: ops, norms and AdamW."""
+    usable = (a is not None and a.dtype == mx.float32 and a.ndim > 0 and a.size > 0 for a in arrays)
+    return kernels.native is not None and on_cpu() and all(usable)
 
 
 def _exp(x: mx.array) -> mx.array:
@@ -124,10 +131,11 @@ def _kernel(forward, vjp):
     return op
 
 
-_native_silu = _kernel(lambda x: native.silu(x), lambda x, g, y: native.silu_vjp(x, g))
-_native_gelu = _kernel(lambda x: native.gelu(x), lambda x, g, y: native.gelu_vjp(x, g))
-_native_softmax = _kernel(lambda x: native.softmax(x), lambda x, g, y: native.softmax_vjp(y, g))
-_native_logsumexp = _kernel(lambda x: native.logsumexp(x), lambda x, g, y: native.logsumexp_vjp(x, y, g))
+k = kernels  # the module, read at call time: `kernels.native` is None where they are not built
+_native_silu = _kernel(lambda x: k.native.silu(x), lambda x, g, y: k.native.silu_vjp(x, g))
+_native_gelu = _kernel(lambda x: k.native.gelu(x), lambda x, g, y: k.native.gelu_vjp(x, g))
+_native_softmax = _kernel(lambda x: k.native.softmax(x), lambda x, g, y: k.native.softmax_vjp(y, g))
+_native_logsumexp = _kernel(lambda x: k.native.logsumexp(x), lambda x, g, y: k.native.logsumexp_vjp(x, y, g))
 
 
 def _pick(kernel, formula, builtin):
@@ -137,7 +145,7 @@ def _pick(kernel, formula, builtin):
     def op(x: mx.array) -> mx.array:
         if not (on_cpu() and x.dtype == mx.float32) or x.size == 0:
             return builtin(x)
-        return kernel(x) if native is not None else formula(x)
+        return kernel(x) if kernel_takes(x) else formula(x)
 
     return op
 

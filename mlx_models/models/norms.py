@@ -11,19 +11,19 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..kernels import native
-from .cpu_ops import on_cpu
+from .. import kernels
+from .cpu_ops import kernel_takes
 
 
 @cache
 def _native_layer_norm(eps: float):
     @mx.custom_function
     def f(x, weight, bias):
-        return native.layer_norm(x, weight, bias, eps)
+        return kernels.native.layer_norm(x, weight, bias, eps)
 
     @f.vjp
     def f_vjp(primals, cotangent, output):
-        return native.layer_norm_vjp(primals[0], primals[1], cotangent, eps)
+        return kernels.native.layer_norm_vjp(primals[0], primals[1], cotangent, eps)
 
     return f
 
@@ -32,19 +32,13 @@ def _native_layer_norm(eps: float):
 def _native_rms_norm(eps: float):
     @mx.custom_function
     def f(x, weight):
-        return native.rms_norm(x, weight, eps)
+        return kernels.native.rms_norm(x, weight, eps)
 
     @f.vjp
     def f_vjp(primals, cotangent, output):
-        return native.rms_norm_vjp(primals[0], primals[1], cotangent, eps)
+        return kernels.native.rms_norm_vjp(primals[0], primals[1], cotangent, eps)
 
     return f
-
-
-def _kernel_takes(x, *params) -> bool:
-    arrays = (x, *params)
-    ok = all(a is not None and a.dtype == mx.float32 for a in arrays)
-    return native is not None and on_cpu() and ok and x.ndim > 0 and x.size > 0
 
 
 class LayerNorm(nn.LayerNorm):
@@ -52,7 +46,7 @@ class LayerNorm(nn.LayerNorm):
 
     def __call__(self, x: mx.array) -> mx.array:
         weight, bias = self.get("weight"), self.get("bias")
-        if not _kernel_takes(x, weight, bias):
+        if not kernel_takes(x, weight, bias):
             return super().__call__(x)
         return _native_layer_norm(self.eps)(x, weight, bias)
 
@@ -61,6 +55,6 @@ class RMSNorm(nn.RMSNorm):
     """``nn.RMSNorm`` (same parameters), on the kernel for float32 on the CPU."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if not _kernel_takes(x, self.weight):
+        if not kernel_takes(x, self.weight):
             return super().__call__(x)
         return _native_rms_norm(self.eps)(x, self.weight)
