@@ -38,7 +38,11 @@ class Terminated(KeyboardInterrupt):
     run saves its last checkpoint)."""
 
 
+_TERMINATED: list[int] = []  # SIGTERMs received by run_cli's handler
+
+
 def _terminate(signum, frame):
+    _TERMINATED.append(signum)
     raise Terminated()
 
 
@@ -75,6 +79,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     """Run ``main``; user errors become one line on stderr and exit code 2, SIGINT 130, SIGTERM 143."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    _TERMINATED.clear()
     try:
         return main(argv) or 0
     except argparse.ArgumentError as e:
@@ -86,6 +91,13 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt as e:
         print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except Exception:
+        if not _TERMINATED:
+            raise
+        # Terminated raised inside C code that turned it into another error (numpy's conversion
+        # of a torch storage raises ValueError): the clean-up has run all the same
+        print("terminated", file=sys.stderr)
+        return 143
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
