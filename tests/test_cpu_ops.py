@@ -143,13 +143,20 @@ def test_attention_and_its_gradients(kv_heads, mask):
         close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_attention_dropout_only_in_training():
-    q = mx.random.normal((1, 2, 5, 4))
-    drop = nn.Dropout(0.5)
-    out = cpu_ops.attention(q, q, q, 0.5, None, drop)
-    assert not mx.allclose(out, cpu_ops.attention(q, q, q, 0.5, None)).item()
-    drop.eval()
-    close(cpu_ops.attention(q, q, q, 0.5, None, drop), cpu_ops.attention(q, q, q, 0.5, None))
+def test_attention_dropout():
+    """Dropout drops probabilities with probability p and scales the others by 1 / (1 - p), drawn
+    from MLX's random state (the same seed, the same draw); none at p = 0."""
+    q = mx.random.normal((2, 3, 40, 8))
+    plain = cpu_ops.attention(q, q, q, 0.5, None)
+    mx.random.seed(5)
+    out = cpu_ops.attention(q, q, q, 0.5, None, 0.3)
+    assert not mx.allclose(out, plain).item()
+    mx.random.seed(5)
+    close(cpu_ops.attention(q, q, q, 0.5, None, 0.3), out, rtol=0, atol=0)
+    close(cpu_ops.attention(q, q, q, 0.5, None, 0.0), plain, rtol=0, atol=0)
+    v = mx.ones_like(q)  # each output is then the row's sum of kept probabilities: ~1 on average
+    rows = np.array(cpu_ops.attention(q, q, v, 0.5, None, 0.3))[..., 0]
+    assert abs(rows.mean() - 1) < 0.05 and rows.std() > 0.05
 
 
 def test_silu_far_below_zero_and_at_infinity():

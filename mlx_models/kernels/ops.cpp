@@ -12,6 +12,7 @@
 
 #include "elementwise.h"
 #include "norms.h"
+#include "primitive.h"
 
 namespace mx = mlx::core;
 namespace nb = nanobind;
@@ -45,15 +46,6 @@ void prepare(std::vector<mx::array>& inputs, S expected) {
     inputs[i] = mx::contiguous(inputs[i], false, mx::Device::cpu);
   }
 }
-
-// Ours are CPU primitives: no Metal or CUDA kernel.
-class CpuPrimitive : public mx::Primitive {
- public:
-  using mx::Primitive::Primitive;
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_models._cpu_kernels runs on the CPU only");
-  }
-};
 
 // One block of `len` elements from `lo`: a part of the buffer for elementwise kinds, whole rows of
 // length d for the row kinds (logsumexp writes one float a row, its vjp reads one lse and g a row).
@@ -292,7 +284,9 @@ using mlx_models::Kind;
 using mlx_models::make;
 
 NB_MODULE(_cpu_kernels, m) {
-  m.doc() = "float32 CPU kernels for MLX: GELU, SiLU, softmax, logsumexp, LayerNorm and RMSNorm with their vjps, AdamW and sum(x^2)";
+  m.doc() =
+      "float32 CPU kernels for MLX: GELU, SiLU, softmax, logsumexp, LayerNorm, RMSNorm and attention with their vjps, AdamW and "
+      "sum(x^2)";
   m.def("gelu", [](const mx::array& x) { return make(Kind::Gelu, {x}); });
   m.def("gelu_vjp", [](const mx::array& x, const mx::array& g) { return make(Kind::GeluVjp, {x, g}); });
   m.def("silu", [](const mx::array& x) { return make(Kind::Silu, {x}); });
@@ -331,6 +325,7 @@ NB_MODULE(_cpu_kernels, m) {
     auto out = mlx_models::norm(mlx_models::Norm::RMSNormVjp, eps, {x, w, g});
     return nb::make_tuple(out[0], out[1]);
   });
+  mlx_models::bind_attention(m);
   m.def("threads", []() { return omp_get_max_threads(); });
   m.attr("mlx_version") = MLX_MODELS_MLX_VERSION;  // the mlx these were built against
 }

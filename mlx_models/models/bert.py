@@ -86,7 +86,6 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(D, D)
         self.key = nn.Linear(D, D)
         self.value = nn.Linear(D, D)
-        self.dropout = nn.Dropout(args.attention_probs_dropout_prob)
         self.dropout_p = args.attention_probs_dropout_prob
 
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
@@ -95,8 +94,7 @@ class BertSelfAttention(nn.Module):
             proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, n_heads, L, head_dim)
             for proj in (self.query, self.key, self.value)
         )
-        dropout = self.dropout if self.training and self.dropout_p > 0 else None
-        out = cpu_ops.attention(q, k, v, self.scale, mask, dropout)
+        out = cpu_ops.attention(q, k, v, self.scale, mask, self.dropout_p if self.training else 0.0)
         return out.transpose(0, 2, 1, 3).reshape(B, L, D)
 
 

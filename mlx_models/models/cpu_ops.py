@@ -1,17 +1,21 @@
-"""The exponentials of a training step, fast on MLX's CPU backend (the norms: models/norms.py).
+"""The exponentials and the attention of a training step, fast on MLX's CPU backend (the norms:
+models/norms.py).
 
 On an x86 CPU, MLX evaluates ``exp``, ``erf`` and ``sigmoid`` one element at a time, on one core:
 ``mx.exp`` on 1.4 M floats takes ~16 ms here, PyTorch ~0.2 ms (``benchmarks/mlx_cpu_exp.py``).
 They sit in every activation (SiLU, GELU), in the attention softmax and in the loss's
-log-sum-exp over the vocabulary, and made those a third of our step.
+log-sum-exp over the vocabulary, and made those a third of our step. MLX has no fused attention
+on the CPU either: ``mx.fast.scaled_dot_product_attention`` there materialises the (B, H, L, S)
+scores, masks them with a ``where`` and keeps the probabilities for the backward.
 
 Where ``mlx_models/kernels`` is built (``make setup`` on Linux), GELU, SiLU, the softmax, the
-log-sum-exp (and the norms, models/norms.py) run there: vectorised for the CPU, on all
-its cores, 9-17x faster than the formulas below. Elsewhere the formulas stand in, built from
-multiplies and adds that ``mx.compile`` fuses (2-4x faster than the built-ins); the loss's
-log-sum-exp and the norms then stay MLX's (the formulas would keep (N, V) temporaries: 18% more
-peak memory on the LoRA benchmark). On Metal and CUDA, and in half precision, the built-ins are
-used. The exponentials agree with the built-ins within 1e-6 relative; the norms' two-pass
+log-sum-exp, the attention (forward and backward, dropout included) and the norms
+(models/norms.py) run there: vectorised for the CPU, on all its cores, 9-17x faster than the
+formulas below (the attention 2.4-2.8x, forward and backward). Elsewhere the formulas stand in,
+built from multiplies and adds that ``mx.compile`` fuses (2-4x faster than the built-ins); the
+loss's log-sum-exp and the norms then stay MLX's (the formulas would keep (N, V) temporaries: 18%
+more peak memory on the LoRA benchmark). On Metal and CUDA, and in half precision, the built-ins
+are used. The exponentials agree with the built-ins within 1e-6 relative; the norms' two-pass
 variance is closer to float64 than MLX's (tests/test_cpu_ops.py).
 
 Both paths compute the same formulas: ``exp`` is Cephes' float32 ``expf`` (a degree-7
@@ -19,6 +23,7 @@ polynomial on x - n ln 2, scaled by 2^n through the exponent bits); ``erf`` is A
 Stegun 7.1.26 (|error| < 1.5e-7). Gradients are written out (``mx.custom_function``).
 """
 
+import functools
 import math
 
 import mlx.core as mx
@@ -172,12 +177,57 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     return logsumexp(logits) - picked
 
 
-def attention(q, k, v, scale: float, mask=None, dropout: nn.Module | None = None) -> mx.array:
+@functools.cache
+def _native_attention(scale: float, causal: bool, bias: bool, dropout: float):
+    """The kernels' attention (kernels/attention.h) for one scale, masking and dropout, as a custom
+    function of (q, k, v), then the bias and the dropout's seed where there are; it returns (out,
+    stats). Neither the scores nor the probabilities are kept for the backward: it recomputes
+    them from the stats, and the dropout from the seed."""
+
+    def split(extra):
+        return (extra[0] if bias else None), (extra[-1] if dropout else None)
+
+    def forward(q, k, v, *extra):
+        b, seed = split(extra)
+        out, stats = kernels.native.attention(q, k, v, b, scale, causal, dropout, seed)
+        return out.transpose(0, 2, 1, 3), stats  # written (B, L, H, d), as o_proj reads it
+
+    def vjp(primals, cotangents, outputs):
+        q, k, v, *extra = primals
+        (b, seed), (out, stats), g = split(extra), outputs, cotangents[0]
+        grads = kernels.native.attention_vjp(q, k, v, b, out, stats, g, scale, causal, dropout, seed)
+        return (*(g.transpose(0, 2, 1, 3) for g in grads), *(mx.zeros_like(a) for a in extra))
+
+    op = mx.custom_function(forward)
+    op.vjp(vjp)
+    return op
+
+
+def _kernel_attention(q, k, v, scale: float, mask, dropout: float) -> mx.array:
+    """The fused kernel: a boolean mask becomes an additive one of 0 and float32's lowest (a
+    masked score is then the lowest, as the formula's `where` makes it), broadcast (not copied)
+    to (B, H, L, S); dropout's seed comes from MLX's random state."""
+    causal = isinstance(mask, str)
+    has_bias, extra = mask is not None and not causal, []
+    if has_bias:
+        if mask.dtype == mx.bool_:
+            mask = mx.where(mask, 0.0, mx.finfo(mx.float32).min)
+        B, H, L, _ = q.shape
+        extra.append(mx.broadcast_to(mask.astype(mx.float32), (B, H, L, k.shape[2])))
+    if dropout:
+        extra.append(mx.random.randint(0, 2**31 - 1, (1,)).astype(mx.uint32))
+    return _native_attention(scale, causal, has_bias, dropout)(q, k, v, *extra)[0]
+
+
+def attention(q, k, v, scale: float, mask=None, dropout: float = 0.0) -> mx.array:
     """softmax(q k^T * scale, masked) v for q (B, H, L, d) and k, v (B, H_kv, S, d) with H a
     multiple of H_kv; ``mask`` is a boolean (True = attend) or additive array broadcastable to
-    (B, H, L, S), "causal" or None. ``dropout`` applies to the probabilities (training)."""
-    if not on_cpu() and dropout is None:
+    (B, H, L, S), "causal" or None. ``dropout``: the probability of dropping each attention
+    probability, as ``nn.Dropout`` on them (training; 0 at inference)."""
+    if not on_cpu() and not dropout:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if kernel_takes(q, k, v):
+        return _kernel_attention(q, k, v, scale, mask, dropout)
     B, H, L, d = q.shape
     groups = H // k.shape[1]
     if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
@@ -196,6 +246,6 @@ def attention(q, k, v, scale: float, mask=None, dropout: nn.Module | None = None
         else:
             scores = scores + mask.astype(scores.dtype)
     probs = softmax(scores)
-    if dropout is not None:
-        probs = dropout(probs)
+    if dropout:
+        probs = probs * mx.random.bernoulli(1 - dropout, probs.shape) * (1 / (1 - dropout))
     return (probs @ v).reshape(B, H, L, d)
