@@ -43,7 +43,7 @@ def ablate(family: str):
         setattr(owner, name, value)
 
     if family == "attention":
-        patch(cpu_ops, "attention", lambda q, k, v, scale, mask=None, dropout=None: q)
+        patch(cpu_ops, "attention", lambda q, k, v, scale, mask=None, dropout=0.0, causal=False: q)
     elif family == "norms":
         for cls in (nn.RMSNorm, nn.LayerNorm, norms.RMSNorm, norms.LayerNorm):  # ours override __call__
             patch(cls, "__call__", lambda self, x: x)

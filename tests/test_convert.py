@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import mlx_models
 import mlx_models.hub
 from hf_fixtures import make_hf_model
-from mlx_models import load, load_model
+from mlx_models import kernels, load, load_model
 from mlx_models.cli import run_cli
 from mlx_models.conversion import convert
 from mlx_models.quant import QuantizedLinear
@@ -105,6 +105,25 @@ def test_cpu_dequantize_path_equals_fused_kernel():
     ours.bias = native.bias = mx.random.normal((96,))
     x = mx.random.normal((3, 7, 128))
     np.testing.assert_allclose(np.array(ours(x)), np.array(native(x)), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
+def test_cpu_dequantize_kernel_equals_mlx_dequantize(dtype, monkeypatch):
+    """The CPU path's dequantize by our kernel (where built) and by mx.dequantize: the same
+    output and input gradient, to the bit, with float32 and float16 scales."""
+    if kernels.native is None:
+        pytest.skip("mlx_models/kernels is not built (make kernels)")
+    layer = QuantizedLinear.from_linear(nn.Linear(128, 96), 64, 4)
+    layer.scales, layer.biases = layer.scales.astype(dtype), layer.biases.astype(dtype)
+    x = mx.random.normal((3, 7, 128))
+    run = lambda: mx.value_and_grad(lambda x: (layer(x) * mx.cos(x[..., :96])).sum())(x)  # noqa: E731
+    calls, dequantize = [], kernels.native.dequantize
+    monkeypatch.setattr(kernels.native, "dequantize", lambda *a: calls.append(a) or dequantize(*a))
+    ours = run()
+    assert len(calls) == 2  # forward, and again in the backward
+    monkeypatch.setattr(kernels, "native", None)
+    for a, b in zip(ours, run(), strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
 
 
 def test_load_converts_hf_dir_once_into_cache(tmp_path, capsys):

@@ -13,6 +13,7 @@ import pytest
 
 from mlx_models import kernels
 from mlx_models.models import cpu_ops, norms
+from mlx_models.models.base import causal_mask
 
 BUILT = kernels.native  # before any test swaps it out
 
@@ -141,6 +142,21 @@ def test_attention_and_its_gradients(kv_heads, mask):
     grads = lambda f: mx.grad(lambda *a: (f(*a) * weight).sum(), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
     for a, b in zip(grads(ours), grads(fast), strict=True):
         close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_causal_hint():
+    """``causal=True`` with Llama's causal-and-padding mask (left and right padding, more rows than
+    one of the kernel's blocks) only skips work: values and gradients as without the hint."""
+    mx.random.seed(3)
+    B, H, L, d = 2, 4, 150, 16
+    q, k, v = (mx.random.normal((B, h, L, d)) for h in (H, 2, 2))
+    keep = mx.array([[0] * 40 + [1] * (L - 40), [1] * 100 + [0] * (L - 100)])
+    m, weight = causal_mask(L, keep), mx.random.normal(q.shape)
+    loss = lambda hint: lambda *a: (cpu_ops.attention(*a, 0.25, m, causal=hint) * weight).sum()  # noqa: E731
+    grads = lambda hint: mx.grad(loss(hint), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    close(cpu_ops.attention(q, k, v, 0.25, m, causal=True), cpu_ops.attention(q, k, v, 0.25, m))
+    for a, b in zip(grads(True), grads(False), strict=True):
+        close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_dropout():

@@ -149,3 +149,52 @@ def test_adamw_and_sum_squares_refuse_bad_inputs():
         native.adamw(p, p, p, p, mx.ones((8,)))
     with pytest.raises(ValueError, match="float32"):
         native.sum_squares(p.astype(mx.bfloat16))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_dequantize_equals_mlx_to_the_bit(bits, dtype, group):
+    """float32 values equal to mx.dequantize's in the scales' dtype, cast to float32, bit for bit:
+    MLX rounds the product and the sum to that dtype, and so do we (and fuse neither)."""
+    mx.random.seed(bits + group)
+    w = mx.random.normal((3, 70, 256)) * 3  # 210 rows, several blocks of groups per thread
+    q, s, b = mx.quantize(w, group, bits)
+    s, b = s.astype(dtype), b.astype(dtype)
+    ours = native.dequantize(q, s, b, group, bits)
+    theirs = mx.dequantize(q, s, b, group, bits).astype(mx.float32)
+    assert ours.dtype == mx.float32 and ours.shape == w.shape
+    np.testing.assert_array_equal(np.array(ours), np.array(theirs))
+
+
+def test_dequantize_at_float16s_edges_and_in_any_layout():
+    """Float16 subnormal and overflowing results as MLX gives them (to zero, subnormal, infinity);
+    transposed and sliced inputs read through their strides."""
+    q = mx.array(np.random.default_rng(0).integers(0, 2**32, (64, 8), dtype=np.uint32))
+    groups = np.array([[1e-8, 0.0], [3e-6, 1e-7], [-7e-5, 2e-5], [5000.0, 1.0], [-2e4, -3e4]] * 13)[:64, None]
+    s, b = (mx.array(groups[..., i]).astype(mx.float16) for i in (0, 1))
+    ours, theirs = native.dequantize(q, s, b, 64, 4), mx.dequantize(q, s, b, 64, 4).astype(mx.float32)
+    assert np.isinf(np.array(theirs)).any() and (np.abs(np.array(theirs)) < 6e-5).any()
+    np.testing.assert_array_equal(np.array(ours), np.array(theirs))
+    wide = mx.random.normal((128, 64))
+    qt, st, bt = mx.quantize(wide, 32, 4)
+    views = (qt.T.T[::2], st[::2], bt[::2])  # every other row: strided
+    np.testing.assert_array_equal(
+        np.array(native.dequantize(*views, 32, 4)), np.array(mx.dequantize(*views, 32, 4))
+    )
+
+
+def test_dequantize_refuses_what_it_cannot_do():
+    q, s, b = mx.quantize(mx.random.normal((8, 64)), 64, 4)
+    bad = {
+        "bits must be 2, 4 or 8": (q, s, b, 64, 3),
+        "group_size must be a multiple": (q, s, b, 4, 2),
+        "w must be uint32": (q.astype(mx.int32), s, b, 64, 4),
+        "scales must be float32": (q, s.astype(mx.int32), b.astype(mx.int32), 64, 4),
+        "biases must match": (q, s, b.astype(mx.float16), 64, 4),
+        "one value per group": (q, s[:4], b[:4], 64, 4),
+        "does not split into groups": (q[:, :4], s, b, 64, 4),
+    }
+    for message, args in bad.items():
+        with pytest.raises(ValueError, match=message):
+            native.dequantize(*args)

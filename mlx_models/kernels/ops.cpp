@@ -285,8 +285,8 @@ using mlx_models::make;
 
 NB_MODULE(_cpu_kernels, m) {
   m.doc() =
-      "float32 CPU kernels for MLX: GELU, SiLU, softmax, logsumexp, LayerNorm, RMSNorm and attention with their vjps, AdamW and "
-      "sum(x^2)";
+      "float32 CPU kernels for MLX: GELU, SiLU, softmax, logsumexp, LayerNorm, RMSNorm and attention with their vjps, AdamW, "
+      "sum(x^2) and affine dequantization";
   m.def("gelu", [](const mx::array& x) { return make(Kind::Gelu, {x}); });
   m.def("gelu_vjp", [](const mx::array& x, const mx::array& g) { return make(Kind::GeluVjp, {x, g}); });
   m.def("silu", [](const mx::array& x) { return make(Kind::Silu, {x}); });
@@ -326,6 +326,7 @@ NB_MODULE(_cpu_kernels, m) {
     return nb::make_tuple(out[0], out[1]);
   });
   mlx_models::bind_attention(m);
+  mlx_models::bind_dequantize(m);
   m.def("threads", []() { return omp_get_max_threads(); });
   m.attr("mlx_version") = MLX_MODELS_MLX_VERSION;  // the mlx these were built against
 }

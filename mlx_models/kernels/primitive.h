@@ -1,4 +1,4 @@
-// What the primitives of ops.cpp and attention.cpp share.
+// What the primitives of ops.cpp, attention.cpp and dequantize.cpp share.
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -18,6 +18,7 @@ class CpuPrimitive : public mx::Primitive {
   }
 };
 
-void bind_attention(nanobind::module_& m);  // attention.cpp
+void bind_attention(nanobind::module_& m);    // attention.cpp
+void bind_dequantize(nanobind::module_& m);  // dequantize.cpp
 
 }  // namespace mlx_models

@@ -203,12 +203,12 @@ def _native_attention(scale: float, causal: bool, bias: bool, dropout: float):
     return op
 
 
-def _kernel_attention(q, k, v, scale: float, mask, dropout: float) -> mx.array:
+def _kernel_attention(q, k, v, scale: float, mask, dropout: float, causal: bool) -> mx.array:
     """The fused kernel: a boolean mask becomes an additive one of 0 and float32's lowest (a
     masked score is then the lowest, as the formula's `where` makes it), broadcast (not copied)
     to (B, H, L, S); dropout's seed comes from MLX's random state."""
-    causal = isinstance(mask, str)
-    has_bias, extra = mask is not None and not causal, []
+    has_bias, extra = mask is not None and not isinstance(mask, str), []
+    causal = causal or isinstance(mask, str)
     if has_bias:
         if mask.dtype == mx.bool_:
             mask = mx.where(mask, 0.0, mx.finfo(mx.float32).min)
@@ -219,15 +219,17 @@ def _kernel_attention(q, k, v, scale: float, mask, dropout: float) -> mx.array:
     return _native_attention(scale, causal, has_bias, dropout)(q, k, v, *extra)[0]
 
 
-def attention(q, k, v, scale: float, mask=None, dropout: float = 0.0) -> mx.array:
+def attention(q, k, v, scale: float, mask=None, dropout: float = 0.0, causal: bool = False) -> mx.array:
     """softmax(q k^T * scale, masked) v for q (B, H, L, d) and k, v (B, H_kv, S, d) with H a
     multiple of H_kv; ``mask`` is a boolean (True = attend) or additive array broadcastable to
     (B, H, L, S), "causal" or None. ``dropout``: the probability of dropping each attention
-    probability, as ``nn.Dropout`` on them (training; 0 at inference)."""
+    probability, as ``nn.Dropout`` on them (training; 0 at inference). ``causal``: a promise that
+    ``mask`` hides every key after its query (key j > query i + S - L), as a causal mask with
+    padding does: the kernel then skips those keys' work (the other paths need no hint)."""
     if not on_cpu() and not dropout:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     if kernel_takes(q, k, v):
-        return _kernel_attention(q, k, v, scale, mask, dropout)
+        return _kernel_attention(q, k, v, scale, mask, dropout, causal)
     B, H, L, d = q.shape
     groups = H // k.shape[1]
     if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads

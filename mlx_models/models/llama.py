@@ -87,7 +87,7 @@ class Attention(nn.Module):
         # Positions are 0..L-1 even under left padding, as in transformers: RoPE only sees
         # relative offsets, and pads are masked, so real tokens are unaffected.
         q, k = self.rope(q), self.rope(k)
-        out = cpu_ops.attention(q, k, v, self.scale, mask)
+        out = cpu_ops.attention(q, k, v, self.scale, mask, causal=True)  # the mask is causal_mask's
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 

@@ -1,0 +1,149 @@
+// Affine dequantization as an MLX primitive: float32 w = scale * q + bias for the 2-, 4- or 8-bit
+// values q packed in uint32 words as mx.quantize packs them (value j of a word in bits
+// [bits j, bits (j + 1))), one scale and bias (float32, float16 or bfloat16) per group of
+// `group_size` values along the last axis. MLX's CPU dequantize computes in the scales' dtype on one
+// core (float16 scales: ~10 ns a value here); quant.py dequantizes every quantized weight twice a
+// training step, so this loop, in float32 on all cores, is what the CPU's QLoRA step waits on.
+#include <bit>
+#include <cmath>
+#include <type_traits>
+
+#include <nanobind/nanobind.h>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+
+#include "primitive.h"
+
+namespace nb = nanobind;
+
+namespace mlx_models {
+
+namespace {
+
+// x rounded to T's precision and back, to nearest even as MLX's float16 and bfloat16 round (with
+// float16's subnormals and overflow to infinity). Arithmetic on float bits, not _Float16, whose
+// excess precision g++ 12 may keep.
+template <class T>
+inline float round_to(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  if constexpr (std::is_same_v<T, mx::float16_t>) {
+    int32_t e = int32_t((std::bit_cast<uint32_t>(x) >> 23) & 0xFF) - 127;
+    float quantum = std::bit_cast<float>(uint32_t(std::max(e - 10, -24) + 127) << 23);
+    float r = std::nearbyint(x / quantum) * quantum;  // exact: quantum is a power of two
+    return std::abs(r) > 65504.0f ? std::copysign(INFINITY, r) : r;
+  }
+  if constexpr (std::is_same_v<T, mx::bfloat16_t>) {
+    uint32_t u = std::bit_cast<uint32_t>(x);
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u;
+    return std::bit_cast<float>(u);
+  }
+}
+
+// The n_groups groups from `first`, each of `group` values: out = scale * q + bias, each product and
+// sum rounded to T as mx.dequantize computes it in T (so the results are the same to the bit; this
+// file is built with -ffp-contract=off: no fused multiply-add).
+template <int bits, class T>
+void dequantize_groups(const uint32_t* w, const T* scales, const T* biases, float* out, int64_t first,
+                       int64_t n_groups, int group) {
+  constexpr int per_word = 32 / bits;
+  constexpr uint32_t mask = (1u << bits) - 1;
+  const int words = group / per_word;
+  for (int64_t g = first; g < first + n_groups; ++g) {
+    const float s = static_cast<float>(scales[g]), b = static_cast<float>(biases[g]);
+    const uint32_t* src = w + g * words;
+    float* dst = out + g * group;
+    for (int i = 0; i < words; ++i)
+      for (int j = 0; j < per_word; ++j)
+        dst[i * per_word + j] = round_to<T>(round_to<T>(s * float((src[i] >> (bits * j)) & mask)) + b);
+  }
+}
+
+template <class T>
+void dequantize(int bits, const uint32_t* w, const T* scales, const T* biases, float* out, int64_t groups,
+                int group) {
+  constexpr int64_t kGroups = 256;  // groups a thread takes at a time
+  int64_t blocks = (groups + kGroups - 1) / kGroups;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    int64_t first = blk * kGroups, n = std::min(kGroups, groups - first);
+    if (bits == 2) dequantize_groups<2>(w, scales, biases, out, first, n, group);
+    if (bits == 4) dequantize_groups<4>(w, scales, biases, out, first, n, group);
+    if (bits == 8) dequantize_groups<8>(w, scales, biases, out, first, n, group);
+  }
+}
+
+class Dequantize : public CpuPrimitive {
+ public:
+  Dequantize(mx::Stream stream, int group, int bits) : CpuPrimitive(stream), group_(group), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    const auto &w = inputs[0], &s = inputs[1], &b = inputs[2];
+    auto run = [&]<class T>(T) {
+      encoder.dispatch([bits = bits_, group = group_, w = w.data<uint32_t>(), s = s.data<T>(), b = b.data<T>(),
+                        o = out.data<float>(), groups = int64_t(s.size())]() {
+        dequantize(bits, w, s, b, o, groups, group);
+      });
+    };
+    if (s.dtype() == mx::float32) run(float{});
+    if (s.dtype() == mx::float16) run(mx::float16_t{});
+    if (s.dtype() == mx::bfloat16) run(mx::bfloat16_t{});
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() *= 32 / bits_;
+    return {shape};
+  }
+
+  const char* name() const override { return "Dequantize"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const Dequantize&>(other);
+    return group_ == o.group_ && bits_ == o.bits_;
+  }
+
+ private:
+  int group_, bits_;
+};
+
+// The inputs, contiguous, once their dtypes and shapes agree with (group_size, bits).
+std::vector<mx::array> checked(const mx::array& w, const mx::array& scales, const mx::array& biases, int group,
+                               int bits) {
+  if (bits != 2 && bits != 4 && bits != 8) throw std::invalid_argument("bits must be 2, 4 or 8");
+  if (group <= 0 || group % (32 / bits)) throw std::invalid_argument("group_size must be a multiple of 32 / bits");
+  if (w.dtype() != mx::uint32) throw std::invalid_argument("w must be uint32 (packed as by mx.quantize)");
+  auto dt = scales.dtype();
+  if (dt != mx::float32 && dt != mx::float16 && dt != mx::bfloat16)
+    throw std::invalid_argument("scales must be float32, float16 or bfloat16");
+  if (biases.dtype() != dt || biases.shape() != scales.shape())
+    throw std::invalid_argument("biases must match the scales' dtype and shape");
+  auto groups = w.shape();
+  if (groups.empty() || (groups.back() * (32 / bits)) % group)
+    throw std::invalid_argument("w's last axis does not split into groups");
+  groups.back() = groups.back() * (32 / bits) / group;
+  if (scales.shape() != groups) throw std::invalid_argument("scales must have one value per group of w");
+  auto cpu = mx::Device::cpu;
+  return {mx::contiguous(w, false, cpu), mx::contiguous(scales, false, cpu), mx::contiguous(biases, false, cpu)};
+}
+
+}  // namespace
+
+void bind_dequantize(nb::module_& m) {
+  m.def(
+      "dequantize",
+      [](const mx::array& w, const mx::array& scales, const mx::array& biases, int group_size, int bits) {
+        auto in = checked(w, scales, biases, group_size, bits);
+        auto prim = std::make_shared<Dequantize>(mx::default_stream(mx::Device::cpu), group_size, bits);
+        auto shapes = prim->output_shapes(in);
+        return mx::array(shapes[0], mx::float32, prim, std::move(in));
+      },
+      nb::arg("w"), nb::arg("scales"), nb::arg("biases"), nb::arg("group_size"), nb::arg("bits"),
+      "float32 mx.dequantize(w, scales, biases, group_size, bits) (affine mode; 2, 4 or 8 bits)");
+}
+
+}  // namespace mlx_models
