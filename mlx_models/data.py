@@ -11,7 +11,9 @@ scored on the same examples and never trains on them. Only the training subsampl
 
 Labels: integers (also "0", "1" in CSV) are used as they are. Text labels ("neg", "pos") map
 to the dataset's `label_names` from config.yaml, else to their sorted union over all splits.
-For task mlm/lm labels are not needed and are dropped.
+For task mlm/lm labels are not needed and are dropped, after they have stratified the held-out
+splits as for classify: a corpus read for pretraining never holds the validation or test texts
+of a classifier finetuned on the same dataset.
 """
 
 import functools
@@ -67,24 +69,43 @@ class _Raw(NamedTuple):
 
 def load_splits(cfg: TrainConfig, config_path: str | os.PathLike = DEFAULT_CONFIG) -> Splits:
     info = dataset_registry(config_path).get(cfg.dataset, {})
-    cols = (info.get("text", "text"), info.get("label", "label") if cfg.task == "classify" else None)
+    text_col, label_col = info.get("text", "text"), info.get("label", "label")
+    classify = cfg.task == "classify"  # mlm/lm read the labels where there are any, see _strata
     holdout = None
     if cfg.data_dir is not None:
-        raw, names, source = _read_local(Path(cfg.data_dir), *cols), None, f"local dir {cfg.data_dir}"
+        raw, names = _read_local(Path(cfg.data_dir), text_col, label_col, classify), None
+        source = f"local dir {cfg.data_dir}"
     else:
-        raw, names, source, holdout = _read_registered(cfg.dataset, info, *cols)
+        raw, names, source, holdout = _read_registered(cfg.dataset, info, text_col, label_col, classify)
     num_labels, label_names = 0, None
-    if cols[1] is not None:
+    if classify:
         raw, num_labels, label_names = _label_ids(
             raw, int(info["num_labels"]) if "num_labels" in info else None, info.get("label_names") or names
         )
+    else:
+        raw = _strata(raw, info, names)
     splits = hold_out({name: Split(r.texts, r.labels) for name, r in raw.items()}, holdout, source)
     if cfg.max_samples:
         for name, split in splits.items():
             if len(split) > cfg.max_samples:
                 seed = cfg.seed if name == "train" else SPLIT_SEED
                 splits[name] = split.take(_pick(split.labels, len(split), cfg.max_samples, seed)[1])
+    if not classify:
+        splits = {name: Split(split.texts, None) for name, split in splits.items()}
     return Splits(**splits, num_labels=num_labels, label_names=label_names, source=source)
+
+
+def _strata(raw: dict[str, _Raw], info: dict, names: list[str] | None) -> dict[str, _Raw]:
+    """For mlm/lm: the labels as task classify reads them, only to hold out and subsample the same
+    examples (stratified picks depend on the labels), so that a corpus never holds the validation
+    or test texts of a classifier finetuned on the same dataset; no labels where they are unusable."""
+    if any(r.labels is None for r in raw.values()):
+        return {k: r._replace(labels=None) for k, r in raw.items()}
+    try:
+        num_labels = int(info["num_labels"]) if "num_labels" in info else None
+        return _label_ids(raw, num_labels, info.get("label_names") or names)[0]
+    except (DataError, ValueError):
+        return {k: r._replace(labels=None) for k, r in raw.items()}
 
 
 def hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict[str, Split]:
@@ -197,7 +218,7 @@ def _label_ids(
 # ---- local files --------------------------------------------------------------------------------
 
 
-def _read_local(data_dir: Path, text_col: str, label_col: str | None) -> dict[str, _Raw]:
+def _read_local(data_dir: Path, text_col: str, label_col: str, need_labels: bool) -> dict[str, _Raw]:
     raw = {}
     for split, stems in SPLIT_FILES.items():
         found = sorted(p for p in data_dir.iterdir() if p.stem in stems and p.suffix in FORMATS)
@@ -206,9 +227,8 @@ def _read_local(data_dir: Path, text_col: str, label_col: str | None) -> dict[st
                 f"several {split} files in {data_dir}: {', '.join(p.name for p in found)}; keep one"
             )
         if found:
-            raw[split] = _columns(
-                str(found[0]), read_file(found[0], text_col, label_col), text_col, label_col
-            )
+            ds = read_file(found[0], text_col, label_col)
+            raw[split] = _columns(str(found[0]), ds, text_col, label_col, need_labels)
     if "train" not in raw:
         have = ", ".join(sorted(p.name for p in data_dir.iterdir())) or "nothing"
         raise DataError(
@@ -252,8 +272,9 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def _columns(where: str, ds, text_col: str, label_col: str | None) -> _Raw:
-    """Check and extract the text and label columns of a dataset (a `datasets.Dataset`)."""
+def _columns(where: str, ds, text_col: str, label_col: str, need_labels: bool = True) -> _Raw:
+    """Check and extract the text and label columns of a dataset (a `datasets.Dataset`); without
+    ``need_labels`` a missing or incomplete label column gives labels None instead of an error."""
     if len(ds) == 0:
         raise DataError(f"{where} has no examples; add some or remove the file")
     _require_column(where, ds, "text", text_col)
@@ -265,6 +286,8 @@ def _columns(where: str, ds, text_col: str, label_col: str | None) -> _Raw:
             f'(example {not_text[0]}); write one object per example, like {{"text": ..., "label": ...}}'
         )
     labels = None
+    if not need_labels and (label_col not in ds.column_names or None in ds[label_col] or "" in ds[label_col]):
+        return _Raw(list(texts), None, where)
     if label_col is not None:
         _require_column(where, ds, "label", label_col)
         labels = ds[label_col]
@@ -292,14 +315,14 @@ def _require_values(where: str, role: str, missing: list[bool]) -> None:
 
 
 def _read_registered(
-    name: str, info: dict, text_col: str, label_col: str | None
+    name: str, info: dict, text_col: str, label_col: str, need_labels: bool
 ) -> tuple[dict[str, _Raw], list[str] | None, str, int | None]:
     """(raw splits, label names, source, held-out size) from the hub or the embedded copy."""
     repo, embedded = info.get("hub"), info.get("embedded")
     if embedded and (hub.offline() or not repo or not hub.reachable()):
         why = "HF_HUB_OFFLINE is set" if hub.offline() else f"the hub is unreachable ({hub.endpoint()})"
         _notice(f"{why}: using the embedded {embedded['package']} copy of {name} instead of hub {repo}")
-        return _read_embedded_split(name, embedded, label_col)
+        return _read_embedded_split(name, embedded)
     if not repo:
         raise DataError(
             f"dataset {name} has neither hub: nor embedded: in config.yaml; add one or use --data-dir"
@@ -322,17 +345,17 @@ def _read_registered(
     for split, aliases in SPLIT_FILES.items():
         found = next((a for a in aliases if a in dd), None)
         if found is not None:
-            raw[split] = _columns(f"hub {repo} split {found}", dd[found], text_col, label_col)
-    names = getattr(dd["train"].features.get(label_col), "names", None) if label_col else None
+            raw[split] = _columns(f"hub {repo} split {found}", dd[found], text_col, label_col, need_labels)
+    names = getattr(dd["train"].features.get(label_col), "names", None)
     return raw, names, f"hub {repo}", None
 
 
-def _read_embedded_split(name: str, embedded: dict, label_col: str | None):
+def _read_embedded_split(name: str, embedded: dict):
     texts, labels = _read_embedded(
         embedded["package"], embedded["file"], tuple(embedded.get("where", {}).items())
     )
     where = f"embedded {embedded['package']}/{embedded['file']}"
-    raw = {"train": _Raw(list(texts), list(labels) if label_col else None, where)}
+    raw = {"train": _Raw(list(texts), list(labels), where)}
     source = f"embedded {embedded['package']} copy of {name} (validation and test held out from its train)"
     return raw, None, source, int(embedded.get("holdout", 0)) or None
 

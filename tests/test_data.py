@@ -128,6 +128,18 @@ def test_text_only_data_for_mlm(tmp_path):
     assert len(s.train) + len(s.validation) + len(s.test) == 30
 
 
+def test_mlm_holds_out_the_classifiers_examples(tmp_path):
+    """A corpus read for pretraining (task mlm) holds out the same validation and test examples as
+    the classifier of the same data, so pretrain-then-finetune never pretrains on its test texts."""
+    write(tmp_path / "train.jsonl", rows(60, labels=(0, 0, 1)))
+    for kw in ({}, {"max_samples": 10}):
+        cls, mlm = local(tmp_path, **kw), local(tmp_path, task="mlm", **kw)
+        assert mlm.train.labels is None and mlm.num_labels == 0
+        assert (mlm.validation.texts, mlm.test.texts) == (cls.validation.texts, cls.test.texts)
+    write(tmp_path / "train.jsonl", rows(30) + [{"text": "no label"}])  # labels unusable: plain carve
+    assert len(local(tmp_path, task="mlm").validation) == 3
+
+
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -155,6 +167,8 @@ def test_embedded_imdb_max_samples(offline):
     assert a.test.texts == b.test.texts and a.validation.texts == b.validation.texts  # ... held-out does not
     full = load_splits(TrainConfig(dataset="imdb"))
     assert set(a.test.texts) <= set(full.test.texts)
+    corpus = load_splits(TrainConfig(dataset="imdb", task="mlm"))
+    assert not set(corpus.train.texts) & (set(a.validation.texts) | set(a.test.texts))
 
 
 def test_unreachable_hub_falls_back_or_explains(monkeypatch, capsys):
