@@ -5,8 +5,9 @@
 Times ms per call on a (1024, 1376) float32 array (the LoRA benchmark's MLP activations) of:
 MLX's exp, sigmoid, erf, silu, gelu (compiled), a multiply-add for scale, PyTorch's same ops in
 this process, and our mlx_models.models.cpu_ops replacements: its pure-MLX formulas and the
-compiled kernels of mlx_models/kernels; then a multiply-add on normal and on subnormal floats, and
-the parts of one attention layer of the MiniLM evaluation. Prints markdown tables.
+compiled kernels of mlx_models/kernels; then a multiply-add on normal and on subnormal floats, the
+parts of one attention layer of the MiniLM evaluation (with MLX's and PyTorch's fused attention),
+and the dequantize of a 4-bit weight (MLX's against our kernel's). Prints markdown tables.
 """
 
 import statistics
@@ -67,6 +68,7 @@ def main() -> None:
         print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.0f}× | {cells[0]} | {cells[1]} | {ratio} |")
     subnormals(mlx)
     attention_parts(mlx)
+    dequantize(mlx)
 
 
 def ours(fn, x, use_kernels: bool) -> float | None:
@@ -105,11 +107,37 @@ def attention_parts(mlx) -> None:
         "softmax, cpu_ops": (cpu_ops.softmax, scores),
         "softmax, MLX (precise)": (lambda a: mx.softmax(a, axis=-1, precise=True), scores),
         "probs @ v (384 GEMMs)": (lambda a: a @ v, scores),
-        "whole attention, cpu_ops": (lambda a: cpu_ops.attention(a, k, v, 32**-0.5), q),
+        "whole attention, cpu_ops (our fused kernel)": (lambda a: cpu_ops.attention(a, k, v, 32**-0.5), q),
+        "whole attention, mx.fast.scaled_dot_product_attention": (
+            lambda a: mx.fast.scaled_dot_product_attention(a, k, v, scale=32**-0.5),
+            q,
+        ),
     }
     print("\n| attention part, (32, 12, 128, 32) | ms |\n|---|---:|")
     for name, (fn, arg) in parts.items():
         print(f"| {name} | {ms(mlx(fn), arg):.1f} |")
+    qt, kt, vt = (torch.randn(32, 12, 128, 32) for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    theirs = ms(lambda a: sdpa(a, kt, vt), qt)
+    print(f"| whole attention, PyTorch's scaled_dot_product_attention | {theirs:.1f} |")
+
+
+def dequantize(mlx) -> None:
+    """A 4-bit weight of the 7B shape (11008, 4096), group 64, back to float32: MLX's CPU
+    dequantize (which computes in the scales' dtype, on one core) against our kernel (quant.py's
+    path on the CPU), with float32 and with float16 scales (a converted checkpoint's)."""
+    w = mx.random.normal((11008, 4096))
+    print("\n| dequantize (11008, 4096), 4-bit, group 64 | MLX ms | kernel ms | MLX ÷ kernel time |")
+    print("|---|---:|---:|---:|")
+    for dtype in (mx.float32, mx.float16):
+        packed = mx.quantize(w.astype(dtype), 64, 4)
+        mx.eval(*packed)
+        theirs = ms(lambda p: mx.eval(mx.dequantize(*p, 64, 4).astype(mx.float32)), packed, 5)
+        if kernels.native is None:
+            print(f"| scales {dtype} | {theirs:.1f} | – | – |")
+            continue
+        mine = ms(lambda p: mx.eval(kernels.native.dequantize(*p, 64, 4)), packed, 5)
+        print(f"| scales {dtype} | {theirs:.1f} | {mine:.1f} | {theirs / mine:.1f}× |")
 
 
 if __name__ == "__main__":

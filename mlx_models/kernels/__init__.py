@@ -1,9 +1,10 @@
-"""mlx_models' compiled CPU kernels (``ops.cpp``, ``elementwise.h``, ``norms.h``, ``attention.cpp``
-and ``attention.h``): GELU, SiLU, softmax, log-sum-exp, LayerNorm, RMSNorm and scaled-dot-product
-attention with their vjps, AdamW and a sum of squares, vectorised for the machine they are built
-on and run on all its cores. ``make setup`` builds them on Linux (``make kernels``); ``native`` is
-the module, or None where it is not built or was built against another mlx than the one installed
-(rebuild: ``make kernels``), and models/cpu_ops.py then falls back to its pure-MLX formulas."""
+"""mlx_models' compiled CPU kernels (``ops.cpp``, ``elementwise.h``, ``norms.h``, ``attention.cpp``,
+``attention.h`` and ``dequantize.cpp``): GELU, SiLU, softmax, log-sum-exp, LayerNorm, RMSNorm and
+scaled-dot-product attention with their vjps, AdamW, a sum of squares and the affine dequantize of
+quantized weights, vectorised for the machine they are built on and run on all its cores.
+``make setup`` builds them on Linux (``make kernels``); ``native`` is the module, or None where it
+is not built or was built against another mlx than the one installed (rebuild: ``make kernels``),
+and models/cpu_ops.py and quant.py then fall back to their pure-MLX formulas and MLX's ops."""
 
 import platform
 import warnings
