@@ -1,7 +1,8 @@
 """Plain-text corpora for language-model training (mlm, lm): .txt and .jsonl files, packing.
 
 A ``--data-dir`` for pretraining holds either split files as for classification (train.jsonl,
-validation.csv, ...; only the text column is read) or any ``.txt`` files (one document per line,
+validation.csv, ...; the text column is what is trained on, the labels only make the held-out
+splits those of a classifier on the same files) or any ``.txt`` files (one document per line,
 or one per file with ``--whole-files``) and ``.jsonl`` files with a ``text`` field; validation
 and test are then held out of them, deterministically. A ``--data-dir`` that does not exist is
 filled with a small real corpus (the embedded IMDB reviews), as Lit-GPT's recipe creates its own.
@@ -68,11 +69,11 @@ def read_text_dir(directory: Path, whole_files: bool) -> list[str]:
 
 
 def write_default_corpus(directory: Path) -> None:
-    """Fill a missing --data-dir with real text: embedded IMDB reviews, one per line, taken from the
-    training split of `--dataset imdb` only (its held-out validation and test reviews never appear
-    in a pretraining corpus)."""
-    imdb = load_splits(TrainConfig(dataset="imdb", task="mlm", out=str(directory)))
-    texts = imdb.train.texts[:DEFAULT_CORPUS_DOCS]
+    """Fill a missing --data-dir with real text: embedded IMDB reviews, one per line, a stratified
+    pick (as many positive as negative: the copy is sorted by label) from the training split of
+    `--dataset imdb` only (its held-out validation and test reviews never appear in a corpus)."""
+    cfg = TrainConfig(dataset="imdb", task="classify", max_samples=DEFAULT_CORPUS_DOCS, out=str(directory))
+    texts = load_splits(cfg).train.texts
     with atomic_dir(directory) as tmp:
         (tmp / "imdb.txt").write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
     print(

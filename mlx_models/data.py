@@ -104,7 +104,7 @@ def _strata(raw: dict[str, _Raw], info: dict, names: list[str] | None) -> dict[s
     try:
         num_labels = int(info["num_labels"]) if "num_labels" in info else None
         return _label_ids(raw, num_labels, info.get("label_names") or names)[0]
-    except (DataError, ValueError):
+    except (DataError, ValueError, TypeError, KeyError):  # labels or registry entry unusable
         return {k: r._replace(labels=None) for k, r in raw.items()}
 
 
@@ -127,9 +127,14 @@ def hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict
 
 
 def _pick(labels: list[int] | None, n: int, n_held: int, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (kept, held) index lists, stratified by label when possible."""
+    """Deterministic (kept, held) index lists, stratified by label when possible. The labels are
+    recoded by first appearance, so the pick depends on which examples share a label, not on the
+    ids a dataset's label_names give them (``--dataset ag_news`` and ``--data-dir`` alone agree)."""
     from sklearn.model_selection import train_test_split
 
+    if labels is not None:
+        first: dict = {}
+        labels = [first.setdefault(v, len(first)) for v in labels]
     idx = np.arange(n)
     try:
         keep, held = train_test_split(idx, test_size=n_held, stratify=labels, random_state=seed)
@@ -285,13 +290,12 @@ def _columns(where: str, ds, text_col: str, label_col: str, need_labels: bool = 
             f"{where}: the {text_col!r} column must hold strings, found {texts[not_text[0] - 1]!r} "
             f'(example {not_text[0]}); write one object per example, like {{"text": ..., "label": ...}}'
         )
-    labels = None
-    if not need_labels and (label_col not in ds.column_names or None in ds[label_col] or "" in ds[label_col]):
-        return _Raw(list(texts), None, where)
-    if label_col is not None:
-        _require_column(where, ds, "label", label_col)
-        labels = ds[label_col]
-        _require_values(where, "label", [v is None or v == "" for v in labels])
+    labels = ds[label_col] if label_col in ds.column_names else None
+    missing = [v is None or v == "" for v in labels or ()]
+    if not need_labels:  # mlm/lm: labels only where every example has one
+        return _Raw(list(texts), None if labels is None or any(missing) else labels, where)
+    _require_column(where, ds, "label", label_col)
+    _require_values(where, "label", missing)
     return _Raw(list(texts), labels, where)
 
 

@@ -130,14 +130,18 @@ def test_text_only_data_for_mlm(tmp_path):
 
 def test_mlm_holds_out_the_classifiers_examples(tmp_path):
     """A corpus read for pretraining (task mlm) holds out the same validation and test examples as
-    the classifier of the same data, so pretrain-then-finetune never pretrains on its test texts."""
-    write(tmp_path / "train.jsonl", rows(60, labels=(0, 0, 1)))
-    for kw in ({}, {"max_samples": 10}):
+    the classifier of the same data, so pretrain-then-finetune never pretrains on its test texts;
+    also when the classifier's dataset names the labels in another order than their sorted one."""
+    write(tmp_path / "train.jsonl", rows(120, labels=("Sports", "World", "World", "Business", "Sci/Tech")))
+    for kw in ({}, {"max_samples": 8}):
         cls, mlm = local(tmp_path, **kw), local(tmp_path, task="mlm", **kw)
         assert mlm.train.labels is None and mlm.num_labels == 0
         assert (mlm.validation.texts, mlm.test.texts) == (cls.validation.texts, cls.test.texts)
-    write(tmp_path / "train.jsonl", rows(30) + [{"text": "no label"}])  # labels unusable: plain carve
-    assert len(local(tmp_path, task="mlm").validation) == 3
+        named = local(tmp_path, dataset="ag_news", **kw)  # label_names [World, Sports, ...]: other ids
+        assert (named.validation.texts, named.test.texts) == (cls.validation.texts, cls.test.texts)
+    write(tmp_path / "train.jsonl", rows(30) + [{"text": "no label"}])  # labels unusable: plain pick
+    mlm = local(tmp_path, task="mlm")
+    assert len(mlm.validation) == 3 and len(mlm.train) + len(mlm.validation) + len(mlm.test) == 31
 
 
 @pytest.fixture
@@ -169,6 +173,8 @@ def test_embedded_imdb_max_samples(offline):
     assert set(a.test.texts) <= set(full.test.texts)
     corpus = load_splits(TrainConfig(dataset="imdb", task="mlm"))
     assert not set(corpus.train.texts) & (set(a.validation.texts) | set(a.test.texts))
+    mlm = load_splits(TrainConfig(dataset="imdb", task="mlm", max_samples=500))
+    assert (mlm.validation.texts, mlm.test.texts) == (a.validation.texts, a.test.texts)
 
 
 def test_unreachable_hub_falls_back_or_explains(monkeypatch, capsys):

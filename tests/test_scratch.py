@@ -23,6 +23,7 @@ from mlx_models.build import accumulation
 from mlx_models.cli import run_cli
 from mlx_models.config import TrainConfig, load_train_config
 from mlx_models.corpus import pack
+from mlx_models.data import load_splits
 from mlx_models.metrics import read_metrics
 from mlx_models.reference import torch_model
 from mlx_models.tasks import IGNORE, Masking, make_batch, mlm_loss
@@ -313,6 +314,12 @@ def test_missing_data_dir_gets_the_embedded_corpus(tmp_path, capsys):
     assert "wrote 5000 IMDB reviews" in capsys.readouterr().err
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 5000
     assert (d / "imdb.txt").read_text().count("\n") == 5000
+    full = load_splits(TrainConfig(dataset="imdb", out="x"))
+    label = {" ".join(t.split()): y for t, y in zip(full.train.texts, full.train.labels, strict=True)}
+    written = (d / "imdb.txt").read_text().splitlines()
+    assert 2450 <= sum(label[t] for t in written) <= 2550  # balanced (the copy is sorted by label)
+    held = load_splits(TrainConfig(dataset="imdb", max_samples=2000, out="x"))
+    assert not set(written) & {" ".join(t.split()) for t in held.validation.texts + held.test.texts}
 
 
 def test_the_head_on_the_masked_positions_only_gives_the_full_heads_rows(tokenizer):
