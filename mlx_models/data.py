@@ -79,9 +79,7 @@ def load_splits(cfg: TrainConfig, config_path: str | os.PathLike = DEFAULT_CONFI
         raw, names, source, holdout = _read_registered(cfg.dataset, info, text_col, label_col, classify)
     num_labels, label_names = 0, None
     if classify:
-        raw, num_labels, label_names = _label_ids(
-            raw, int(info["num_labels"]) if "num_labels" in info else None, info.get("label_names") or names
-        )
+        raw, num_labels, label_names = _label_ids(raw, _num_labels(info), info.get("label_names") or names)
     else:
         raw = _strata(raw, info, names)
     splits = hold_out({name: Split(r.texts, r.labels) for name, r in raw.items()}, holdout, source)
@@ -99,13 +97,16 @@ def _strata(raw: dict[str, _Raw], info: dict, names: list[str] | None) -> dict[s
     """For mlm/lm: the labels as task classify reads them, only to hold out and subsample the same
     examples (stratified picks depend on the labels), so that a corpus never holds the validation
     or test texts of a classifier finetuned on the same dataset; no labels where they are unusable."""
-    if any(r.labels is None for r in raw.values()):
-        return {k: r._replace(labels=None) for k, r in raw.items()}
     try:
-        num_labels = int(info["num_labels"]) if "num_labels" in info else None
-        return _label_ids(raw, num_labels, info.get("label_names") or names)[0]
+        if all(r.labels is not None for r in raw.values()):
+            return _label_ids(raw, _num_labels(info), info.get("label_names") or names)[0]
     except (DataError, ValueError, TypeError, KeyError):  # labels or registry entry unusable
-        return {k: r._replace(labels=None) for k, r in raw.items()}
+        pass
+    return {k: r._replace(labels=None) for k, r in raw.items()}
+
+
+def _num_labels(info: dict) -> int | None:
+    return int(info["num_labels"]) if "num_labels" in info else None
 
 
 def hold_out(splits: dict[str, Split], holdout: int | None, source: str) -> dict[str, Split]:
@@ -277,7 +278,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def _columns(where: str, ds, text_col: str, label_col: str, need_labels: bool = True) -> _Raw:
+def _columns(where: str, ds, text_col: str, label_col: str, need_labels: bool) -> _Raw:
     """Check and extract the text and label columns of a dataset (a `datasets.Dataset`); without
     ``need_labels`` a missing or incomplete label column gives labels None instead of an error."""
     if len(ds) == 0:
