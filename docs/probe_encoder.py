@@ -1,0 +1,73 @@
+"""Linear probes of a pretrained encoder against the same architecture at random initialisation.
+
+    python docs/probe_encoder.py results/pretrain-demo/pretrain-128/best
+
+Features of the frozen encoder on `--dataset imdb --max-samples 2000` (the reviews that
+docs/pretrain_demo.sh finetunes and scores on, truncated to 128 tokens): the last hidden state
+of `<s>`, the mean of the last hidden states and the mean of the input word embeddings. Each
+feeds a standardised logistic regression whose C is picked on validation; test accuracy is
+printed. Used in docs/pretraining_experiments.md to ask whether masked-LM pretraining put
+sentiment into the encoder at all, apart from how finetuning uses it.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from mlx_models import loading, scratch  # noqa: E402
+from mlx_models.config import TrainConfig  # noqa: E402
+from mlx_models.data import load_splits  # noqa: E402
+
+SPLITS = ("train", "validation", "test")
+
+
+def features(encoder, tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    out = {"<s>": [], "mean": [], "embeddings": []}
+    for i in range(0, len(texts), 64):
+        batch = tokenizer(
+            texts[i : i + 64], truncation=True, max_length=128, padding=True, return_tensors="np"
+        )
+        ids, mask = mx.array(batch["input_ids"]), mx.array(batch["attention_mask"])
+        h, _ = encoder(ids, mask)
+        m = mask[..., None].astype(mx.float32)
+        out["<s>"].append(np.array(h[:, 0]))
+        out["mean"].append(np.array((h * m).sum(1) / m.sum(1)))
+        out["embeddings"].append(np.array((encoder.embeddings.word_embeddings(ids) * m).sum(1) / m.sum(1)))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(validation, test) accuracy of the logistic regression with the best validation accuracy."""
+    best = (-1.0, 0.0)
+    for c in (0.001, 0.01, 0.1, 1.0):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(
+            x["train"], y["train"]
+        )
+        best = max(best, (clf.score(x["validation"], y["validation"]), clf.score(x["test"], y["test"])))
+    return best
+
+
+def main(checkpoint: str) -> None:
+    splits = load_splits(TrainConfig(dataset="imdb", max_samples=2000, seed=0))
+    tokenizer, config = loading.load_tokenizer(checkpoint), loading.read_config(checkpoint)
+    y = {s: np.array(getattr(splits, s).labels) for s in SPLITS}
+    for name, model in (
+        ("pretrained", loading.load_model(checkpoint, "mlm")),
+        ("random init", scratch.build(config, "mlm", 0)),
+    ):
+        model.eval()
+        feats = {s: features(model.roberta, tokenizer, getattr(splits, s).texts) for s in SPLITS}
+        for kind in ("<s>", "mean", "embeddings"):
+            val, test = probe({s: feats[s][kind] for s in SPLITS}, y)
+            print(f"{name:12s} {kind:10s} validation {val:.3f}  test {test:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
