@@ -26,6 +26,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from mlx_models import loading, scratch  # noqa: E402
+from mlx_models.cli import ArgumentParser, run_cli  # noqa: E402
 from mlx_models.config import TrainConfig  # noqa: E402
 from mlx_models.data import load_splits  # noqa: E402
 
@@ -60,9 +61,12 @@ def probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, fl
     return best
 
 
-def main(checkpoint: str) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="docs/probe_encoder.py", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a pretrained encoder's checkpoint directory, e.g. RUN/best")
+    checkpoint = parser.parse_args(argv).checkpoint
     splits = load_splits(TrainConfig(dataset="imdb", max_samples=2000, seed=0))
-    tokenizer, config = loading.load_tokenizer(checkpoint), loading.read_config(checkpoint)
+    config, tokenizer = loading.read_config(checkpoint), loading.load_tokenizer(checkpoint)
     y = {s: np.array(getattr(splits, s).labels) for s in SPLITS}
     for name, model in (
         ("pretrained", loading.load_model(checkpoint, "mlm")),
@@ -78,4 +82,4 @@ def main(checkpoint: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(run_cli(main))
