@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded copy, as docs/pretrain_demo.sh reads
 
-import mlx_models  # noqa: E402, F401, I001  (OpenBLAS before MLX, or MLX's CPU GEMMs are ~70x slower)
+import mlx_models  # noqa: E402, F401, I001  (OpenBLAS before MLX, or its CPU GEMMs are far slower)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
