@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded copy, as docs/pretrain_demo.sh reads
 
 import mlx_models  # noqa: E402, F401, I001  (OpenBLAS before MLX, or its CPU GEMMs are far slower)
 import mlx.core as mx  # noqa: E402
@@ -65,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="docs/probe_encoder.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a pretrained encoder's checkpoint directory, e.g. RUN/best")
     checkpoint = parser.parse_args(argv).checkpoint
-    splits = load_splits(TrainConfig(dataset="imdb", max_samples=2000, seed=0))
     config, tokenizer = loading.read_config(checkpoint), loading.load_tokenizer(checkpoint)
+    splits = load_splits(TrainConfig(dataset="imdb", max_samples=2000, seed=0))
     y = {s: np.array(getattr(splits, s).labels) for s in SPLITS}
     for name, model in (
         ("pretrained", loading.load_model(checkpoint, "mlm")),
@@ -82,4 +81,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded copy, as docs/pretrain_demo.sh reads
     sys.exit(run_cli(main))

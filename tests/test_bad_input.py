@@ -1,8 +1,8 @@
 """The bad-input catalogue: every command refuses bad input with one line on stderr, exit code 2,
 nothing on stdout, and nothing written or changed on disk.
 
-Commands: convert.py, train.py, python -m mlx_models.parity, python -m mlx_models.fuse, and the
-library's load(). A case is (command, arguments, what the message must say); arguments may name
+Commands: convert.py, train.py, python -m mlx_models.parity, python -m mlx_models.fuse,
+docs/probe_encoder.py and the library's load(). A case is (command, arguments, what the message must say); arguments may name
 the fixtures below as {model}, {data}, {run}, {lora_run}, {tmp}, ... (see `paths`).
 """
 
@@ -27,11 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from convert import main as convert_main  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "docs"))
+from probe_encoder import main as probe_main  # noqa: E402
+
 COMMANDS = {
     "convert": convert_main,
     "train": train.main,
     "parity": parity.main,
     "fuse": fuse.main,
+    "probe": probe_main,
     "load": lambda argv: load(*argv[:1], **dict(a.split("=", 1) for a in argv[1:])),
 }
 QUICK = ["--max-length", "32", "--batch-size", "8", "--max-steps", "2"]
@@ -231,6 +235,10 @@ CASES = {
     "fuse corrupt train config": (
         "fuse", [run_copy("lora_run", lambda r: (r / "best" / "train_config.json").write_text("{")), "{tmp}/run", "--out", "{tmp}/f"],
         "is not valid JSON"),
+    # -- docs/probe_encoder.py
+    "probe no checkpoint": ("probe", [], "the following arguments are required: checkpoint"),
+    "probe missing path": ("probe", ["./no/such/dir"], "has no config.json"),
+    "probe not a model dir": ("probe", ["{tmp}"], "has no config.json"),
     # -- load()
     "load unknown task": ("load", ["{model}", "task=segment"], "unknown task 'segment'"),
     "load missing path": ("load", ["./no/such/dir"], "no such file or directory"),
