@@ -25,6 +25,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from mlx_models import loading, scratch  # noqa: E402
+from mlx_models.batching import collate, encode, pad_id_for  # noqa: E402
 from mlx_models.cli import ArgumentParser, run_cli  # noqa: E402
 from mlx_models.config import TrainConfig  # noqa: E402
 from mlx_models.data import load_splits  # noqa: E402
@@ -34,11 +35,9 @@ SPLITS = ("train", "validation", "test")
 
 def features(encoder, tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
     out = {"<s>": [], "mean": [], "embeddings": []}
-    for i in range(0, len(texts), 64):
-        batch = tokenizer(
-            texts[i : i + 64], truncation=True, max_length=128, padding=True, return_tensors="np"
-        )
-        ids, mask = (mx.array(batch[k], dtype=mx.int32) for k in ("input_ids", "attention_mask"))
+    seqs, pad_id = encode(tokenizer, texts, 128), pad_id_for(tokenizer)  # as train.py tokenizes
+    for i in range(0, len(seqs), 64):
+        ids, mask = (mx.array(a) for a in collate(seqs[i : i + 64], pad_id))
         h, _ = encoder(ids, mask)
         m = mask[..., None].astype(mx.float32)
         out["<s>"].append(np.array(h[:, 0]))
