@@ -6,7 +6,8 @@ Features of the frozen encoder (RoBERTa or BERT) on `--dataset imdb --max-sample
 the embedded copy, offline (the reviews that docs/pretrain_demo.sh finetunes and scores on,
 truncated to 128 tokens): the last hidden state of the first token (`<s>`), the mean of the last
 hidden states and the mean of the input word embeddings. Each feeds a standardised logistic
-regression whose C is picked on validation accuracy; validation and test accuracy are printed.
+regression whose C is picked on validation accuracy; validation and test accuracy are printed,
+and, for scale, those of train.py's TF-IDF baseline on the same 128 tokens of each review.
 Used in docs/pretraining_experiments.md to ask whether masked-LM pretraining put sentiment into
 the encoder at all, apart from how finetuning uses it.
 """
@@ -24,7 +25,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from mlx_models import loading, scratch  # noqa: E402
+from mlx_models import baseline, loading, scratch  # noqa: E402
 from mlx_models.batching import collate, encode, pad_id_for  # noqa: E402
 from mlx_models.cli import ArgumentParser, run_cli  # noqa: E402
 from mlx_models.config import TrainConfig  # noqa: E402
@@ -46,17 +47,36 @@ def features(encoder, tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(validation, test) accuracy of the logistic regression with the best validation accuracy."""
+def pick(make, cs: tuple[float, ...], x: dict, y: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(validation, test) accuracy of the classifier ``make(C)`` with the best validation accuracy."""
     best = (-1.0, 0.0)
-    for c in (0.001, 0.01, 0.1, 1.0):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(
-            x["train"], y["train"]
-        )
+    for c in cs:
+        clf = make(c).fit(x["train"], y["train"])
         val = clf.score(x["validation"], y["validation"])
         if val > best[0]:  # the first C on a tie: test accuracy never decides
             best = (val, clf.score(x["test"], y["test"]))
     return best
+
+
+def probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
+    """A standardised logistic regression on frozen features."""
+    return pick(
+        lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)),
+        (0.001, 0.01, 0.1, 1.0),
+        x,
+        y,
+    )
+
+
+def tfidf_reference(tokenizer, splits, y: dict[str, np.ndarray]) -> tuple[float, float]:
+    """train.py's TF-IDF baseline (word uni- and bigrams) on the same reviews cut to 128 tokens."""
+    x = {
+        s: tokenizer.batch_decode(encode(tokenizer, getattr(splits, s).texts, 128), skip_special_tokens=True)
+        for s in SPLITS
+    }
+    return pick(
+        lambda c: baseline.pipeline(baseline.DEFAULT_PARAMS | {"C": c}, 0), (0.3, 1.0, 3.0, 10.0, 30.0), x, y
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("<s>", "mean", "embeddings"):
             val, test = probe({s: feats[s][kind] for s in SPLITS}, y)
             print(f"{name:12s} {kind:10s} validation {val:.3f}  test {test:.3f}", flush=True)
+    val, test = tfidf_reference(tokenizer, splits, y)
+    print(f"{'tf-idf':12s} {'128 tokens':10s} validation {val:.3f}  test {test:.3f}", flush=True)
 
 
 if __name__ == "__main__":
