@@ -7,7 +7,8 @@ the embedded copy, offline (the reviews that docs/pretrain_demo.sh finetunes and
 truncated to 128 tokens): the last hidden state of the first token (`<s>`), the mean of the last
 hidden states and the mean of the input word embeddings. Each feeds a standardised logistic
 regression whose C is picked on validation accuracy; validation and test accuracy are printed,
-and, for scale, those of train.py's TF-IDF baseline on the same 128 tokens of each review.
+and, for scale, those of train.py's TF-IDF pipeline (C picked on validation) on the same 128
+tokens of each review.
 Used in docs/pretraining_experiments.md to ask whether masked-LM pretraining put sentiment into
 the encoder at all, apart from how finetuning uses it.
 """
@@ -69,7 +70,8 @@ def probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, fl
 
 
 def tfidf_reference(tokenizer, splits, y: dict[str, np.ndarray]) -> tuple[float, float]:
-    """train.py's TF-IDF baseline (word uni- and bigrams) on the same reviews cut to 128 tokens."""
+    """train.py's TF-IDF pipeline (word uni- and bigrams), C picked on validation, on the same
+    reviews cut to 128 tokens (of this checkpoint's tokenizer)."""
     x = {
         s: tokenizer.batch_decode(encode(tokenizer, getattr(splits, s).texts, 128), skip_special_tokens=True)
         for s in SPLITS
