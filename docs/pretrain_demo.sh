@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pretrain a small RoBERTa from scratch on the embedded IMDB text, then finetune it on IMDB
 # classification, next to the same architecture finetuned from random initialisation. Offline;
-# ~125 min on 2 CPU cores (2026-12-06/07, AMD EPYC: 30 min for phases 1-2, 55 for phase 3, 21 for
+# ~2-2.5 h on 2 CPU cores (2026-12-06/07, AMD EPYC: 30 min for phases 1-2, 55 for phase 3, 21 for
 # phase 4, 1-2 min a finetuning run). Measured: masked-LM test loss 3.94 after phase 1
 # (masked-token accuracy 32.9%; a unigram model scores ~7.0; docs/pretrain_curves.png), 3.79 and
 # 34.4% after phase 2, 4.06 and 32.1% after phase 3, 4.03 and 32.3% after phase 4 (40% of the
