@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import weights
 from .errors import ConfigError
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_write_json, check_out, output_dir
 from .models import build_model, checkpoint_task, model_module
 from .quant import quantization_config, quantize
 from .sources import Source, open_source
@@ -42,10 +42,8 @@ def convert(
     """Convert ``source`` into the MLX checkpoint directory ``out``; returns ``out``. With ``q_bits``,
     GGUF Q4_0/Q4_1/Q8_0 blocks are kept as they are (group 32) unless ``requantize``."""
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(
-            f"output directory {out} already exists; pass --force to replace it or choose --out"
-        )
+    inputs = [source] if Path(source).expanduser().exists() else []
+    check_out(out, force, inputs)
     check_options(dtype, q_bits, q_group_size, max_shard_bytes)
     src = open_source(source)
     config = dict(src.config)
@@ -64,7 +62,7 @@ def convert(
         config["quantization"] = quantization_config(q_bits, q_group_size)
         config["quantization"] |= {name.removesuffix(".weight"): q for name, q in kept.items()}
     config = output_config(config, dtype or default_dtype(config))
-    with atomic_dir(out, force=force) as tmp:
+    with output_dir(out, force, inputs) as tmp:
         writer = weights.ShardWriter(tmp, max_shard_bytes)
         for src_name, name in tqdm(names.items(), desc="converting", unit="tensor", disable=not progress):
             if name in kept:  # GGUF blocks already in MLX's affine layout: written as they are

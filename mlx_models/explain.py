@@ -36,7 +36,7 @@ from .explainer import (
     TfidfScorer,
     explain_examples,
 )
-from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from .io import atomic_write_json, atomic_write_text, check_out, output_dir, read_json
 
 ITER = re.compile(r"iter-(\d+)")
 
@@ -229,17 +229,20 @@ def summarize(
     return "\n".join(md), data
 
 
-def write_outputs(
-    out: Path, force: bool, examples, columns, class_names, summary: tuple[str, dict], html_n: int
-):
-    with atomic_dir(out, force=force) as tmp:
+def write_outputs(out: Path, args, examples, columns, class_names, summary: tuple[str, dict]):
+    with output_dir(out, args.force, inputs(args)) as tmp:
         with (tmp / "attributions.jsonl").open("w") as f:
             for c in columns:
                 for i, (e, o) in enumerate(zip(examples, c.explained, strict=True)):
                     f.write(json.dumps(report.record(i, e, c, o)) + "\n")
-        atomic_write_text(tmp / "index.html", report.html_page(examples, columns, class_names, html_n))
+        atomic_write_text(tmp / "index.html", report.html_page(examples, columns, class_names, args.html_n))
         atomic_write_text(tmp / "summary.md", summary[0] + "\n")
         atomic_write_json(tmp / "summary.json", summary[1])
+
+
+def inputs(args) -> list[str]:
+    """What the command reads: an --out must not be or hold any of it."""
+    return [*args.runs, *(p for p in (args.texts, args.tfidf) if p)]
 
 
 def _positive(text: str) -> int:
@@ -315,8 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
+    check_out(out, args.force, inputs(args))
     runs = [open_run(Path(r), args.checkpoint) for r in args.runs]
     for run in runs:
         check_run(run, args)
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         f"steps, {args.ig_rule}, {args.baseline} baseline; random: {args.random_draws} rankings per text.\n"
     )
     summary = summarize(examples, columns, class_names, flags, header)
-    write_outputs(out, args.force, examples, columns, class_names, summary, args.html_n)
+    write_outputs(out, args, examples, columns, class_names, summary)
     print(summary[0])
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -24,8 +24,8 @@ from .conversion import DTYPES, default_dtype
 from .errors import ConfigError
 from .gguf_export import check_exportable, export_gguf
 from .hf_export import export_hf
-from .io import atomic_dir
-from .trained import Checkpoint, Trained, load_trained, locate
+from .io import check_out, output_dir
+from .trained import Checkpoint, Trained, inputs_of, load_trained, locate
 
 FORMATS = ("hf", "peft", "mlx-lm", "gguf")
 HF_SHARD_BYTES = 5 * 10**9  # "shards <= 5 GB", as transformers' max_shard_size="5GB"
@@ -59,7 +59,7 @@ def base_name(t: Trained) -> str:
 
 def export_peft(t: Trained, out: Path, dtype: str, force: bool) -> Path:
     adapter = from_model(t.model, lora_dropout(t))
-    with atomic_dir(out, force=force) as tmp:
+    with output_dir(out, force, inputs_of(t)) as tmp:
         peft_format.write(adapter, tmp, t.model, t.task, base_name(t), getattr(mx, dtype))
     if "quantization" in t.config:
         print(
@@ -79,7 +79,7 @@ def export_mlx_lm(t: Trained, out: Path, force: bool) -> Path:
             "hold: use --to hf or --to peft"
         )
     adapter = from_model(t.model, lora_dropout(t))
-    with atomic_dir(out, force=force) as tmp:
+    with output_dir(out, force, inputs_of(t)) as tmp:
         mlx_lm_format.write(adapter, tmp, t.model.args.num_hidden_layers, t.base)
     return out
 
@@ -99,11 +99,10 @@ def export(
     if to not in FORMATS:
         raise ConfigError(f"unknown export format {to!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
     where = locate(source, checkpoint)
+    check_out(out, force, [source, *inputs_of(where)])
     dtype = dtype or default_dtype(where.config)
     check_format(to, where, dtype)
     t = load_trained(source, checkpoint)

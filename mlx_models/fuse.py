@@ -11,9 +11,9 @@ from mlx.utils import tree_flatten
 from . import run_dir as rd
 from .cli import ArgumentParser, run_cli
 from .errors import ConfigError
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_write_json, check_out, output_dir
 from .lora import fuse_lora
-from .trained import load_trained, locate
+from .trained import inputs_of, load_trained, locate
 from .weights import save_weights
 
 
@@ -24,13 +24,13 @@ def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best", fo
     if not (ckpt / rd.STATE).is_file():
         have = ", ".join(p.name for p in rd.checkpoints(Path(run_dir))) if Path(run_dir).is_dir() else ""
         raise ConfigError(f"{ckpt} is not a checkpoint of a train.py run (checkpoints: {have or 'none'})")
-    if Path(out).exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
-    if not locate(ckpt).lora:
+    where = locate(ckpt)
+    check_out(out, force, [run_dir, *inputs_of(where)])
+    if not where.lora:
         raise ConfigError(f"{run_dir} is a full finetuning run: {ckpt} is already a plain checkpoint")
     t = load_trained(ckpt)
     fuse_lora(t.model)
-    with atomic_dir(out, force=force) as tmp:
+    with output_dir(out, force, [run_dir, *inputs_of(t)]) as tmp:
         save_weights(tmp, dict(tree_flatten(t.model.parameters())))
         atomic_write_json(tmp / rd.CONFIG, rd.model_config(t.base, t.model, t.task))
         t.tokenizer.save_pretrained(str(tmp))

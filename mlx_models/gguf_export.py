@@ -12,8 +12,8 @@ import numpy as np
 
 from .errors import ConfigError
 from .hf_export import plain_weights
-from .io import atomic_dir
-from .trained import Checkpoint, Trained
+from .io import output_dir
+from .trained import Checkpoint, Trained, inputs_of
 
 FILE_TYPES = {"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16}
 NUMPY = {"float32": np.float32, "float16": np.float16}
@@ -108,7 +108,7 @@ def export_gguf(t: Trained, out: Path, dtype: str, force: bool) -> Path:
     check_exportable(t, dtype)
     arrays = tensors(t, dtype)
     file_name = f"model-{'f16' if dtype == 'float16' else 'f32'}.gguf"
-    with atomic_dir(out, force=force) as tmp:
+    with output_dir(out, force, inputs_of(t)) as tmp:
         writer = gguf.GGUFWriter(str(tmp / file_name), "llama")
         add_metadata(writer, t.model.args, dtype, out.name)
         add_tokenizer(writer, t.tokenizer, t.model.args.vocab_size)

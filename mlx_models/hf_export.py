@@ -8,11 +8,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .batching import pad_id_for
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_write_json, output_dir
 from .lora import fuse_lora
 from .models import architecture
 from .quant import dequantized_weights
-from .trained import Trained, label_names
+from .trained import Trained, inputs_of, label_names
 from .weights import save_weights
 
 # What config.json of ours holds that transformers has no use for.
@@ -45,7 +45,7 @@ def hf_config(t: Trained, model: nn.Module, dtype: str) -> dict:
 def export_hf(t: Trained, out: Path, dtype: str, force: bool, max_shard_bytes: int) -> Path:
     weights = plain_weights(t, getattr(mx, dtype))
     config = hf_config(t, t.model, dtype)
-    with atomic_dir(out, force=force) as tmp:
+    with output_dir(out, force, inputs_of(t)) as tmp:
         save_weights(tmp, weights, max_shard_bytes, metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", config)
         t.tokenizer.save_pretrained(str(tmp))

@@ -11,11 +11,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import MLXModelsError
+from .errors import ConfigError, MLXModelsError
 
 # mkstemp/mkdtemp create owner-only (0600/0700) entries; results get the usual umask modes.
 _UMASK = os.umask(0o022)
@@ -27,6 +27,10 @@ _HINTS = {
     errno.EPERM: "choose a directory you can write to",
     errno.EROFS: "the file system is read-only: choose another directory",
 }
+
+
+# Every directory a command writes for --out holds this file; --force replaces only such a directory.
+OUTPUT_MARKER = ".mlx_models-output"
 
 
 class WriteError(MLXModelsError):
@@ -181,3 +185,50 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)
+
+
+def check_out(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse an existing ``--out`` unless ``force`` and it is an earlier output of this tool (it
+    holds `OUTPUT_MARKER`) that is neither an input, nor holds one, nor holds the current directory."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    real = out.resolve()
+    ours = out.is_dir() and (out / OUTPUT_MARKER).is_file()
+    if not force:
+        fix = (
+            "pass --force to replace it"
+            if ours
+            else "it was not written by mlx_models, so remove it yourself"
+        )
+        raise ConfigError(f"{out} already exists; {fix} or choose another --out")
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise ConfigError(
+            f"--out {out} is or holds the current directory, which --force never replaces; "
+            "choose another --out"
+        )
+    for i in inputs:
+        source = Path(i).resolve()
+        if source == real or real in source.parents:
+            what = "is" if source == real else "holds"
+            raise ConfigError(
+                f"--out {out} {what} the input {i}, which --force never replaces; choose another --out"
+            )
+    if not ours:
+        raise ConfigError(
+            f"--out {out} was not written by mlx_models (it has no {OUTPUT_MARKER}), so --force does not "
+            "replace it; remove it yourself or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def output_dir(
+    out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """`atomic_dir` for a command's ``--out``: checked by `check_out`, and marked as this tool's."""
+    inputs = list(inputs)
+    check_out(out, force, inputs)
+    with atomic_dir(out, force=force) as tmp:
+        (tmp / OUTPUT_MARKER).write_text("written by mlx_models; `--force` may replace this directory\n")
+        yield tmp

@@ -79,6 +79,12 @@ def locate(path: str | Path, checkpoint: str | None = None) -> Checkpoint:
     return Checkpoint(path, read_config(path), None)
 
 
+def inputs_of(c: Checkpoint) -> list[Path]:
+    """What reading ``c`` reads from disk: the checkpoint and its base model (an --out must hold neither)."""
+    base = getattr(c, "base", None) or c.config.get("base_model")
+    return [c.path, *([Path(base)] if base else [])]
+
+
 def load_trained(path: str | Path, checkpoint: str | None = None) -> Trained:
     where = locate(path, checkpoint)
     if where.cfg is None:

@@ -228,7 +228,7 @@ CASES = {
     "parity missing path": ("parity", ["./no/such/dir"], "no such file or directory"),
     # -- fuse
     "fuse full run": ("fuse", ["{run}", "--out", "{tmp}/f"], "is a full finetuning run"),
-    "fuse existing out": ("fuse", ["{lora_run}", "--out", "{tmp}"], "already exists; pass --force"),
+    "fuse existing out": ("fuse", ["{lora_run}", "--out", "{tmp}"], "already exists; it was not written by mlx_models"),
     "fuse no out": ("fuse", ["{lora_run}"], "the following arguments are required: --out"),
     "fuse unknown checkpoint": ("fuse", ["{lora_run}", "--out", "{tmp}/f", "--checkpoint", "iter-999"], "is not a checkpoint"),
     "fuse not a run": ("fuse", ["{tmp}", "--out", "{tmp}/f"], "is not a checkpoint of a train.py run"),

@@ -137,17 +137,18 @@ def test_load_converts_hf_dir_once_into_cache(tmp_path, capsys):
     assert model(mx.array(tok(["good film"])["input_ids"])).shape == (1, 3)
 
 
-def test_force_replaces_existing_output(tmp_path):
+def test_force_replaces_existing_output(tmp_path, capsys):
     hf = make_hf_model(tmp_path / "hf", "bert", "base")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    assert convert_main([str(hf), "--out", str(out)]) == 0
+    (out / "stale.txt").write_text("old")  # an earlier output of convert: --force replaces it
     assert convert_main([str(hf), "--out", str(out), "--force"]) == 0
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
     file_out = tmp_path / "a-file"
-    file_out.write_text("in the way")  # --force onto a file replaces it, and leaves no .old-PID
-    assert convert_main([str(hf), "--out", str(file_out), "--force"]) == 0
-    assert (file_out / "model.safetensors").exists()
+    file_out.write_text("in the way")  # a file is no output of ours: --force refuses it (tests/test_force.py)
+    assert run_cli(convert_main, [str(hf), "--out", str(file_out), "--force"]) == 2
+    assert "not written by mlx_models" in capsys.readouterr().err
+    assert file_out.read_text() == "in the way"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "hf", "out"]
 
 
@@ -220,7 +221,7 @@ def test_existing_output_dir(hf_bert, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert run_cli(convert_main, [str(hf_bert), "--out", str(out)]) == 2
-    assert "already exists; pass --force" in capsys.readouterr().err
+    assert "already exists; it was not written by mlx_models" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
 

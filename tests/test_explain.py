@@ -22,6 +22,7 @@ from mlx_models.config import TrainConfig, load_train_config, save_train_config
 from mlx_models.explain import main, open_run, scorer
 from mlx_models.explainer import Options
 from mlx_models.fuse import fuse
+from mlx_models.io import OUTPUT_MARKER
 from mlx_models.loading import read_config
 from mlx_models.lora import LoRALinear
 from mlx_models.perturbation import Shap
@@ -66,6 +67,7 @@ def test_every_checkpoint_and_the_tfidf_baseline(runs, tmp_path, capsys):
     argv = [str(runs["bert"]), str(runs["tfidf"]), "--checkpoint", "all", "--method", "ig,occlusion", *FAST]
     assert explain([*argv, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        OUTPUT_MARKER,
         "attributions.jsonl",
         "index.html",
         "summary.json",

@@ -26,6 +26,7 @@ from mlx_models.config import load_train_config
 from mlx_models.conversion import convert
 from mlx_models.export import export, main
 from mlx_models.hf_export import plain_weights
+from mlx_models.io import OUTPUT_MARKER
 from mlx_models.loading import load_model
 from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
 from mlx_models.trained import load_trained
@@ -408,13 +409,18 @@ def test_export_cli_subprocess_exit_code(runs, tmp_path):
 def test_existing_out_is_untouched_unless_force(runs, tmp_path, capsys):
     run_dir, _, _ = runs("roberta-classify-lora")
     out = tmp_path / "out"
-    out.mkdir()
+    assert run_cli(main, [str(run_dir), "--to", "hf", "--out", str(out)]) == 0
+    capsys.readouterr()
     (out / "keep.txt").write_text("mine")
     assert run_cli(main, [str(run_dir), "--to", "peft", "--out", str(out)]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
     assert run_cli(main, [str(run_dir), "--to", "peft", "--out", str(out), "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        OUTPUT_MARKER,
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert f"saved {out}; loads in peft" in capsys.readouterr().out
 
 
