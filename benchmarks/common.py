@@ -1,7 +1,9 @@
 """Shared pieces: result rows, timing, memory measures, the MLX and PyTorch train-step harnesses.
 
-Imported by run.py after ``import mlx_models`` (which must load OpenBLAS before ``mlx.core``).
+``import mlx_models`` comes first: it loads OpenBLAS, which must precede ``mlx.core``.
 """
+
+import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
 
 import gc
 import json
@@ -18,8 +20,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import torch_peers
 
-from mlx_models.config import TrainConfig
-from mlx_models.step import TrainStep, make_optimizer
+from mlx_models.train.config import TrainConfig
+from mlx_models.train.step import TrainStep, make_optimizer
 
 LR = 1e-4
 MLX_PEAK = "MLX peak (`mx.get_peak_memory`)"
@@ -129,7 +131,7 @@ def mlx_row(
     steps: int,
     compiled: bool = True,
 ) -> Row:
-    """The trainer's own step (``mlx_models.step.TrainStep`` with ``make_optimizer``: AdamW with
+    """The trainer's own step (``mlx_models.train.step.TrainStep`` with ``make_optimizer``: AdamW with
     HF Trainer's decay groups, gradient clipping at 1.0, compiled), for every MLX row alike, so
     the rows differ only in the model. Peak memory (minus what other live rows hold) counts
     weights, optimizer state and the warm-up steps."""
@@ -147,10 +149,10 @@ def mlx_row(
 
 
 def eval_row(model: nn.Module, task: str, batch: dict, tokens: int, warmup: int, steps: int) -> Row:
-    """Evaluation as the trainer runs it (``mlx_models.evaluation.Scorer``: the compiled,
+    """Evaluation as the trainer runs it (``mlx_models.train.evaluation.Evaluator``: the compiled,
     gradient-free forward with its loss and predictions, in eval mode) on one batch; a "step"
     is one evaluation batch (the trainer's default: 4 x the training batch)."""
-    from mlx_models.evaluation import Scorer
+    from mlx_models.train.evaluation import Evaluator
 
     gc.collect()
     mx.clear_cache()
@@ -158,7 +160,7 @@ def eval_row(model: nn.Module, task: str, batch: dict, tokens: int, warmup: int,
     mx.eval(model.parameters())
     mx.reset_peak_memory()
     model.eval()
-    scorer = Scorer(model, task)
+    scorer = Evaluator(model, task)
     row = warm_up(Row("", tokens, steps, lambda: float(scorer(batch)[0][0])), warmup)
     row.peak_gb, row.memory = (mx.get_peak_memory() - base) / 1e9, MLX_PEAK
     return row

@@ -29,7 +29,7 @@ def setup(kind: str, ranks: int):
     from shapes import LLAMA, MINILM
 
     from mlx_models.models import build_model
-    from mlx_models.tasks import classify_loss, lm_loss
+    from mlx_models.train.tasks import classify_loss, lm_loss
 
     mx.random.seed(0)
     if kind == "lora":
@@ -55,8 +55,8 @@ def worker(kind: str, steps: int, stress: int) -> dict:
     from common import BENCH_CONFIG
     from mlx.utils import tree_flatten
 
-    from mlx_models.distributed import world
-    from mlx_models.step import TrainStep, make_optimizer
+    from mlx_models.train.distributed import world
+    from mlx_models.train.step import TrainStep, make_optimizer
 
     w = world()
     model, loss, batch = setup(kind, w.size)
@@ -131,7 +131,7 @@ def main() -> int:
     p.add_argument("--out", default=None, help="markdown file to write")
     args = p.parse_args()
     if args.worker:
-        from mlx_models.distributed import world
+        from mlx_models.train.distributed import world
 
         result = worker(args.worker, args.steps, args.stress)
         if world().main:

@@ -1,11 +1,13 @@
 """Section 2: full finetuning of a MiniLM-sized BERT for sequence classification, ours vs transformers."""
 
+import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
+
 import mlx.core as mx
 from common import describe, eval_row, mlx_row, prepare, section, time_interleaved, torch_row
 from shapes import MINILM
 
 from mlx_models.models import build_model
-from mlx_models.tasks import classify_loss
+from mlx_models.train.tasks import classify_loss
 
 SHAPE = MINILM
 EVAL_X = 4  # the trainer's evaluation batch: 4 x the training batch

@@ -13,6 +13,8 @@ Writes --out (default benchmarks/explain.md; --quick writes nothing unless --out
 """
 
 # ruff: noqa: I001  (run.py imports mlx_models, which loads OpenBLAS, before any mlx.core import)
+import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
+
 import argparse
 import json
 import subprocess
@@ -27,10 +29,10 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models import load_model, load_tokenizer
-from mlx_models.config import TrainConfig
-from mlx_models.data import SPLIT_SEED, _pick, load_splits
-from mlx_models.explainer import Example, MLXScorer, Options
-from mlx_models.loading import resolve
+from mlx_models.train.config import TrainConfig
+from mlx_models.train.data import SPLIT_SEED, _pick, load_splits
+from mlx_models.explain.runner import Example, MLXScorer, Options
+from mlx_models.interop.loading import resolve
 
 
 def reviews(n: int) -> list[Example]:

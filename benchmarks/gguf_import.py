@@ -20,7 +20,7 @@ import transformers  # noqa: E402
 from parity_table import Table, against_hf, package  # noqa: E402
 
 import mlx_models  # noqa: E402, F401  (OpenBLAS before MLX)
-from mlx_models.conversion import convert  # noqa: E402
+from mlx_models.interop.conversion import convert  # noqa: E402
 
 PATHS = {
     "float32 (dequantized)": {"dtype": "float32"},

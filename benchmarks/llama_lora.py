@@ -1,14 +1,16 @@
 """Section 1: LoRA / QLoRA train step on a small Llama, ours vs mlx-lm vs transformers + peft."""
 
+import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
+
 import mlx.core as mx
 import mlx.nn as nn
 from common import eval_row, mlx_row, prepare, ratio_table, table, time_interleaved, torch_row
 from shapes import LLAMA, LLAMA_QUICK, LORA_ALPHA, LORA_RANK, LORA_TARGETS
 
-from mlx_models.lora import apply_lora
 from mlx_models.models import build_model
-from mlx_models.quant import quantizable, quantize
-from mlx_models.tasks import lm_loss
+from mlx_models.models.lora import apply_lora
+from mlx_models.models.quant import quantizable, quantize
+from mlx_models.train.tasks import lm_loss
 
 BITS, GROUP = 4, 64
 EVAL_X = 4  # the trainer's evaluation batch: 4 x the training batch

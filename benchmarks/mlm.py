@@ -1,11 +1,13 @@
 """Section 4: a masked-LM pretraining step of a roberta-base-shaped model, ours vs transformers."""
 
+import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
+
 import mlx.core as mx
 import numpy as np
 from common import describe, mlx_row, prepare, section, time_interleaved, torch_row
 
-from mlx_models import scratch
-from mlx_models.tasks import IGNORE, Masking, make_batch, mlm_loss
+from mlx_models.train import scratch
+from mlx_models.train.tasks import IGNORE, Masking, make_batch, mlm_loss
 
 ROBERTA_BASE = {
     "model_type": "roberta",

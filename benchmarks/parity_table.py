@@ -23,10 +23,10 @@ import transformers  # noqa: E402
 
 import mlx_models  # noqa: E402, F401  (OpenBLAS before MLX)
 from hf_fixtures import SENTENCES, make_hf_model  # noqa: E402
-from mlx_models.conversion import convert  # noqa: E402
+from mlx_models.interop.conversion import convert  # noqa: E402
 from mlx_models.models import MODULES, tasks_of  # noqa: E402
-from mlx_models.parity import compare, run_parity  # noqa: E402
-from mlx_models.reference import HF_AUTO_CLASSES  # noqa: E402
+from mlx_models.parity.check import compare, run_parity  # noqa: E402
+from mlx_models.parity.reference import HF_AUTO_CLASSES  # noqa: E402
 
 
 def package(name: str) -> Path:
@@ -38,7 +38,7 @@ def against_hf(mlx_dir: Path, hf_model, task: str, sides, special=True) -> list[
 
     from mlx_models import load_model, load_tokenizer
     from mlx_models.batching import collate, pad_id_for
-    from mlx_models.reference import torch_forward
+    from mlx_models.parity.reference import torch_forward
 
     model, tok = load_model(mlx_dir, task), load_tokenizer(mlx_dir)
     seqs = [tok(s, add_special_tokens=special)["input_ids"] for s in SENTENCES]

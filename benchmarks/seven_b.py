@@ -5,6 +5,8 @@ every quantized layer gets fresh random packed uint32 weights and fp16 scales/bi
 shapes, and the model is evaluated layer by layer.
 """
 
+import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
+
 import gc
 import os
 import sys
@@ -14,11 +16,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from common import mlx_row
 
-from mlx_models.config import load_train_config
-from mlx_models.lora import apply_lora
 from mlx_models.models import build_model
-from mlx_models.quant import quantize
-from mlx_models.tasks import classify_loss
+from mlx_models.models.lora import apply_lora
+from mlx_models.models.quant import quantize
+from mlx_models.train.config import load_train_config
+from mlx_models.train.tasks import classify_loss
 
 SEVEN_B = {
     "hidden_size": 4096,

@@ -137,8 +137,8 @@ def build(kind: str, quick: bool, update: bool = True):
     from llama_lora import ours
 
     from mlx_models.models import build_model
-    from mlx_models.step import TrainStep, make_optimizer
-    from mlx_models.tasks import classify_loss, lm_loss
+    from mlx_models.train.step import TrainStep, make_optimizer
+    from mlx_models.train.tasks import classify_loss, lm_loss
 
     model_cfg, batch, seq = sizes(kind, quick)
     mx.random.seed(0)

@@ -26,11 +26,12 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from mlx_models import baseline, loading, scratch  # noqa: E402
+from mlx_models.train import tfidf as baseline, scratch  # noqa: E402
+from mlx_models.interop import loading
 from mlx_models.batching import collate, encode, pad_id_for  # noqa: E402
 from mlx_models.cli import ArgumentParser, run_cli  # noqa: E402
-from mlx_models.config import TrainConfig  # noqa: E402
-from mlx_models.data import load_splits  # noqa: E402
+from mlx_models.train.config import TrainConfig  # noqa: E402
+from mlx_models.train.data import load_splits  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 

@@ -22,11 +22,11 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy: `import mlx_models` stays cheap (the tfidf baseline needs neither MLX nor torch).
     if name == "convert":
-        from .conversion import convert
+        from .interop.conversion import convert
 
         return convert
     if name in ("load", "load_model", "load_tokenizer"):
-        from . import loading
+        from .interop import loading
 
         return getattr(loading, name)
     raise AttributeError(f"module 'mlx_models' has no attribute {name!r}")

@@ -2,8 +2,10 @@
 
 The Linux ``mlx-cpu`` wheel bundles the reference BLAS (~3 GFLOP/s on a GEMM). A
 library loaded with RTLD_GLOBAL *before* ``libmlx.so`` wins the symbol lookup, so
-OpenBLAS makes MLX's CPU matmuls ~50x faster. This module must be imported before the
-first ``import mlx.core``.
+OpenBLAS makes MLX's CPU matmuls ~50x faster. This module must run before the first
+``import mlx.core``: once mlx.core is loaded its BLAS symbols are bound, and a later OpenBLAS is
+not used. Importing mlx_models too late is never silent: a `SlowBLASWarning` (always shown) says
+so and how to fix it, and ``mlx_models.BLAS`` names the reference BLAS.
 
 The OpenMP build of OpenBLAS (Debian ``libopenblas0-openmp``) comes first: once loaded
 globally, OpenBLAS also takes the BLAS calls of PyTorch in the same process (libtorch
@@ -23,6 +25,28 @@ import warnings
 _OPENMP = tuple(f"/usr/lib/{a}-linux-gnu/openblas-openmp/libopenblas.so.0" for a in ("x86_64", "aarch64"))
 _CANDIDATES = (*_OPENMP, "libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.so")
 _INSTALL = "apt-get install libopenblas0-openmp"
+LATE = (
+    "mlx.core was imported before mlx_models, so MLX is bound to the reference BLAS of the mlx-cpu "
+    "wheel and its CPU matmuls run ~50x slower; import mlx_models before mlx (or mlx_lm), or start "
+    "Python with LD_PRELOAD=libopenblas.so.0"
+)
+
+
+class SlowBLASWarning(UserWarning):
+    """MLX runs on the slow reference BLAS in this process; always shown, once per process."""
+
+
+warnings.simplefilter("always", SlowBLASWarning)
+
+
+def _openblas_in_process() -> str | None:
+    """The path of an OpenBLAS already mapped into this process (/proc/self/maps), if any."""
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return None
+    found = [line.split()[-1] for line in maps.splitlines() if "libopenblas" in line and "/" in line]
+    return found[0] if found else None
 
 
 def _load() -> str:
@@ -31,12 +55,11 @@ def _load() -> str:
     if os.environ.get("MLX_MODELS_NO_OPENBLAS"):
         return "reference BLAS bundled with mlx-cpu (MLX_MODELS_NO_OPENBLAS is set)"
     if "mlx.core" in sys.modules:
-        warnings.warn(
-            "mlx.core was imported before mlx_models, so OpenBLAS could not be loaded "
-            "first; MLX CPU matmuls may be ~50x slower. Import mlx_models first.",
-            stacklevel=3,
-        )
-        return "unknown (mlx.core imported before mlx_models)"
+        loaded = _openblas_in_process()
+        if loaded:  # LD_PRELOAD, or loaded by hand before mlx.core
+            return f"OpenBLAS ({loaded}, loaded before mlx.core)"
+        warnings.warn(SlowBLASWarning(LATE), stacklevel=3)
+        return "reference BLAS bundled with mlx-cpu (slow: mlx.core was imported before mlx_models)"
     names = list(_CANDIDATES)
     found = ctypes.util.find_library("openblas")
     if found:

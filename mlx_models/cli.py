@@ -3,10 +3,12 @@
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from .errors import ConfigError, MLXModelsError
 from .io import write_error
@@ -31,6 +33,26 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+def take_config_option(argv: list[str]) -> list[str]:
+    """``argv`` without ``--config FILE``: that config.yaml becomes ``MLX_MODELS_CONFIG``, for this
+    command and the processes it starts (a study's cells)."""
+    rest, i = [], 0
+    while i < len(argv):
+        flag, _, value = argv[i].partition("=")
+        if flag != "--config":
+            rest.append(argv[i])
+            i += 1
+            continue
+        if not value:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 1
+        i += 1
+        if not Path(value).expanduser().is_file():
+            raise ConfigError(f"--config {value!r}: no such file; give the path of a config.yaml")
+        os.environ["MLX_MODELS_CONFIG"] = str(Path(value).expanduser().resolve())
+    return rest
 
 
 class Terminated(KeyboardInterrupt):

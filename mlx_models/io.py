@@ -45,7 +45,7 @@ def write_error(e: BaseException, path: str | os.PathLike) -> WriteError:
     return WriteError(f"cannot write {path}: {reason}; {hint}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +79,7 @@ def clear_stale(directory: str | os.PathLike, name: str | None = None) -> None:
         return
     for entry in sorted(directory.iterdir()):
         parsed = _temp_entry(entry.name)
-        if parsed is None or name not in (None, parsed[0]) or (parsed[1] and _pid_alive(parsed[1])):
+        if parsed is None or name not in (None, parsed[0]) or (parsed[1] and pid_alive(parsed[1])):
             continue
         final = directory / parsed[0]
         if ".old-" in entry.name and not final.exists():

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["HF_HUB_OFFLINE"] = "1"  # the hub is unreachable here; fail fast, never hang
 
 from hf_fixtures import make_hf_model  # noqa: E402
-from mlx_models.conversion import convert  # noqa: E402
+from mlx_models.interop.conversion import convert  # noqa: E402
 
 
 def package_dir(name: str) -> Path:

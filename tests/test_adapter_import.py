@@ -14,11 +14,11 @@ from mlx.utils import tree_flatten
 
 import train
 from hf_fixtures import SENTENCES, padded_batch
-from mlx_models import trainer
 from mlx_models.cli import run_cli
-from mlx_models.config import load_train_config
-from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
-from mlx_models.trained import load_trained
+from mlx_models.parity.reference import HF_AUTO_CLASSES, torch_forward
+from mlx_models.train import trainer
+from mlx_models.train.config import load_train_config
+from mlx_models.train.trained import load_trained
 from sentiment import CORPUS, sentiment_splits, write_splits
 
 LABELS = [1, 0, 1, 0]  # for SENTENCES

@@ -12,15 +12,15 @@ from captum import attr as captum
 
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
-from mlx_models.attribution import (
+from mlx_models.explain.gradients import (
     baseline_ids,
     embed,
     gradient_x_input,
     integrated_gradients,
     quadrature,
 )
-from mlx_models.loading import read_config
-from mlx_models.reference import torch_model
+from mlx_models.interop.loading import read_config
+from mlx_models.parity.reference import torch_model
 
 STEPS = 50
 CAPTUM_RULE = {"gauss-legendre": "gausslegendre", "trapezoid": "riemann_trapezoid"}

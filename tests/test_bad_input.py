@@ -1,7 +1,7 @@
 """The bad-input catalogue: every command refuses bad input with one line on stderr, exit code 2,
 nothing on stdout, and nothing written or changed on disk.
 
-Commands: convert.py, train.py, python -m mlx_models.parity, python -m mlx_models.fuse,
+Commands: convert.py, train.py, python -m mlx_models.parity, python -m mlx_models.export.fuse,
 docs/probe_encoder.py and the library's load(). A case is (command, arguments, what the message must say); arguments may name
 the fixtures below as {model}, {data}, {run}, {lora_run}, {tmp}, ... (see `paths`).
 """
@@ -17,10 +17,12 @@ from safetensors.numpy import load_file, save_file
 import mlx_models.hub
 import train
 from hf_fixtures import make_hf_model
-from mlx_models import fuse, load, parity
+from mlx_models import load
 from mlx_models.cli import run_cli
-from mlx_models.config import load_train_config
-from mlx_models.trainer import run as train_run
+from mlx_models.export import fuse
+from mlx_models.parity import check as parity
+from mlx_models.train.config import load_train_config
+from mlx_models.train.trainer import run as train_run
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent

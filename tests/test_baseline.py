@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from mlx_models.baseline import run_tfidf
 from mlx_models.cli import run_cli
-from mlx_models.config import TrainConfig
-from mlx_models.data import Split, Splits
 from mlx_models.errors import DataError
-from mlx_models.metrics import read_metrics
+from mlx_models.train.config import TrainConfig
+from mlx_models.train.data import Split, Splits
+from mlx_models.train.metrics import read_metrics
+from mlx_models.train.tfidf import run_tfidf
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--model", "tfidf", "--dataset", "imdb", "--max-samples", "2000"]

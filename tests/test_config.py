@@ -6,14 +6,14 @@ import textwrap
 
 import pytest
 
-from mlx_models.config import (
+from mlx_models.errors import ConfigError
+from mlx_models.train.config import (
     TrainConfig,
     build_parser,
     load_train_config,
     resolve_model_alias,
     save_train_config,
 )
-from mlx_models.errors import ConfigError
 
 YAML = """
 models:

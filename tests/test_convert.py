@@ -20,9 +20,9 @@ import mlx_models.hub
 from hf_fixtures import make_hf_model
 from mlx_models import kernels, load, load_model
 from mlx_models.cli import run_cli
-from mlx_models.conversion import convert
-from mlx_models.quant import QuantizedLinear
-from mlx_models.weights import read_weights
+from mlx_models.interop.conversion import convert
+from mlx_models.interop.weights import read_weights
+from mlx_models.models.quant import QuantizedLinear
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -11,9 +11,9 @@ import pytest
 
 from mlx_models import hub
 from mlx_models.batching import batch_order, collate, encode
-from mlx_models.config import TrainConfig
-from mlx_models.data import load_splits
 from mlx_models.errors import DataError
+from mlx_models.train.config import TrainConfig
+from mlx_models.train.data import load_splits
 
 
 def rows(n, offset=0, labels=(0, 1)):

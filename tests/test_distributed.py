@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mlx_models.config import load_train_config
-from mlx_models.metrics import read_metrics
-from mlx_models.trainer import run as train_run
+from mlx_models.train.config import load_train_config
+from mlx_models.train.metrics import read_metrics
+from mlx_models.train.trainer import run as train_run
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent

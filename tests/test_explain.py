@@ -12,21 +12,21 @@ import numpy as np
 import pytest
 from test_attribution import captum_ig, rel_err
 
-import mlx_models.trainer as trainer
+import mlx_models.train.trainer as trainer
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model
-from mlx_models.attribution import baseline_ids, integrated_gradients
-from mlx_models.baseline import run_tfidf
 from mlx_models.cli import run_cli
-from mlx_models.config import TrainConfig, load_train_config, save_train_config
-from mlx_models.explain import main, open_run, scorer
-from mlx_models.explainer import Options
-from mlx_models.fuse import fuse
+from mlx_models.explain.cli import main, open_run, scorer
+from mlx_models.explain.gradients import baseline_ids, integrated_gradients
+from mlx_models.explain.perturbation import Shap
+from mlx_models.explain.runner import Options
+from mlx_models.export.fuse import fuse
+from mlx_models.interop.loading import read_config
 from mlx_models.io import OUTPUT_MARKER
-from mlx_models.loading import read_config
-from mlx_models.lora import LoRALinear
-from mlx_models.perturbation import Shap
-from mlx_models.reference import torch_model
+from mlx_models.models.lora import LoRALinear
+from mlx_models.parity.reference import torch_model
+from mlx_models.train.config import TrainConfig, load_train_config, save_train_config
+from mlx_models.train.tfidf import run_tfidf
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent

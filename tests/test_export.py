@@ -19,17 +19,17 @@ from mlx.utils import tree_flatten
 from safetensors import safe_open
 
 from hf_fixtures import SENTENCES, padded_batch
-from mlx_models import trainer
 from mlx_models.batching import collate, encode, pad_id_for
 from mlx_models.cli import run_cli
-from mlx_models.config import load_train_config
-from mlx_models.conversion import convert
-from mlx_models.export import export, main
-from mlx_models.hf_export import plain_weights
+from mlx_models.export.cli import export, main
+from mlx_models.export.hf_dir import plain_weights
+from mlx_models.interop.conversion import convert
+from mlx_models.interop.loading import load_model
 from mlx_models.io import OUTPUT_MARKER
-from mlx_models.loading import load_model
-from mlx_models.reference import HF_AUTO_CLASSES, torch_forward
-from mlx_models.trained import load_trained
+from mlx_models.parity.reference import HF_AUTO_CLASSES, torch_forward
+from mlx_models.train import trainer
+from mlx_models.train.config import load_train_config
+from mlx_models.train.trained import load_trained
 from sentiment import CORPUS, sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from mlx_models.baseline import DEFAULT_PARAMS, pipeline
-from mlx_models.drift import mass_share, rank_agreement
-from mlx_models.faithfulness import K_PERCENT, aopc, random_rankings, top_k_masks
-from mlx_models.perturbation import occlusion
-from mlx_models.tfidf_attribution import class_coefficients, non_predictive, word_contributions
-from mlx_models.words import split_words
+from mlx_models.explain.drift import mass_share, rank_agreement
+from mlx_models.explain.faithfulness import K_PERCENT, aopc, random_rankings, top_k_masks
+from mlx_models.explain.perturbation import occlusion
+from mlx_models.explain.tfidf import class_coefficients, non_predictive, word_contributions
+from mlx_models.explain.words import split_words
+from mlx_models.train.tfidf import DEFAULT_PARAMS, pipeline
 from sentiment import sentiment_splits
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mlx_models import explain, export, fuse
 from mlx_models.cli import run_cli
-from mlx_models.config import load_train_config
+from mlx_models.explain import cli as explain
+from mlx_models.export import cli as export
+from mlx_models.export import fuse
 from mlx_models.io import OUTPUT_MARKER
-from mlx_models.trainer import run as train_run
+from mlx_models.train.config import load_train_config
+from mlx_models.train.trainer import run as train_run
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlx_models.config import TrainConfig, load_train_config
-from mlx_models.data import load_splits
 from mlx_models.errors import MLXModelsError
+from mlx_models.train.config import TrainConfig, load_train_config
+from mlx_models.train.data import load_splits
 
 SETTINGS = settings(  # FUZZ_EXAMPLES=2000 for a longer hunt than CI's
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 40)),

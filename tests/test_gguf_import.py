@@ -15,13 +15,13 @@ import convert as convert_cli
 from hf_fixtures import SENTENCES
 from mlx_models import load_model, load_tokenizer
 from mlx_models.batching import collate
-from mlx_models.conversion import convert
-from mlx_models.gguf_blocks import to_affine
-from mlx_models.gguf_export import add_metadata, add_tokenizer, tensors
-from mlx_models.loading import read_config
-from mlx_models.quant import dequantized_weights, quantize
-from mlx_models.reference import torch_forward
-from mlx_models.trained import load_trained
+from mlx_models.export.gguf_file import add_metadata, add_tokenizer, tensors
+from mlx_models.interop.conversion import convert
+from mlx_models.interop.gguf_blocks import to_affine
+from mlx_models.interop.loading import read_config
+from mlx_models.models.quant import dequantized_weights, quantize
+from mlx_models.parity.reference import torch_forward
+from mlx_models.train.trained import load_trained
 
 
 @pytest.mark.parametrize("qtype,bits", [(Q.Q4_0, 4), (Q.Q4_1, 4), (Q.Q8_0, 8)])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlx_models.metrics import append_metrics, classification_metrics, plot_curves, read_metrics
+from mlx_models.train.metrics import append_metrics, classification_metrics, plot_curves, read_metrics
 
 
 def test_binary_scores_match_hand_computation():

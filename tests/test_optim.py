@@ -10,8 +10,8 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from mlx_models.config import TrainConfig
-from mlx_models.step import make_optimizer
+from mlx_models.train.config import TrainConfig
+from mlx_models.train.step import make_optimizer
 
 
 def assert_close(actual, desired, **tol):
@@ -69,8 +69,8 @@ def test_kernel_adamw_equals_mlx_adamw(monkeypatch, bias_correction):
     splits over the threads, under a schedule; and it is the kernel that ran."""
     import mlx.optimizers as optim
 
-    from mlx_models import adamw as step
     from mlx_models import kernels
+    from mlx_models.train import adamw as step
 
     if kernels.native is None:
         pytest.skip("mlx_models/kernels is not built (make kernels)")
@@ -107,8 +107,8 @@ def test_scaled_update_equals_mean_then_clip_grad_norm(monkeypatch, kernels):
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from mlx_models import adamw
     from mlx_models import kernels as compiled
+    from mlx_models.train import adamw
 
     if not kernels:
         monkeypatch.setattr(compiled, "native", None)
@@ -146,7 +146,7 @@ def test_train_step_equals_mean_clip_and_mlx_adamw(max_grad_norm, compiled):
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from mlx_models.step import TrainStep, make_optimizer
+    from mlx_models.train.step import TrainStep, make_optimizer
 
     cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.1, warmup_ratio=0.0, out="unused")
 

@@ -15,11 +15,11 @@ import transformers
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
 from mlx_models.batching import collate
-from mlx_models.conversion import convert
+from mlx_models.interop.conversion import convert
 from mlx_models.models import MODULES, tasks_of
-from mlx_models.parity import DEFAULT_TOL, run_parity
-from mlx_models.parity import main as parity_main
-from mlx_models.reference import torch_forward, torch_model
+from mlx_models.parity.check import DEFAULT_TOL, run_parity
+from mlx_models.parity.check import main as parity_main
+from mlx_models.parity.reference import torch_forward, torch_model
 
 HF_CLASSES = {
     "base": transformers.AutoModel,

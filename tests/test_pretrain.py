@@ -6,7 +6,7 @@ import math
 import pytest
 
 import train
-from mlx_models.metrics import read_metrics
+from mlx_models.train.metrics import read_metrics
 from sentiment import CORPUS
 
 

@@ -17,18 +17,19 @@ import transformers
 from mlx.utils import tree_flatten
 
 import train
-from mlx_models import load_model, scratch
+from mlx_models import load_model
 from mlx_models.batching import encode
-from mlx_models.build import accumulation
 from mlx_models.cli import run_cli
-from mlx_models.config import TrainConfig, load_train_config
-from mlx_models.corpus import pack
-from mlx_models.data import load_splits
-from mlx_models.metrics import read_metrics
-from mlx_models.reference import torch_model
-from mlx_models.tasks import IGNORE, Masking, make_batch, mlm_loss
-from mlx_models.trainer import run as train_run
-from mlx_models.weights import parameter_shapes
+from mlx_models.interop.weights import parameter_shapes
+from mlx_models.parity.reference import torch_model
+from mlx_models.train import scratch
+from mlx_models.train.build import accumulation
+from mlx_models.train.config import TrainConfig, load_train_config
+from mlx_models.train.corpus import pack
+from mlx_models.train.data import load_splits
+from mlx_models.train.metrics import read_metrics
+from mlx_models.train.tasks import IGNORE, Masking, make_batch, mlm_loss
+from mlx_models.train.trainer import run as train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = "num_hidden_layers=2,hidden_size=64,num_attention_heads=4,intermediate_size=128,vocab_size=600"
@@ -307,7 +308,7 @@ def test_bad_pretraining_input(tmp_path, capsys, case):
 
 
 def test_missing_data_dir_gets_the_embedded_corpus(tmp_path, capsys):
-    from mlx_models.corpus import load_corpus
+    from mlx_models.train.corpus import load_corpus
 
     d = tmp_path / "new"
     splits = load_corpus(TrainConfig(task="mlm", data_dir=str(d), out="x"))
@@ -325,7 +326,7 @@ def test_missing_data_dir_gets_the_embedded_corpus(tmp_path, capsys):
 def test_the_head_on_the_masked_positions_only_gives_the_full_heads_rows(tokenizer):
     """Masked-LM training runs the head on the gathered masked rows (padded to MASKED_MULTIPLE):
     the same logits as the full (B, L, V) head at those rows, and the padding rows do not count."""
-    from mlx_models.tasks import MASKED_MULTIPLE, token_predictions
+    from mlx_models.train.tasks import MASKED_MULTIPLE, token_predictions
 
     model = scratch.build(small_config(tokenizer), "mlm", seed=0)
     model.eval()

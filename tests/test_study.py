@@ -15,12 +15,13 @@ import pytest
 import yaml
 from test_faults import wait_for
 
-import mlx_models.study as study
 from mlx_models.cli import run_cli
-from mlx_models.config import DEFAULT_CONFIG, load_train_config
-from mlx_models.metrics import read_metrics
-from mlx_models.study_plan import load_plan
-from mlx_models.study_report import gap
+from mlx_models.registry import SHIPPED_CONFIG
+from mlx_models.study import cli as study
+from mlx_models.study.plan import load_plan
+from mlx_models.study.report import gap
+from mlx_models.train.config import load_train_config
+from mlx_models.train.metrics import read_metrics
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def project(tiny, tmp_path_factory):
     bad = sentiment_splits()
     bad["test"] = [*bad["test"][:-1], {"text": "Fine.", "label": -1}]  # a label out of range
     data["bad"] = write_splits(root / "bad", bad)
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     grid = {"models": [str(model), "bag-of-words-tfidf"], "datasets": [str(data["sent"]), str(data["sent2"])]}
     config["model_selection"]["studies"] = {
         "grid": grid | {"overrides": TRAIN},

@@ -21,20 +21,20 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-import mlx_models.trainer as trainer
+import mlx_models.train.trainer as trainer
 import train
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
-from mlx_models.build import build
 from mlx_models.cli import run_cli
-from mlx_models.config import TrainConfig, load_train_config
-from mlx_models.fuse import fuse
-from mlx_models.loading import read_config
-from mlx_models.lora import LoRALinear, apply_lora
-from mlx_models.metrics import read_metrics
-from mlx_models.reference import torch_model
-from mlx_models.run_dir import restore_weights
-from mlx_models.tasks import classify_loss
+from mlx_models.export.fuse import fuse
+from mlx_models.interop.loading import read_config
+from mlx_models.models.lora import LoRALinear, apply_lora
+from mlx_models.parity.reference import torch_model
+from mlx_models.train.build import build
+from mlx_models.train.config import TrainConfig, load_train_config
+from mlx_models.train.metrics import read_metrics
+from mlx_models.train.run_dir import restore_weights
+from mlx_models.train.tasks import classify_loss
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent

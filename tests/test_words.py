@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from hf_fixtures import _CORPUS, make_tokenizer
 from mlx_models import load_tokenizer
 from mlx_models.errors import ConfigError
-from mlx_models.words import NO_WORD, keep_tokens, seen_words, split_words, tokenize, word_scores
+from mlx_models.explain.words import NO_WORD, keep_tokens, seen_words, split_words, tokenize, word_scores
 
 TEXTS = [
     "Unwatchable, isn't it?  The acting was wooden...",

@@ -143,7 +143,7 @@ _native_softmax = _kernel(lambda x: k.native.softmax(x), lambda x, g, y: k.nativ
 _native_logsumexp = _kernel(lambda x: k.native.logsumexp(x), lambda x, g, y: k.native.logsumexp_vjp(x, y, g))
 
 
-def _pick(kernel, formula, builtin):
+def pick_stratified(kernel, formula, builtin):
     """The op on float32 inputs on the CPU: ``kernel`` where mlx_models/kernels is built, else
     ``formula``; ``builtin`` elsewhere (Metal, CUDA, half precision)."""
 
@@ -163,11 +163,11 @@ def _mlx_logsumexp(x):
     return mx.logsumexp(x, axis=-1)
 
 
-exp = _pick(_fast_exp, _fast_exp, mx.exp)
-silu = _pick(_native_silu, _fast_silu, nn.silu)
-gelu = _pick(_native_gelu, _fast_gelu, nn.gelu)  # the exact (erf) GELU, torch's nn.GELU()
-softmax = _pick(_native_softmax, _fast_softmax, _mlx_softmax)  # over the last axis
-logsumexp = _pick(_native_logsumexp, _mlx_logsumexp, _mlx_logsumexp)  # over the last axis
+exp = pick_stratified(_fast_exp, _fast_exp, mx.exp)
+silu = pick_stratified(_native_silu, _fast_silu, nn.silu)
+gelu = pick_stratified(_native_gelu, _fast_gelu, nn.gelu)  # the exact (erf) GELU, torch's nn.GELU()
+softmax = pick_stratified(_native_softmax, _fast_softmax, _mlx_softmax)  # over the last axis
+logsumexp = pick_stratified(_native_logsumexp, _mlx_logsumexp, _mlx_logsumexp)  # over the last axis
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:

@@ -1,0 +1,8 @@
+"""`python -m mlx_models.export`."""
+
+import sys
+
+from ..cli import run_cli
+from .cli import main
+
+sys.exit(run_cli(main))

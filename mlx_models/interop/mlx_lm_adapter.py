@@ -1,0 +1,67 @@
+"""mlx-lm's adapter directory: ``adapters.safetensors`` + ``adapter_config.json``.
+
+mlx-lm's ``LoRALinear`` is ours, so the weights keep their names and layouts
+(``model.layers.N.self_attn.q_proj.lora_a`` (in, r), ``...lora_b`` (r, out)). The config says which
+layers to wrap: ``keys`` inside each of the last ``num_layers`` blocks, or full module paths (which
+``mlx_lm.tuner.utils.linear_to_lora_layers`` also matches against the whole model), and
+``lora_parameters`` {rank, scale, dropout}. mlx-lm adapters hold LoRA weights only: no task head.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..errors import ConfigError, WeightsError
+from ..io import atomic_write_json, save_safetensors
+from ..models.lora import Adapter
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapters.safetensors"
+LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def layer_keys(modules: list[str], num_layers: int) -> tuple[list[str], int]:
+    """(keys, num_layers) for mlx-lm: keys inside the layers when the same ones are wrapped in every
+    one of the last N layers; else the full module paths (and 0 layers)."""
+    parts = [LAYER.match(p) for p in modules]
+    if all(parts):
+        layers, keys = sorted({int(m[1]) for m in parts}), sorted({m[2] for m in parts})
+        tail = list(range(layers[0], num_layers))
+        if layers == tail and len(modules) == len(tail) * len(keys):
+            return keys, len(tail)
+    return sorted(modules), 0
+
+
+def write(adapter: Adapter, out: Path, num_layers: int, base: Path) -> None:
+    keys, n = layer_keys(adapter.modules, num_layers)
+    lora = {k: v for k, v in adapter.weights().items() if k.endswith((".lora_a", ".lora_b"))}
+    save_safetensors(out / WEIGHTS, lora, metadata={"format": "mlx"})
+    parameters = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout, "keys": keys}
+    config = {"fine_tune_type": "lora", "num_layers": n, "lora_parameters": parameters, "model": str(base)}
+    atomic_write_json(out / CONFIG, config)
+
+
+def read(directory: Path) -> Adapter:
+    """An mlx-lm LoRA adapter directory as an ``Adapter`` (module names are mlx-lm's = ours)."""
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        parameters = config["lora_parameters"]
+        rank, scale = int(parameters["rank"]), float(parameters["scale"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{directory / CONFIG} is not an mlx-lm adapter config ({e!r})") from e
+    kind = config.get("fine_tune_type", "lora")
+    if kind != "lora" or config.get("use_dora"):
+        raise ConfigError(f"{directory} holds a {kind!r} fine-tune; only LoRA adapters can be imported")
+    try:
+        weights = mx.load(str(directory / WEIGHTS))
+    except Exception as e:  # MLX raises RuntimeError/ValueError with the reader's message
+        raise WeightsError(f"{directory / WEIGHTS} is unreadable ({e}); it may be truncated") from e
+    paths = {k.rsplit(".", 1)[0] for k in weights}
+    wrong = sorted(k for k in weights if not k.endswith((".lora_a", ".lora_b")))
+    missing = sorted(p for p in paths if f"{p}.lora_a" not in weights or f"{p}.lora_b" not in weights)
+    if wrong or missing:
+        raise WeightsError(f"{directory / WEIGHTS}: not LoRA weights: {', '.join((wrong + missing)[:4])}")
+    lora = {p: (weights[f"{p}.lora_a"], weights[f"{p}.lora_b"]) for p in paths}
+    return Adapter(rank, scale, float(parameters.get("dropout", 0.0)), lora, {})

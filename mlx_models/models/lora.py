@@ -1,0 +1,117 @@
+"""LoRA (and QLoRA: LoRA around a quantized linear) for any of our models.
+
+The layer is mlx-lm's ``LoRALinear`` (it wraps ``nn.Linear`` and ``nn.QuantizedLinear``,
+which is all QLoRA needs); this module picks the layers, sets scale = alpha / r, freezes
+everything but the adapters and the task head, and fuses adapters back into plain weights.
+"""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.tuner.lora import LoRALinear
+
+from ..errors import ConfigError
+
+# Our default target names are Llama's; the encoders call the same projections differently.
+TARGET_ALIASES = {
+    "q_proj": ("q_proj", "query"),
+    "k_proj": ("k_proj", "key"),
+    "v_proj": ("v_proj", "value"),
+    "o_proj": ("o_proj", "attention.output.dense"),
+    "gate_proj": ("gate_proj",),
+    "up_proj": ("up_proj", "intermediate.dense"),
+    "down_proj": ("down_proj", "output.dense"),
+}
+
+__all__ = ["Adapter", "LoRALinear", "apply_lora", "from_model", "fuse_lora", "target_paths"]
+
+
+def _matches(path: str, targets: list[str]) -> bool:
+    for name in (n for t in targets for n in TARGET_ALIASES.get(t, (t,))):
+        if name == "output.dense" and path.endswith("attention.output.dense"):
+            continue  # BERT's FFN output, not the attention output projection
+        if path == name or path.endswith("." + name):
+            return True
+    return False
+
+
+def target_paths(model: nn.Module, targets: list[str]) -> list[str]:
+    """Paths of the base model's linear layers that ``targets`` (names or full paths) select."""
+    heads = tuple(model.head_modules)
+    return [
+        path
+        for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+        if not path.startswith(heads)
+        and isinstance(m, nn.Linear | nn.QuantizedLinear)
+        and _matches(path, targets)
+    ]
+
+
+def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
+    """Wrap the target linears of the base model in LoRA; freeze all but adapters and head."""
+    heads = tuple(model.head_modules)
+    modules = dict(model.named_modules())
+    found = [
+        (path, LoRALinear.from_base(modules[path], r=rank, dropout=dropout, scale=alpha / rank))
+        for path in target_paths(model, targets)
+    ]
+    if not found:
+        raise ConfigError(
+            f"lora_targets {targets} match no linear layer of the model; use e.g. q_proj,v_proj"
+        )
+    model.freeze()
+    model.update_modules(tree_unflatten(found))
+    model.unfreeze(keys=["lora_a", "lora_b"], strict=False)
+    for h in heads:
+        if h in model:  # a tied causal LM has no lm_head module
+            model[h].unfreeze()
+    return [p for p, _ in found]
+
+
+def fuse_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by base + scale * B A (dequantized to a dense linear)."""
+    fused = [(p, m.fuse(dequantize=True)) for p, m in model.named_modules() if isinstance(m, LoRALinear)]
+    model.update_modules(tree_unflatten(fused))
+    return model
+
+
+# ---- the adapter a LoRA model carries, as the adapter formats read and write it ----------------
+# For each wrapped linear, ``<path>.lora_a`` (in, r) and ``<path>.lora_b`` (r, out) in mlx-lm's
+# ``LoRALinear`` layout (the update is ``scale * x @ lora_a @ lora_b``), under our (= HF) module
+# names, plus the task head trained in full.
+
+
+@dataclass
+class Adapter:
+    rank: int
+    scale: float
+    dropout: float
+    lora: dict[str, tuple[mx.array, mx.array]]  # module path -> (lora_a (in, r), lora_b (r, out))
+    heads: dict[str, mx.array]  # task-head weights trained in full (PEFT's modules_to_save)
+
+    @property
+    def alpha(self) -> float:
+        return self.scale * self.rank
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted(self.lora)
+
+    def weights(self) -> dict[str, mx.array]:
+        """Flat weights as a LoRA model holds them."""
+        flat = {f"{p}.lora_a": a for p, (a, _) in self.lora.items()}
+        return flat | {f"{p}.lora_b": b for p, (_, b) in self.lora.items()} | self.heads
+
+
+def from_model(model: nn.Module, dropout: float) -> Adapter:
+    """The adapters and trained head of a LoRA model (one rank and scale, as apply_lora makes)."""
+    lora = {p: m for p, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if not lora:
+        raise ConfigError("the model has no LoRA adapters; export it with --to hf instead")
+    (rank,), (scale,) = {m.lora_a.shape[1] for m in lora.values()}, {m.scale for m in lora.values()}
+    trainable = dict(tree_flatten(model.trainable_parameters()))
+    heads = {k: v for k, v in trainable.items() if not k.endswith((".lora_a", ".lora_b"))}
+    pairs = {p: (m.lora_a, m.lora_b) for p, m in lora.items()}
+    return Adapter(rank, float(scale), dropout, pairs, heads)

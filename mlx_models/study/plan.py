@@ -1,0 +1,236 @@
+"""A study's plan: config.yaml's `model_selection:` -> the cells (model x dataset) and the train.py
+arguments of each.
+
+    model_selection:
+      selected_models: [bert-base-uncased, roberta-base, meta-llama/Llama-2-7b-hf, bag-of-words-tfidf]
+      aliases: {bag-of-words-tfidf: tfidf}      # the plan's names that are neither alias nor hub id
+      studies:
+        NAME:
+          models: [...]                         # default: selected_models
+          datasets: [imdb, ...]                 # registered names, or directories of local files
+          profile: overfit
+          overrides: {max_samples: 200}         # training keys for every cell
+          model_overrides: {smollm2-135m: {quantize: 4}}
+
+A model named in the selection is an alias of `models:`, the hub id in an alias's `source`
+(meta-llama/Llama-2-7b-hf -> llama-2-7b), a name in `aliases:`, or a local model directory.
+Precedence in a cell: profile < overrides < model_overrides < the command line.
+"""
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..registry import config_file, dataset_registry, read_config_yaml
+from ..train.config import CLI_ONLY, check_keys, load_train_config, resolve_model_alias
+
+# Training keys a study sets itself, per cell: never in overrides or on the study's command line.
+STUDY_SETS = CLI_ONLY | {"model", "dataset", "data_dir", "profile"}
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model on one dataset: a train.py run of its own."""
+
+    model: str  # what train.py --model gets: an alias or a local model path
+    name: str  # the model's short name, for the run directory
+    dataset: str
+    args: tuple[str, ...]  # train.py arguments, all but --out
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.dataset}"
+
+    def train_args(self, out: Path) -> list[str]:
+        """The cell's whole train.py command line, run directory included."""
+        return [*self.args, "--out", str(out)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    models: list[str]  # as the selection names them
+    datasets: list[str]
+    profile: str | None
+    cells: list[Cell]
+
+    def describe(self) -> dict:
+        """What identifies the study on disk (plan.json): a re-run must match it."""
+        return {
+            "study": self.name,
+            "models": self.models,
+            "datasets": self.datasets,
+            "profile": self.profile,
+            "cells": {cell.id: list(cell.args) for cell in self.cells},
+        }
+
+
+def study_names(config_path: str | os.PathLike | None = None) -> list[str]:
+    config_path = config_path or config_file()
+    return list(_selection(config_path).get("studies") or {})
+
+
+def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None) -> Plan:
+    """The study ``name`` of config.yaml with ``cli`` (checked training keys) over every cell;
+    every cell's config is resolved as train.py would, so bad input fails before anything runs."""
+    config_path = config_path or config_file()
+    entry = _study_entry(name, config_path)
+    where = f"model_selection.studies.{name} in {config_path}"
+    if "models" in entry:
+        models = _names(entry["models"], "models", f"model_selection.studies.{name}.models in {config_path}")
+    else:  # the plan's own selection
+        selected = _selection(config_path).get("selected_models")
+        models = _names(selected, "models", f"model_selection.selected_models in {config_path}")
+    datasets = _names(
+        entry.get("datasets"), "datasets", f"model_selection.studies.{name}.datasets in {config_path}"
+    )
+    aliases = [model_alias(m, config_path, where) for m in models]
+    data = [_dataset(d, config_path, where) for d in datasets]
+    profile = entry.get("profile")
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(f"profile in {where} must be a profile name, got {profile!r}")
+    if bad := sorted(set(cli) & STUDY_SETS):
+        raise ConfigError(
+            f"{', '.join(bad)} cannot be given with --study: the study sets them per cell "
+            f"(narrow the study with --only MODEL and --datasets NAME)"
+        )
+    common = check_keys(entry.get("overrides") or {}, f"{where} overrides", STUDY_SETS)
+    per_model = _model_overrides(entry.get("model_overrides") or {}, models, aliases, config_path, where)
+    cells = []
+    for alias in aliases:
+        short = resolve_model_alias(alias, config_path)["name"]
+        for dataset, data_dir in data:
+            args = ["--model", alias, "--dataset", dataset]
+            args += ["--data-dir", data_dir] if data_dir else []
+            args += ["--profile", profile] if profile else []
+            cells.append(Cell(alias, short, dataset, tuple(args + as_args(common | per_model[alias] | cli))))
+    _check_cells(name, cells, config_path)
+    return Plan(name, models, datasets, profile, cells)
+
+
+def model_alias(name: str, config_path: str | os.PathLike, where: str) -> str:
+    """A selection's model name -> what train.py --model takes (see the module docstring)."""
+    models = read_config_yaml(config_path)["models"]
+    aliases = _selection(config_path).get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise ConfigError(f"model_selection.aliases in {config_path} must map the plan's names to aliases")
+    if name in models:
+        return name
+    if name in aliases:
+        if aliases[name] not in models:
+            raise ConfigError(
+                f"model_selection.aliases in {config_path} maps {name!r} to {aliases[name]!r}, which is "
+                f"not an alias of models: ({', '.join(models)})"
+            )
+        return aliases[name]
+    by_source = [alias for alias, entry in models.items() if entry.get("source") == name]
+    if len(by_source) == 1:
+        return by_source[0]
+    path = Path(name).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return str(path.resolve())
+    close = difflib.get_close_matches(name, [*models, *aliases], n=2)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ConfigError(
+        f"unknown model {name!r} in {where}; {hint}use an alias of models: ({', '.join(models)}), "
+        f"a hub id in an alias's source, a name in model_selection.aliases, or a local model directory"
+    )
+
+
+def as_args(values: dict[str, Any]) -> list[str]:
+    """Checked training keys -> train.py flags (--key value, --flag / --no-flag)."""
+    args = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            args += [flag, ",".join(map(str, value))]
+        else:
+            args += [flag, "none" if value is None else str(value)]
+    return args
+
+
+# ---- the pieces of a study entry ------------------------------------------------------------------
+
+
+def _selection(config_path: str | os.PathLike) -> dict:
+    return read_config_yaml(config_path)["model_selection"]
+
+
+def _study_entry(name: str, config_path: str | os.PathLike) -> dict:
+    studies = _selection(config_path).get("studies") or {}
+    if name not in studies:
+        known = ", ".join(studies) or "none yet"
+        raise ConfigError(
+            f"unknown study {name!r}; studies in {config_path} model_selection.studies: {known}"
+        )
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"study name {name!r} must be letters, digits, '.', '_' or '-' (it names a directory)"
+        )
+    return studies[name]
+
+
+def _names(value: Any, what: str, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not value:
+        raise ConfigError(f"the study selects no {what}; list them in {where}")
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of names, got {value!r}")
+    if dup := sorted({v for v in value if value.count(v) > 1}):
+        raise ConfigError(f"{', '.join(dup)} listed twice in {where}; keep one")
+    return value
+
+
+def _dataset(name: str, config_path: str | os.PathLike, where: str) -> tuple[str, str | None]:
+    """(dataset name, data_dir): a registered dataset, or a directory of train/validation/test files."""
+    registry = dataset_registry(config_path)
+    if name in registry:
+        return name, None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve().name, str(path.resolve())
+    raise ConfigError(
+        f"unknown dataset {name!r} in {where}; registered: {', '.join(registry)} "
+        f"(or a directory with train/validation/test files)"
+    )
+
+
+def _model_overrides(
+    section: Any, models: list[str], aliases: list[str], config_path: str | os.PathLike, where: str
+) -> dict[str, dict]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"model_overrides in {where} must map model names to training keys")
+    out = {alias: {} for alias in aliases}
+    for name, values in section.items():
+        alias = model_alias(str(name), config_path, f"{where} model_overrides")
+        if alias not in out:
+            raise ConfigError(
+                f"model_overrides in {where} names {name!r}, which the study does not select "
+                f"({', '.join(models)})"
+            )
+        out[alias] = check_keys(values or {}, f"{where} model_overrides.{name}", STUDY_SETS)
+    return out
+
+
+def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) -> None:
+    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data)."""
+    seen = set()
+    for cell in cells:
+        if cell.id in seen:
+            raise ConfigError(
+                f"study {study}: two cells would share run {cell.id} (models or dataset directories "
+                f"with the same name); rename one"
+            )
+        seen.add(cell.id)
+        try:
+            load_train_config(list(cell.args), config_path)
+        except ConfigError as e:
+            raise ConfigError(f"study {study}, cell {cell.id}: {e}") from e
