@@ -7,6 +7,7 @@ parameter is re-randomized so that a port which drops a bias or a norm weight fa
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from tokenizers import (
     processors,
     trainers,
 )
+
+from mlx_models.models import MODULES, architecture, family, tasks_of
 
 WORDPIECE_VOCAB_SIZE = 405
 BPE_VOCAB_SIZE = 500  # 256 of these are the byte alphabet
@@ -81,15 +84,9 @@ _CORPUS = [
 ] + SENTENCES
 
 # head -> HF class name suffix; llama has "lm" (causal) where the encoders have "mlm".
-_HEADS = {
-    "bert": {"base": "BertModel", "mlm": "BertForMaskedLM", "classify": "BertForSequenceClassification"},
-    "roberta": {
-        "base": "RobertaModel",
-        "mlm": "RobertaForMaskedLM",
-        "classify": "RobertaForSequenceClassification",
-    },
-    "llama": {"base": "LlamaModel", "lm": "LlamaForCausalLM", "classify": "LlamaForSequenceClassification"},
-}
+# Every family mlx_models has, with transformers' class for each head (our class names are HF's):
+# a new family file is covered by the fixtures, and so by every test that loops over MODULES.
+_HEADS = {t: {head: architecture(t, head) for head in tasks_of(t)} for t in MODULES}
 
 _TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
 
@@ -126,9 +123,9 @@ def make_tokenizer(kind: str, out_dir: Path) -> transformers.PreTrainedTokenizer
             special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
         )
         wrapped = transformers.BertTokenizerFast(tokenizer_object=tok)
-    elif kind in ("roberta", "llama"):
+    elif kind == "roberta" or family(kind).causal:
         # RoBERTa: <s>=0 <pad>=1 </s>=2 <unk>=3 (pad id 1 drives its positions). Llama: <unk>=0 <s>=1 </s>=2.
-        roberta = kind == "roberta"
+        roberta = kind == "roberta"  # the other kind: a decoder's (Llama's) tokenizer
         # <mask> strips the space before it, as in roberta-base ("Hello <mask>" -> "Hello", "<mask>").
         mask = AddedToken("<mask>", lstrip=True, special=True)
         specials = ["<s>", "<pad>", "</s>", "<unk>", mask] if roberta else ["<unk>", "<s>", "</s>"]
@@ -204,7 +201,7 @@ def _config(
         if head == "classify":
             # HF pools at the last non-pad token and needs a pad id; our port pools by the mask instead.
             kw["pad_token_id"] = tok.eos_token_id
-        cls = transformers.LlamaConfig
+        cls = functools.partial(transformers.AutoConfig.for_model, model_type)  # a decoder: Llama's sizes
     if head == "classify":
         kw["num_labels"] = 3
     # eager: the plain softmax(QK^T + mask) V reference; it is not saved in config.json.

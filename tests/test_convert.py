@@ -22,6 +22,7 @@ from mlx_models import kernels, load, load_model
 from mlx_models.cli import run_cli
 from mlx_models.interop.conversion import convert
 from mlx_models.interop.weights import read_weights
+from mlx_models.models import MODULES
 from mlx_models.models.quant import QuantizedLinear
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +190,7 @@ def missing_weight(hf):
 BAD = {
     "unsupported model_type": (
         corrupt_model_type,
-        "unsupported model_type 'gpt2'; supported: bert, llama, roberta",
+        f"unsupported model_type 'gpt2'; supported: {', '.join(sorted(MODULES))}",  # every family file
     ),
     "no config.json": (lambda hf: (hf / "config.json").unlink(), "has no config.json"),
     "truncated safetensors": (truncate, "corrupt or truncated"),

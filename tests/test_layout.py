@@ -120,3 +120,18 @@ def test_no_private_name_across_modules():
 def test_every_module_says_what_it_is_for(module):
     doc = ast.get_docstring(ast.parse(modules()[module].read_text()))
     assert doc, f"{module} has no docstring"
+
+
+def test_family_knowledge_stays_in_its_file():
+    """Outside models/, no code names a model_type: it asks the family (``models.family``), so a
+    new family is one new file."""
+    from mlx_models.models import MODULES
+
+    wrong = []
+    for module, path in modules().items():
+        if room(module) == "models":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in MODULES:
+                wrong.append(f"{module}:{node.lineno} names the {node.value!r} family")
+    assert not wrong, "\n".join(wrong)

@@ -16,7 +16,7 @@ from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model, load_tokenizer
 from mlx_models.batching import collate
 from mlx_models.interop.conversion import convert
-from mlx_models.models import MODULES, tasks_of
+from mlx_models.models import MODULES, family, tasks_of
 from mlx_models.parity.check import DEFAULT_TOL, run_parity
 from mlx_models.parity.check import main as parity_main
 from mlx_models.parity.reference import torch_forward, torch_model
@@ -77,7 +77,7 @@ def max_diff(a, b, batch, head) -> float:
 
 
 def paddings(model_type):
-    return ("right", "left") if model_type == "llama" else ("right",)
+    return ("right", "left") if family(model_type).causal else ("right",)
 
 
 @pytest.mark.parametrize("model_type,head,overrides", CASES, ids=lambda c: str(c) if c else "")

@@ -30,6 +30,7 @@ from mlx_models.export.fuse import fuse
 from mlx_models.interop.loading import read_config
 from mlx_models.models.lora import LoRALinear, apply_lora
 from mlx_models.parity.reference import torch_model
+from mlx_models.train import run_dir as rd
 from mlx_models.train.build import build
 from mlx_models.train.config import TrainConfig, load_train_config
 from mlx_models.train.metrics import read_metrics
@@ -456,3 +457,19 @@ def test_eval_only_reproduces_the_test_record(learned, capsys):
     assert drop(line) == drop(test)
     assert line["n"] == 32 and line["checkpoint"] == "best"
     assert records(run_dir, "test")[-1] == line  # appended to metrics.jsonl too
+
+
+def test_pick_checkpoint_best_else_last_or_the_one_asked_for(tmp_path):
+    """One function decides which checkpoint a command means (run_dir.pick_checkpoint)."""
+    run = tmp_path / "run"
+    for name in ("iter-10", "last"):
+        (run / name).mkdir(parents=True)
+        (run / name / rd.STATE).write_text("{}")
+    (run / "best").mkdir()  # an incomplete best/ (no trainer state) is no checkpoint
+    assert rd.pick_checkpoint(run) == run / "last"
+    (run / "best" / rd.STATE).write_text("{}")
+    assert rd.pick_checkpoint(run) == run / "best"
+    assert rd.pick_checkpoint(run, "last") == run / "last"
+    assert rd.pick_checkpoint(run, "iter-10") == run / "iter-10"
+    assert rd.pick_checkpoint(run, "iter-20") is None
+    assert rd.pick_checkpoint(tmp_path / "nothing") is None

@@ -43,7 +43,9 @@ def quadrature(steps: int, rule: str = "gauss-legendre") -> tuple[np.ndarray, np
 def word_embeddings(model: nn.Module) -> nn.Module:
     """The word-embedding layer of a BERT, RoBERTa or Llama model (quantized ones too)."""
     base = model[model.base_model_prefix] if isinstance(model, TaskModel) else model
-    return base.embeddings.word_embeddings if "embeddings" in base else base.embed_tokens
+    for name in base.word_embeddings_path.split("."):
+        base = base[name]
+    return base
 
 
 def embed(model: nn.Module, ids: mx.array) -> mx.array:

@@ -22,6 +22,7 @@ from ..interop import mlx_lm_adapter as mlx_lm_format
 from ..interop import peft_adapter as peft_format
 from ..interop.conversion import DTYPES, default_dtype
 from ..io import check_out, output_dir
+from ..models import MODULES, family
 from ..models.lora import from_model
 from ..train.config import resolve_model_alias
 from ..train.trained import Checkpoint, Trained, inputs_of, load_trained, locate
@@ -36,11 +37,12 @@ def check_format(to: str, where: Checkpoint, dtype: str) -> None:
     """Refuse what the format cannot hold, before any weight is read."""
     if to in ("peft", "mlx-lm") and not where.lora:
         raise ConfigError(f"{where.path} is not a LoRA run: --to {to} writes LoRA adapters; use --to hf")
-    if to == "mlx-lm" and (where.model_type != "llama" or where.task != "lm"):
+    if to == "mlx-lm" and (not family(where.model_type).mlx_lm or where.task != "lm"):
+        readable = ", ".join(sorted(t for t, m in MODULES.items() if m.FAMILY.mlx_lm))
         raise ConfigError(
             f"{where.path} is a {where.model_type} {where.task} model, and an mlx-lm adapter holds LoRA "
-            "weights for a Llama causal LM only (a classification head is not an adapter): "
-            "use --to hf or --to peft"
+            f"weights for a causal LM that mlx-lm reads ({readable}; a classification head is not an "
+            "adapter): use --to hf or --to peft"
         )
     if to == "gguf":
         check_exportable(where, dtype)

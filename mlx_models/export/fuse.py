@@ -17,13 +17,17 @@ from ..train import run_dir as rd
 from ..train.trained import inputs_of, load_trained, locate
 
 
-def fuse(run_dir: str | Path, out: str | Path, checkpoint_name: str = "best", force: bool = False) -> Path:
+def fuse(
+    run_dir: str | Path, out: str | Path, checkpoint_name: str | None = None, force: bool = False
+) -> Path:
     """Fold a LoRA run's adapters into its base: a plain checkpoint directory for ``load``.
-    Layers without adapters keep the base's format (a 4-bit base stays 4-bit there)."""
-    ckpt = Path(run_dir) / checkpoint_name
-    if not (ckpt / rd.STATE).is_file():
+    Layers without adapters keep the base's format (a 4-bit base stays 4-bit there). The
+    checkpoint: ``checkpoint_name``, else best/, else last/."""
+    ckpt = rd.pick_checkpoint(Path(run_dir), checkpoint_name)
+    if ckpt is None:
         have = ", ".join(p.name for p in rd.checkpoints(Path(run_dir))) if Path(run_dir).is_dir() else ""
-        raise ConfigError(f"{ckpt} is not a checkpoint of a train.py run (checkpoints: {have or 'none'})")
+        named = Path(run_dir) / (checkpoint_name or "best")
+        raise ConfigError(f"{named} is not a checkpoint of a train.py run (checkpoints: {have or 'none'})")
     where = locate(ckpt)
     check_out(out, force, [run_dir, *inputs_of(where)])
     if not where.lora:
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m mlx_models.export.fuse", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a LoRA run directory written by train.py")
     p.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
-    p.add_argument("--checkpoint", default="best", help="best, last or iter-N (default: best)")
+    p.add_argument("--checkpoint", help="best (default, else last), last or iter-N")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = p.parse_args(argv)
     print(f"saved {fuse(args.run_dir, args.out, args.checkpoint, force=args.force)}")

@@ -11,7 +11,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import ConfigError
+from ..interop.gguf_blocks import arch
 from ..io import output_dir
+from ..models import MODULES, family
 from ..train.trained import Checkpoint, Trained, inputs_of
 from .hf_dir import plain_weights
 
@@ -20,20 +22,21 @@ NUMPY = {"float32": np.float32, "float16": np.float16}
 
 
 def check_exportable(where: Checkpoint, dtype: str) -> None:
-    if where.model_type != "llama" or where.task != "lm":
+    if family(where.model_type).gguf_arch is None or where.task != "lm":
+        archs = ", ".join(sorted(t for t, m in MODULES.items() if m.FAMILY.gguf_arch))
         raise ConfigError(
-            f"GGUF holds a Llama causal LM; {where.path} is a {where.model_type} {where.task} model: "
-            "export it with --to hf (or --to peft for a LoRA run)"
+            f"GGUF holds a Llama causal LM (families: {archs}); {where.path} is a {where.model_type} "
+            f"{where.task} model: export it with --to hf (or --to peft for a LoRA run)"
         )
     if dtype not in FILE_TYPES:
         raise ConfigError(f"--to gguf writes float16 or float32, not {dtype}")
     args = where.config
     scaling = args.get("rope_scaling") or args.get("rope_parameters") or {}
     rope = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope != "default" or args.get("attention_bias") or args.get("mlp_bias"):
+    if rope != "default" or args.get("attention_bias") or args.get("mlp_bias") or args.get("sliding_window"):
         raise ConfigError(
-            f"--to gguf supports Llama without rope scaling or biases ({where.path} has rope type "
-            f"{rope!r}); export it with --to hf"
+            f"--to gguf supports Llama without rope scaling, biases or a sliding window ({where.path} has "
+            f"rope type {rope!r}); export it with --to hf"
         )
 
 
@@ -44,16 +47,15 @@ def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def tensors(t: Trained, dtype: str) -> dict[str, np.ndarray]:
     """llama.cpp name -> array: matrices in ``dtype``, norm weights in f32 (as llama.cpp keeps them)."""
-    args = t.model.args
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, args.num_hidden_layers)
+    args, f = t.model.args, family(t.model_type)
+    names = gguf.get_tensor_name_map(arch(f.gguf_arch), args.num_hidden_layers)
     weights, out = plain_weights(t, mx.float32), {}
     for hf_name in sorted(weights):
         base, suffix = hf_name.rsplit(".", 1)
         w = np.array(weights.pop(hf_name))  # one dense fp32 tensor alive at a time
-        if hf_name.endswith("q_proj.weight"):
-            w = permute_qk(w, args.num_attention_heads)
-        elif hf_name.endswith("k_proj.weight"):
-            w = permute_qk(w, args.num_key_value_heads)
+        for ending, heads in f.gguf_permuted:
+            if hf_name.endswith(ending):
+                w = permute_qk(w, getattr(args, heads))
         out[f"{names.get_name(base)}.{suffix}"] = w.astype(NUMPY[dtype] if w.ndim > 1 else np.float32)
     return out
 
@@ -109,7 +111,7 @@ def export_gguf(t: Trained, out: Path, dtype: str, force: bool) -> Path:
     arrays = tensors(t, dtype)
     file_name = f"model-{'f16' if dtype == 'float16' else 'f32'}.gguf"
     with output_dir(out, force, inputs_of(t)) as tmp:
-        writer = gguf.GGUFWriter(str(tmp / file_name), "llama")
+        writer = gguf.GGUFWriter(str(tmp / file_name), family(t.model_type).gguf_arch)
         add_metadata(writer, t.model.args, dtype, out.name)
         add_tokenizer(writer, t.tokenizer, t.model.args.vocab_size)
         for name, array in arrays.items():

@@ -10,7 +10,7 @@ import mlx.nn as nn
 from ..batching import pad_id_for
 from ..interop.weights import save_weights
 from ..io import atomic_write_json, output_dir
-from ..models import architecture
+from ..models import architecture, family
 from ..models.lora import fuse_lora
 from ..models.quant import dequantized_weights
 from ..train.trained import Trained, inputs_of, label_names
@@ -34,7 +34,7 @@ def hf_config(t: Trained, model: nn.Module, dtype: str) -> dict:
         config["num_labels"] = len(names)
         config["id2label"] = {str(i): n for i, n in enumerate(names)}
         config["label2id"] = {n: i for i, n in enumerate(names)}
-    if t.task == "classify" and t.model_type == "llama":
+    if t.task == "classify" and family(t.model_type).causal:
         # transformers finds the last real token from pad_token_id (we pool by the mask).
         if t.tokenizer.pad_token is None:
             t.tokenizer.pad_token = t.tokenizer.eos_token

@@ -103,7 +103,7 @@ def check_options(dtype: str | None, q_bits: int | None, q_group_size: int, max_
 def weight_names(src: Source, config: dict, model: nn.Module) -> dict[str, str]:
     """Source tensor name -> our name, for every tensor we keep; raises listing every missing
     weight and wrong shape, and warns about (and drops) weights no model of this type has."""
-    tied = config.get("tie_word_embeddings", config.get("model_type") != "llama")
+    tied = model.args.tie_word_embeddings  # config.json's, else the family's default
     known = {}
     for task in model_module(config).TASKS:
         known.update(weights.parameter_shapes(build_model(config, task)))

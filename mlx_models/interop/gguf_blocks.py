@@ -4,9 +4,11 @@ A block holds 32 weights of one row as ``value = d * q + m`` (Q4_1), ``d * (q - 
 ``d * q`` with signed 8-bit q (Q8_0); d and m are float16. That is MLX's affine quantization with
 group size 32: scale = d and bias = m, -8 d or -128 d (with q shifted to unsigned). Every product
 and sum is exact in float32, so ``mx.dequantize`` of the result equals ``gguf.dequantize`` of the
-blocks bit for bit: keeping the blocks adds no second rounding error under QLoRA.
+blocks bit for bit: keeping the blocks adds no second rounding error under QLoRA. Also: gguf's
+enum for a llama.cpp architecture name (`arch`), for import and export alike.
 """
 
+import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
@@ -49,3 +51,8 @@ def to_affine(data: np.ndarray, tensor_type: Q) -> tuple[np.ndarray, np.ndarray,
         q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1)
         bias = _halves(blocks, 2) if tensor_type == Q.Q4_1 else -8 * d
     return _pack(q.reshape(rows, -1), bits), d[..., 0], bias[..., 0]
+
+
+def arch(name: str) -> gguf.MODEL_ARCH:
+    """gguf's enum member for llama.cpp's architecture name ("llama" -> MODEL_ARCH.LLAMA)."""
+    return next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == name)

@@ -66,7 +66,8 @@ def tied_copies(model: nn.Module, heads: dict[str, mx.array]) -> dict[str, mx.ar
     for k in heads:
         if k.endswith(("cls.predictions.bias", "lm_head.bias")):
             stem = k.removesuffix("bias")
-            embeddings = f"{model.base_model_prefix}.embeddings.word_embeddings.weight"
+            base = model[model.base_model_prefix]
+            embeddings = f"{model.base_model_prefix}.{base.word_embeddings_path}.weight"
             out |= {
                 stem + "decoder.bias": heads[k],
                 stem + "decoder.weight": dequantized_weights(model)[embeddings],

@@ -12,6 +12,7 @@ import numpy as np
 from .. import hub
 from ..errors import SourceError, WeightsError
 from ..io import read_json
+from ..models import MODULES, architecture, family
 
 TOKENIZER_PATTERNS = [
     "tokenizer*",
@@ -160,11 +161,11 @@ def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def _gguf_rows(hf_name: str, w: np.ndarray, config: dict) -> mx.array:
-    """A GGUF tensor's rows in HF order (q/k un-permuted); also its block scales and biases."""
-    if hf_name.endswith("q_proj.weight"):
-        w = _unpermute_qk(w, config["num_attention_heads"])
-    elif hf_name.endswith("k_proj.weight"):
-        w = _unpermute_qk(w, config["num_key_value_heads"])
+    """A GGUF tensor's rows in HF order (what the family permuted, un-permuted); also its block
+    scales and biases."""
+    for ending, heads in family(config).gguf_permuted:
+        if hf_name.endswith(ending):
+            w = _unpermute_qk(w, config[heads])
     return mx.array(np.ascontiguousarray(w))
 
 
@@ -178,12 +179,12 @@ def open_gguf(path: Path) -> Source:
         parsed = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
     except Exception as e:
         raise WeightsError(f"{path} is not a readable GGUF file ({e})") from e
-    if parsed.get("model_type") != "llama":
-        raise SourceError(
-            f"{path}: GGUF architecture {parsed.get('model_type')!r} is not supported; only llama"
-        )
+    arch = parsed.get("model_type")  # transformers names the family by llama.cpp's architecture
+    if arch not in MODULES or family(arch).gguf_arch != arch:
+        supported = ", ".join(sorted(t for t, m in MODULES.items() if m.FAMILY.gguf_arch == t))
+        raise SourceError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {supported}")
     config = AutoConfig.for_model(**parsed).to_dict()
-    config["architectures"] = ["LlamaForCausalLM"]
+    config["architectures"] = [architecture(arch, "lm")]
     for k in ("_name_or_path", "transformers_version"):
         config.pop(k, None)
 
@@ -191,7 +192,7 @@ def open_gguf(path: Path) -> Source:
     from . import gguf_blocks
     from .weights import parameter_shapes
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    names = gguf.get_tensor_name_map(gguf_blocks.arch(arch), config["num_hidden_layers"])
     tensors = {t.name: t for t in reader.tensors}
     hf_to_gguf = {}
     for hf_name in parameter_shapes(build_model(config, "lm")):

@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import WeightsError
 from ..io import save_safetensors
-from ..models import head_modules
+from ..models import families, head_modules
 
 # Old BERT checkpoints name LayerNorm parameters gamma/beta (TF heritage).
 RENAMES = [
@@ -25,11 +25,9 @@ RENAMES = [
 # Keys we never store, each with the reason.
 DROPPED = [
     (re.compile(r"(^|\.)position_ids$"), "buffer: recomputed from the sequence length"),
-    (re.compile(r"(^|\.)rotary_emb\.inv_freq$"), "buffer: recomputed from rope_theta"),
-    (re.compile(r"^cls\.seq_relationship\."), "BERT next-sentence-prediction head: unused"),
     (re.compile(r"^cls\.predictions\.decoder\.bias$"), "copy of cls.predictions.bias"),
     (re.compile(r"^lm_head\.decoder\.bias$"), "copy of lm_head.bias"),
-]
+] + [(re.compile(pattern), why) for f in families() for pattern, why in dict(f.dropped).items()]
 # Tied output projections: the same matrix as the word embeddings.
 TIED = [
     re.compile(r"^cls\.predictions\.decoder\.weight$"),

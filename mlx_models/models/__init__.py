@@ -1,17 +1,40 @@
 """Model registry: one module per HF ``model_type``.
 
-Each model module declares ``MODEL_TYPE``, ``ModelArgs`` and ``TASKS`` (task -> head class). A
-head class's name is the HF architecture name and its ``head_modules`` are the task head's
-submodules; everything else (loading, conversion, parity, training, the CLIs) derives from here.
+Each family file (every module here but the shared ones) declares ``MODEL_TYPE``, ``ModelArgs``,
+``TASKS`` (task -> head class) and ``FAMILY`` (what the rest of the code needs to know of it); it
+is found by its presence, so a new family is one new file. A head class's name is the HF
+architecture name and its ``head_modules`` are the task head's submodules; everything else
+(loading, conversion, parity, training, export, the CLIs) derives from here.
 """
+
+import importlib
+import pkgutil
 
 import mlx.nn as nn
 
 from ..errors import ConfigError
-from . import bert, llama, roberta
+from .base import Family
 
-MODULES = {m.MODEL_TYPE: m for m in (bert, roberta, llama)}
+SHARED = ("base", "cpu_ops", "norms", "quant", "lora")  # what the family files build on
+MODULES = {
+    module.MODEL_TYPE: module
+    for module in (
+        importlib.import_module(f"{__name__}.{m.name}")
+        for m in pkgutil.iter_modules(__path__)
+        if m.name not in SHARED
+    )
+}
 TASKS = ("base", "mlm", "classify", "lm")  # every head of any family; train.py trains all but base
+
+
+def family(config_or_type: dict | str) -> Family:
+    """What a family declares about itself (``FAMILY`` in its file), from a config or a model_type."""
+    model_type = config_or_type if isinstance(config_or_type, str) else config_or_type.get("model_type")
+    return model_module({"model_type": model_type}).FAMILY
+
+
+def families() -> list[Family]:
+    return [m.FAMILY for m in MODULES.values()]
 
 
 def model_module(config: dict):

@@ -55,6 +55,21 @@ class BaseModelArgs:
             raise ConfigError(f"unsupported {self.model_type} config: " + "; ".join(problems))
 
 
+@dataclass(frozen=True)
+class Family:
+    """What the code outside ``models/`` knows about a family; each family file declares its own
+    ``FAMILY``, so a new family is one new file."""
+
+    causal: bool  # a decoder: text is continued (no special tokens), left padding works, the
+    # classifier pools the last real token and transformers' needs a pad token id
+    lora_targets: dict[str, tuple[str, ...]]  # --lora-targets names (Llama's) -> this family's modules
+    dropped: tuple[tuple[str, str], ...] = ()  # (regex, why) for checkpoint keys it never stores
+    mlx_lm: bool = False  # mlx_lm.load reads it: LoRA runs export as mlx-lm adapters
+    gguf_arch: str | None = None  # llama.cpp's architecture name (GGUF import and export); None: no GGUF
+    gguf_permuted: tuple[tuple[str, str], ...] = ()  # (weight name suffix, config key of its head
+    # count): rows llama.cpp interleaves per head for its rope kernel
+
+
 def num_labels_of(config: dict) -> int:
     """HF stores ``id2label`` rather than ``num_labels`` in config.json."""
     if "num_labels" in config:

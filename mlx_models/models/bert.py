@@ -7,7 +7,7 @@ import mlx.nn as nn
 
 from ..errors import DataError
 from . import cpu_ops, norms
-from .base import BaseModelArgs, TaskModel, activation, padding_mask
+from .base import BaseModelArgs, Family, TaskModel, activation, padding_mask
 
 
 @dataclass
@@ -166,6 +166,7 @@ class BertModel(nn.Module):
 
     embeddings_class = BertEmbeddings
     base_model_prefix, task, head_modules = "bert", "base", ()
+    word_embeddings_path = "embeddings.word_embeddings"
 
     def __init__(self, args: ModelArgs, add_pooling_layer: bool = True):
         super().__init__()
@@ -261,3 +262,16 @@ MODEL_TYPE = "bert"
 TASKS = {"base": BertModel, "mlm": BertForMaskedLM, "classify": BertForSequenceClassification}
 # Other HF architectures whose checkpoints hold one of our heads.
 ARCHITECTURE_ALIASES = {"BertForPreTraining": "mlm"}
+FAMILY = Family(
+    causal=False,
+    # Llama's projection names, as --lora-targets takes them, for BERT's modules
+    lora_targets={
+        "q_proj": ("query",),
+        "k_proj": ("key",),
+        "v_proj": ("value",),
+        "o_proj": ("attention.output.dense",),
+        "up_proj": ("intermediate.dense",),
+        "down_proj": ("output.dense",),
+    },
+    dropped=((r"^cls\.seq_relationship\.", "BERT next-sentence-prediction head: unused"),),
+)

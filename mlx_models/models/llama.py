@@ -9,7 +9,7 @@ import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
 from . import cpu_ops, norms
-from .base import BaseModelArgs, TaskModel, causal_mask, last_token_index
+from .base import BaseModelArgs, Family, TaskModel, causal_mask, last_token_index
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -118,6 +118,7 @@ class TransformerBlock(nn.Module):
 
 class LlamaModel(nn.Module):
     base_model_prefix, task, head_modules = "model", "base", ()
+    word_embeddings_path = "embed_tokens"
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -133,10 +134,13 @@ class LlamaModel(nn.Module):
         inputs_embeds: mx.array | None = None,
     ) -> mx.array:
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
-        mask = causal_mask(h.shape[1], attention_mask)
+        mask = self.mask(h.shape[1], attention_mask)
         for layer in self.layers:
             h = layer(h, mask)
         return self.norm(h)  # (B, L, D)
+
+    def mask(self, L: int, attention_mask: mx.array | None) -> mx.array | str:
+        return causal_mask(L, attention_mask)
 
 
 def untied_lm_head(args: ModelArgs) -> nn.Linear | None:
@@ -179,3 +183,12 @@ class LlamaForSequenceClassification(LlamaTaskModel):
 MODEL_TYPE = "llama"
 TASKS = {"base": LlamaModel, "lm": LlamaForCausalLM, "classify": LlamaForSequenceClassification}
 ARCHITECTURE_ALIASES: dict[str, str] = {}
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FAMILY = Family(
+    causal=True,
+    lora_targets={n: (n,) for n in PROJECTIONS},
+    dropped=((r"(^|\.)rotary_emb\.inv_freq$", "buffer: recomputed from rope_theta"),),
+    mlx_lm=True,
+    gguf_arch="llama",
+    gguf_permuted=(("q_proj.weight", "num_attention_heads"), ("k_proj.weight", "num_key_value_heads")),
+)

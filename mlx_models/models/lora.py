@@ -13,23 +13,24 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 
 from ..errors import ConfigError
+from . import families
 
-# Our default target names are Llama's; the encoders call the same projections differently.
-TARGET_ALIASES = {
-    "q_proj": ("q_proj", "query"),
-    "k_proj": ("k_proj", "key"),
-    "v_proj": ("v_proj", "value"),
-    "o_proj": ("o_proj", "attention.output.dense"),
-    "gate_proj": ("gate_proj",),
-    "up_proj": ("up_proj", "intermediate.dense"),
-    "down_proj": ("down_proj", "output.dense"),
-}
+
+def target_aliases() -> dict[str, tuple[str, ...]]:
+    """--lora-targets names (Llama's) -> every family's module names for them."""
+    aliases: dict[str, tuple[str, ...]] = {}
+    for f in families():
+        for name, modules in f.lora_targets.items():
+            aliases[name] = tuple(dict.fromkeys(aliases.get(name, ()) + modules))
+    return aliases
+
 
 __all__ = ["Adapter", "LoRALinear", "apply_lora", "from_model", "fuse_lora", "target_paths"]
 
 
 def _matches(path: str, targets: list[str]) -> bool:
-    for name in (n for t in targets for n in TARGET_ALIASES.get(t, (t,))):
+    aliases = target_aliases()
+    for name in (n for t in targets for n in aliases.get(t, (t,))):
         if name == "output.dense" and path.endswith("attention.output.dense"):
             continue  # BERT's FFN output, not the attention output projection
         if path == name or path.endswith("." + name):

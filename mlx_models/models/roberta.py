@@ -86,3 +86,4 @@ class RobertaForSequenceClassification(bert.EncoderTaskModel):
 MODEL_TYPE = "roberta"
 TASKS = {"base": RobertaModel, "mlm": RobertaForMaskedLM, "classify": RobertaForSequenceClassification}
 ARCHITECTURE_ALIASES: dict[str, str] = {}
+FAMILY = bert.FAMILY

@@ -16,7 +16,7 @@ from ..batching import collate, pad_id_for
 from ..cli import ArgumentParser, positive_float
 from ..interop.conversion import DTYPES
 from ..interop.loading import check_tokenizer, load_model, load_tokenizer, read_config, resolve
-from ..models import TASKS, tasks_of
+from ..models import TASKS, family, tasks_of
 from .reference import torch_device, torch_forward, torch_model
 
 SENTENCES = [
@@ -70,9 +70,9 @@ def run_parity(
     tokenizer = load_tokenizer(directory)
     check_tokenizer(tokenizer, config, directory)
     pad_id = pad_id_for(tokenizer)
-    special = config["model_type"] != "llama"  # Llama: raw text, as in a continuation
-    seqs = [tokenizer(s, add_special_tokens=special)["input_ids"] for s in sentences]
-    paddings = paddings or (("right", "left") if config["model_type"] == "llama" else ("right",))
+    causal = family(config).causal  # a decoder continues raw text, and left padding works
+    seqs = [tokenizer(s, add_special_tokens=not causal)["input_ids"] for s in sentences]
+    paddings = paddings or (("right", "left") if causal else ("right",))
     rows = []
     for task in tasks or tasks_of(config["model_type"]):
         mx.random.seed(seed)  # any newly initialised head is the same in both frameworks

@@ -38,9 +38,8 @@ def curve_axis(cfg: TrainConfig) -> str:
 
 def scored_checkpoint(run_dir: Path) -> Path:
     """best/ (lowest validation loss), else last/: the checkpoint a run is scored with."""
-    for name in ("best", "last"):
-        if (run_dir / name / rd.STATE).is_file():
-            return run_dir / name
+    if (ckpt := rd.pick_checkpoint(run_dir)) is not None:
+        return ckpt
     raise ConfigError(f"{run_dir} has no checkpoint (best/ or last/) to evaluate; train or --resume it first")
 
 

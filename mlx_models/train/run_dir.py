@@ -56,6 +56,17 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (checkpoint_step(p), p.name != "last"))
 
 
+def pick_checkpoint(run_dir: Path, name: str | None = None) -> Path | None:
+    """The checkpoint of a run that a command means: ``name`` (best, last or iter-N) when given,
+    else best/ (the lowest validation loss), else last/; None when the run has no such complete
+    checkpoint. The one place that decides it: --eval-only, load_trained (export, explain's
+    models), fuse."""
+    for candidate in [name] if name else ["best", "last"]:
+        if (run_dir / candidate / STATE).is_file():
+            return run_dir / candidate
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint to continue from: the furthest one (last/ on a tie). Clear what a kill left
     half done first (`clear_stale`)."""

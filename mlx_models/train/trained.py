@@ -64,11 +64,10 @@ def locate(path: str | Path, checkpoint: str | None = None) -> Checkpoint:
         raise SourceError(
             f"{path}: no such directory; give a run directory, a checkpoint or a converted model"
         )
-    names = [checkpoint] if checkpoint else ["best", "last"]
-    candidates = [path] if checkpoint is None else []
-    for ckpt in candidates + [path / n for n in names]:
-        if (ckpt / TRAIN_CONFIG).is_file():
-            return Checkpoint(ckpt, read_config(ckpt), TrainConfig.from_json(ckpt / TRAIN_CONFIG))
+    is_one = checkpoint is None and (path / TRAIN_CONFIG).is_file()
+    ckpt = path if is_one else rd.pick_checkpoint(path, checkpoint)
+    if ckpt is not None and (ckpt / TRAIN_CONFIG).is_file():
+        return Checkpoint(ckpt, read_config(ckpt), TrainConfig.from_json(ckpt / TRAIN_CONFIG))
     if checkpoint:
         raise SourceError(f"{path} has no checkpoint {checkpoint!r} (with {TRAIN_CONFIG}); try best or last")
     if not is_mlx_checkpoint(path):
