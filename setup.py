@@ -5,6 +5,7 @@ runs on MLX's own ops (slower on the CPU). MLX_MODELS_NO_KERNELS=1 skips the bui
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def build_kernels(build_dir: Path, out_dir: Path) -> None:
 
 class BuildPy(build_py):
     def run(self):
+        if not getattr(self, "editable_mode", False):  # no stale module of an earlier build in the wheel
+            shutil.rmtree(Path(self.build_lib) / "mlx_models", ignore_errors=True)
         super().run()
         if platform.system() != "Linux" or os.environ.get("MLX_MODELS_NO_KERNELS"):
             return

@@ -1,4 +1,4 @@
-"""mlx_models: BERT, RoBERTa and Llama in MLX, cross-checked against transformers."""
+"""mlx_models: BERT, RoBERTa, Llama and Mistral in MLX, cross-checked against transformers."""
 
 from ._blas import BLAS  # noqa: I001  (must run before the first `import mlx.core`)
 from ._malloc import KEEPS_FREED_MEMORY

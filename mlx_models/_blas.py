@@ -1,8 +1,8 @@
 """Load an optimized BLAS before MLX on Linux.
 
-The Linux ``mlx-cpu`` wheel bundles the reference BLAS (~3 GFLOP/s on a GEMM). A
-library loaded with RTLD_GLOBAL *before* ``libmlx.so`` wins the symbol lookup, so
-OpenBLAS makes MLX's CPU matmuls ~50x faster. This module must run before the first
+The Linux ``mlx-cpu`` wheel bundles the reference BLAS, tens of times slower on a GEMM. A
+library loaded with RTLD_GLOBAL *before* ``libmlx.so`` wins the symbol lookup, so OpenBLAS
+serves MLX's CPU matmuls. This module must run before the first
 ``import mlx.core``: once mlx.core is loaded its BLAS symbols are bound, and a later OpenBLAS is
 not used. Importing mlx_models too late is never silent: a `SlowBLASWarning` (always shown) says
 so and how to fix it, and ``mlx_models.BLAS`` names the reference BLAS.
@@ -10,10 +10,9 @@ so and how to fix it, and ``mlx_models.BLAS`` names the reference BLAS.
 The OpenMP build of OpenBLAS (Debian ``libopenblas0-openmp``) comes first: once loaded
 globally, OpenBLAS also takes the BLAS calls of PyTorch in the same process (libtorch
 exports ``sgemm_`` without binding it to itself). The pthread build then runs its own
-thread pool against PyTorch's OpenMP threads, and a PyTorch train step is ~5x slower;
-the OpenMP build shares PyTorch's OpenMP runtime (one ``libgomp.so.1``). PyTorch still loses
-6% to OpenBLAS serving its BLAS calls instead of MKL, and ~20% once MLX has run OpenMP work
-from its own thread (two thread teams on the cores; benchmarks/torch_inprocess.py).
+thread pool against PyTorch's OpenMP threads, and a PyTorch train step is several times slower;
+the OpenMP build shares PyTorch's OpenMP runtime (one ``libgomp.so.1``). PyTorch in the same
+process still loses some speed (benchmarks/torch_inprocess.py).
 """
 
 import ctypes

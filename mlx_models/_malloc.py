@@ -1,16 +1,14 @@
 """Keep freed memory mapped on Linux (glibc), so that MLX's CPU arrays stop faulting pages in.
 
-MLX's CPU allocator (0.32) caches no buffers: every array is a fresh ``malloc`` and is ``free``d
-as soon as the graph is done with it. glibc serves large blocks with ``mmap`` and returns them
-with ``munmap``, and trims freed memory off its heaps, so the next array of the same size
-page-faults all of its memory back in: ~60,000 faults per training step, 10-25% of its time in
-the kernel (``benchmarks/profile.md``). Serving every block from the heap and never trimming it
+MLX's CPU allocator (0.32) caches no buffers: every array is a fresh ``malloc`` and is ``free``d as
+soon as the graph is done with it. glibc serves large blocks with ``mmap`` and returns them with
+``munmap``, and trims freed memory off its heaps, so the next array of the same size page-faults all
+of its memory back in, every step. Serving every block from the heap and never trimming it
 (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, max)``) keeps those pages mapped and
-reused, as MLX's Metal allocator keeps its buffer cache: no faults, the LoRA and MiniLM steps ~7%
-faster than in a process with glibc's defaults (more where faults are dearer), for ~8% more peak
-RSS, which the process keeps until it exits. ``MLX_MODELS_NO_MALLOPT=1`` keeps glibc's
-defaults. Nothing to do on macOS (its malloc and MLX's Metal allocator cache by themselves).
-"""
+reused, as MLX's Metal allocator keeps its buffer cache: no faults, for somewhat more peak RSS,
+which the process keeps until it exits (figures: ``benchmarks/profile.md``).
+``MLX_MODELS_NO_MALLOPT=1`` keeps glibc's defaults. Nothing to do on macOS (its malloc and MLX's
+Metal allocator cache by themselves)."""
 
 import ctypes
 import os

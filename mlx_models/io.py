@@ -209,7 +209,7 @@ def check_out(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.Pat
             "choose another --out"
         )
     for i in inputs:
-        source = Path(i).resolve()
+        source = Path(i).expanduser().resolve()
         if source == real or real in source.parents:
             what = "is" if source == real else "holds"
             raise ConfigError(

@@ -306,3 +306,14 @@ def test_classifier_for_another_label_set_is_initialised_anew(tiny, capsys):
         three.roberta.encoder.layer[1].output.dense.weight,
     )
     np.testing.assert_array_equal(np.array(same[0]), np.array(same[1]))  # the encoder is kept
+
+
+def test_second_copy_of_the_weights_is_not_read(tmp_path, capsys):
+    """Some repos keep their weights twice (Mistral's consolidated.safetensors in its own names):
+    only model*.safetensors (or what the index names) is read."""
+    from safetensors.numpy import save_file
+
+    hf = make_hf_model(tmp_path / "hf", "bert", "base")
+    save_file({"layers.0.attention.wq.weight": np.zeros((4, 4), np.float32)}, hf / "consolidated.safetensors")
+    assert convert_main([str(hf), "--out", str(tmp_path / "out")]) == 0
+    assert "unknown weights" not in capsys.readouterr().err

@@ -3,6 +3,7 @@ export in each format, fuse, explain) refuses, with one line and exit code 2, to
 directory, its own input or anything holding it, or the current directory; it replaces only an
 earlier output of its own (marked by OUTPUT_MARKER)."""
 
+import json
 import os
 import shutil
 import sys
@@ -93,6 +94,11 @@ def test_force_spares_what_the_tool_did_not_write(name, place, tmp_path, capsys)
     refused(capsys, main, [*head(src), "--out", str(home), "--force"], f"holds the input {src}")
     if kind != "hf":  # a checkpoint inside the run: read by the command, or at least not ours
         refused(capsys, main, [*head(src), "--out", str(src / "best"), "--force"], "--force")
+        base = Path(json.loads((src / "best" / "config.json").read_text())["base_model"])
+        assert (base / OUTPUT_MARKER).is_file()  # written by convert: only the input rule protects it
+        before_base = tree(base)
+        refused(capsys, main, [*head(src), "--out", str(base), "--force"], f"is the input {base}")
+        assert tree(base) == before_base
     assert tree(home) == before_home and tree(src) == before_src
 
 

@@ -143,6 +143,17 @@ def test_export_gives_our_logits(lora_runs, mistral, tmp_path, to):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("to", ["mlx-lm", "gguf"])
+def test_a_window_does_not_go_where_it_would_be_dropped(mistral, tmp_path, to, capsys):
+    from mlx_models.export.cli import main
+
+    _, windowed = mistral("lm", 3)
+    capsys.readouterr()
+    assert run_cli(main, [str(windowed), "--to", to, "--out", str(tmp_path / "out")]) == 2
+    assert "sets sliding_window (3), which" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_mlx_lm_adapter_export(lora_runs, tmp_path):
     import mlx_lm
 

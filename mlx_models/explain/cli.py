@@ -12,6 +12,7 @@ method next to random rankings, drift across checkpoints, top words per class).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import ArgumentParser
-from ..errors import ConfigError, DataError, WeightsError
+from ..errors import ConfigError, DataError, MLXModelsError, WeightsError
 from ..io import atomic_write_json, atomic_write_text, check_out, output_dir, read_json
 from ..train import run_dir as rd
 from ..train.config import TrainConfig
@@ -240,9 +241,16 @@ def write_outputs(out: Path, args, examples, columns, class_names, summary: tupl
         atomic_write_json(tmp / "summary.json", summary[1])
 
 
-def inputs(args) -> list[str]:
-    """What the command reads: an --out must not be or hold any of it."""
-    return [*args.runs, *(p for p in (args.texts, args.tfidf) if p)]
+def inputs(args) -> list[str | Path]:
+    """What the command reads (the runs, their base models, --texts, --tfidf): an --out must not
+    be or hold any of it."""
+    from ..train.trained import inputs_of, locate
+
+    bases = []
+    for run in args.runs:
+        with contextlib.suppress(MLXModelsError):  # not a run of a model (TF-IDF, or not a run)
+            bases += inputs_of(locate(run))
+    return [*args.runs, *bases, *(p for p in (args.texts, args.tfidf) if p)]
 
 
 def _positive(text: str) -> int:
@@ -279,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by train.py")
-    p.add_argument("--out", required=True, help="output directory (must not exist unless --force)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", required=True, help="output directory (new, or an earlier output with --force)")
+    p.add_argument("--force", action="store_true", help="replace an earlier output of this tool at --out")
     p.add_argument(
         "--checkpoint", type=_checkpoint, default="best", help="best, last, iter-N or all (default best)"
     )

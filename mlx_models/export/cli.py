@@ -35,6 +35,12 @@ HF_SHARD_BYTES = 5 * 10**9  # "shards <= 5 GB", as transformers' max_shard_size=
 
 def check_format(to: str, where: Checkpoint, dtype: str) -> None:
     """Refuse what the format cannot hold, before any weight is read."""
+    unportable = [k for k in family(where.model_type).unportable if where.config.get(k)]
+    if to in ("mlx-lm", "gguf") and unportable:
+        raise ConfigError(
+            f"{where.path} sets {unportable[0]} ({where.config[unportable[0]]}), which {to} does not carry, "
+            "so its logits would differ: use --to hf or --to peft"
+        )
     if to in ("peft", "mlx-lm") and not where.lora:
         raise ConfigError(f"{where.path} is not a LoRA run: --to {to} writes LoRA adapters; use --to hf")
     if to == "mlx-lm" and (not family(where.model_type).mlx_lm or where.task != "lm"):
@@ -137,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         "source", help="a run directory written by train.py, one of its checkpoints, or a converted model"
     )
     p.add_argument("--to", required=True, help=f"format: {', '.join(FORMATS)}")
-    p.add_argument("--out", required=True, help="output directory (must not exist unless --force)")
+    p.add_argument("--out", required=True, help="output directory (new, or an earlier output with --force)")
     p.add_argument("--checkpoint", help="checkpoint of a run: best (default, else last), last or iter-N")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's; gguf: f16/f32)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true", help="replace an earlier output of this tool at --out")
     p.add_argument(
         "--max-shard-size", type=positive_float, default=5.0, help="hf: shard size limit in GB (default 5)"
     )

@@ -44,9 +44,9 @@ def fuse(
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m mlx_models.export.fuse", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a LoRA run directory written by train.py")
-    p.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
+    p.add_argument("--out", required=True, help="output directory (new, or an earlier output with --force)")
     p.add_argument("--checkpoint", help="best (default, else last), last or iter-N")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--force", action="store_true", help="replace an earlier output of this tool at --out")
     args = p.parse_args(argv)
     print(f"saved {fuse(args.run_dir, args.out, args.checkpoint, force=args.force)}")
     return 0

@@ -33,10 +33,10 @@ def check_exportable(where: Checkpoint, dtype: str) -> None:
     args = where.config
     scaling = args.get("rope_scaling") or args.get("rope_parameters") or {}
     rope = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope != "default" or args.get("attention_bias") or args.get("mlp_bias") or args.get("sliding_window"):
+    if rope != "default" or args.get("attention_bias") or args.get("mlp_bias"):
         raise ConfigError(
-            f"--to gguf supports Llama without rope scaling, biases or a sliding window ({where.path} has "
-            f"rope type {rope!r}); export it with --to hf"
+            f"--to gguf supports Llama without rope scaling or biases ({where.path} has rope type "
+            f"{rope!r}); export it with --to hf"
         )
 
 

@@ -15,7 +15,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import ConfigError, SourceError, WeightsError
-from ..io import read_json
+from ..io import OUTPUT_MARKER, read_json
 from ..models import TASKS, build_model
 from ..models.quant import quantize
 from ..registry import read_config_yaml
@@ -62,6 +62,10 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
         cache_dir() / f"{slug}-q{quantize_bits}-{key}" if quantize_bits else cache_dir() / f"{slug}-{key}"
     )
     if not (target / "config.json").exists():
+        if target.exists() and not (target / OUTPUT_MARKER).exists():
+            raise SourceError(
+                f"{target} is in the conversion cache but is no conversion; remove it and run again"
+            )
         convert(spec, target, q_bits=quantize_bits, force=target.exists())
         print(f"note: converted {name} into {target} (first use; cached)", file=sys.stderr)
     return target

@@ -68,7 +68,9 @@ def download(repo_id: str) -> Path:
     from huggingface_hub import errors
 
     token = os.environ.get("HF_TOKEN") or None
-    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", *TOKENIZER_PATTERNS]
+    # model*.safetensors: not the second copy some repos keep in their own names (Mistral's
+    # consolidated.safetensors)
+    patterns = ["config.json", "model*.safetensors", "*.safetensors.index.json", *TOKENIZER_PATTERNS]
     online = not hub.offline() and hub.reachable()
     try:
         files = hf.list_repo_files(repo_id, token=token) if online else []
@@ -108,6 +110,17 @@ def to_mx(t) -> mx.array:
     return mx.array(t.numpy())
 
 
+def safetensors_files(path: Path) -> list[Path]:
+    """The weight files of a HF directory: those its index names, else model*.safetensors, else
+    every .safetensors (a repo's second copy in other names, e.g. consolidated.safetensors, is not
+    read)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index, WeightsError, "re-download the checkpoint").get("weight_map") or {}
+        return sorted({path / name for name in weight_map.values()})
+    return sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
+
+
 def open_directory(path: Path, description: str | None = None) -> Source:
     config_file = path / "config.json"
     if not config_file.exists():
@@ -116,7 +129,7 @@ def open_directory(path: Path, description: str | None = None) -> Source:
         )
     config = read_json(config_file, WeightsError, "re-download the checkpoint")
     shapes, readers = {}, {}
-    safetensors = sorted(path.glob("*.safetensors"))
+    safetensors = safetensors_files(path)
     if safetensors:
         from safetensors import SafetensorError, safe_open
 

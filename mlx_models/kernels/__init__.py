@@ -25,7 +25,7 @@ def _load():
 native, _problem = _load()
 if _problem and platform.system() == "Linux" and mx.default_device() == mx.cpu:
     warnings.warn(
-        f"mlx_models' CPU kernels are {_problem}; training on the CPU is ~1.6x slower. "
-        "Build them with `make kernels`.",
+        f"mlx_models' CPU kernels are {_problem}; training on the CPU is slower. "
+        "Build them with `make kernels` (a checkout) or `pip install --no-build-isolation .` (a package).",
         stacklevel=2,
     )

@@ -23,6 +23,7 @@ MODULES = {
         for m in pkgutil.iter_modules(__path__)
         if m.name not in SHARED
     )
+    if hasattr(module, "FAMILY")  # a family file declares MODEL_TYPE, ModelArgs, TASKS and FAMILY
 }
 TASKS = ("base", "mlm", "classify", "lm")  # every head of any family; train.py trains all but base
 

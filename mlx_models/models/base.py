@@ -68,6 +68,8 @@ class Family:
     gguf_arch: str | None = None  # llama.cpp's architecture name (GGUF import and export); None: no GGUF
     gguf_permuted: tuple[tuple[str, str], ...] = ()  # (weight name suffix, config key of its head
     # count): rows llama.cpp interleaves per head for its rope kernel
+    unportable: tuple[str, ...] = ()  # config keys mlx-lm and llama.cpp ignore: a model that sets
+    # one exports only to transformers and PEFT
 
 
 def num_labels_of(config: dict) -> int:

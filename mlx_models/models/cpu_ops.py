@@ -1,22 +1,20 @@
 """The exponentials and the attention of a training step, fast on MLX's CPU backend (the norms:
 models/norms.py).
 
-On an x86 CPU, MLX evaluates ``exp``, ``erf`` and ``sigmoid`` one element at a time, on one core:
-``mx.exp`` on 1.4 M floats takes ~17 ms, PyTorch's 1 ms or less (``benchmarks/mlx_cpu_exp.py``).
-They sit in every activation (SiLU, GELU), in the attention softmax and in the loss's
-log-sum-exp over the vocabulary, and made those a third of our step. MLX has no fused attention
-on the CPU either: ``mx.fast.scaled_dot_product_attention`` there materialises the (B, H, L, S)
-scores, masks them with a ``where`` and keeps the probabilities for the backward.
+On an x86 CPU, MLX evaluates ``exp``, ``erf`` and ``sigmoid`` one element at a time, on one core,
+far slower than PyTorch (``benchmarks/mlx_cpu_exp.py``). They sit in every activation (SiLU, GELU),
+in the attention softmax and in the loss's log-sum-exp over the vocabulary. MLX has no fused
+attention on the CPU either: ``mx.fast.scaled_dot_product_attention`` there materialises the (B, H,
+L, S) scores, masks them with a ``where`` and keeps the probabilities for the backward.
 
 Where ``mlx_models/kernels`` is built (``make setup`` on Linux), GELU, SiLU, the softmax, the
-log-sum-exp, the attention (forward and backward, dropout included) and the norms
-(models/norms.py) run there: vectorised for the CPU, on all its cores, 13-20x faster than the
-formulas below (the attention 2.4-2.8x, forward and backward). Elsewhere the formulas stand in,
-built from multiplies and adds that ``mx.compile`` fuses (2-4x faster than the built-ins); the
-loss's log-sum-exp and the norms then stay MLX's (the formulas would keep (N, V) temporaries: 18%
-more peak memory on the LoRA benchmark). On Metal and CUDA, and in half precision, the built-ins
-are used. The exponentials agree with the built-ins within 1e-6 relative; the norms' two-pass
-variance is closer to float64 than MLX's (tests/test_cpu_ops.py).
+log-sum-exp, the attention (forward and backward, dropout included) and the norms (models/norms.py)
+run there: vectorised for the CPU, on all its cores. Elsewhere the formulas stand in, built from
+multiplies and adds that ``mx.compile`` fuses; the loss's log-sum-exp and the norms then stay MLX's
+(the formulas would keep (N, V) temporaries). On Metal and CUDA, and in half precision, the
+built-ins are used (speeds: ``benchmarks/mlx_cpu_exp.py``). The exponentials agree with the
+built-ins within 1e-6 relative; the norms' two-pass variance is closer to float64 than MLX's
+(tests/test_cpu_ops.py).
 
 Both paths compute the same formulas: ``exp`` is Cephes' float32 ``expf`` (a degree-7
 polynomial on x - n ln 2, scaled by 2^n through the exponent bits); ``erf`` is Abramowitz &

@@ -3,6 +3,7 @@ sliding window of the last ``sliding_window`` positions (none when it is null, a
 v0.2 and later). Everything else, names included, is Llama's, so it converts, trains with LoRA,
 exports and loads in mlx-lm and llama.cpp as a Llama does."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -45,4 +46,5 @@ class MistralForSequenceClassification(llama.LlamaForSequenceClassification):
 MODEL_TYPE = "mistral"
 TASKS = {"base": MistralModel, "lm": MistralForCausalLM, "classify": MistralForSequenceClassification}
 ARCHITECTURE_ALIASES: dict[str, str] = {}
-FAMILY = llama.FAMILY  # llama.cpp and mlx-lm read Mistral as Llama; PEFT names the same modules
+# llama.cpp and mlx-lm read Mistral as Llama, without its window; PEFT names the same modules
+FAMILY = dataclasses.replace(llama.FAMILY, unportable=("sliding_window",))

@@ -1,8 +1,8 @@
 """LayerNorm and RMSNorm on the CPU kernels (mlx_models/kernels): ``nn.LayerNorm`` and
 ``nn.RMSNorm`` with the same parameters, whose float32 forward and backward on the CPU run as one
 vectorised, multi-threaded kernel each instead of MLX's one-core ``mx.fast`` ops. The variance is
-computed in two passes, so rows far from zero mean keep their precision (MLX's is 3x further
-off float64 there; tests/test_cpu_ops.py). Elsewhere (Metal, CUDA, half precision, kernels not
+computed in two passes, so rows far from zero mean keep their precision (closer to float64 than
+MLX's there; tests/test_cpu_ops.py). Elsewhere (Metal, CUDA, half precision, kernels not
 built) they are nn's.
 """
 

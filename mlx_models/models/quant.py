@@ -1,7 +1,7 @@
 """Affine 4/8-bit quantization, recorded in config.json the way mlx-lm does.
 
 On Metal and CUDA the fused ``mx.quantized_matmul`` is the fast path. MLX's CPU
-quantized matmul is ~80x slower than its BLAS matmul, so on the CPU these layers
+quantized matmul is far slower than its BLAS matmul, so on the CPU these layers
 dequantize each weight on the fly (by our kernel where it is built) and use the BLAS
 GEMM: storage (and the memory the model holds) stays 4-bit, the full-precision weight
 is a transient of one layer.

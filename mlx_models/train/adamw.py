@@ -1,8 +1,7 @@
 """AdamW with its float32 CPU update in one kernel, and the gradient scaling folded into it.
 
 MLX's optimizer and ``clip_grad_norm`` are a dozen elementwise passes over the parameters and
-gradients, each on one core: on the MiniLM full-finetuning step, 0.150 s of 0.93 in the previous
-release's benchmarks/profile.md (0.064 s now). Here the mean
+gradients, each on one core (their share of a step: benchmarks/profile.md). Here the mean
 over the examples and the clipping factor become one scalar (``update``) that the update
 kernel (mlx_models/kernels) multiplies in, and the global norm is one kernel reading each gradient
 once. Without the kernels (Metal, CUDA, not built), or for other dtypes, MLX's own ops run.

@@ -59,8 +59,8 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def pick_checkpoint(run_dir: Path, name: str | None = None) -> Path | None:
     """The checkpoint of a run that a command means: ``name`` (best, last or iter-N) when given,
     else best/ (the lowest validation loss), else last/; None when the run has no such complete
-    checkpoint. The one place that decides it: --eval-only, load_trained (export, explain's
-    models), fuse."""
+    checkpoint. The one place that decides it: --eval-only, locate/load_trained (export, the
+    study), fuse. explain names its checkpoints (best by default, iter-N, all)."""
     for candidate in [name] if name else ["best", "last"]:
         if (run_dir / candidate / STATE).is_file():
             return run_dir / candidate
