@@ -54,6 +54,11 @@ def open_run(path: Path, which: str) -> Run:
     """A run directory and the checkpoints ``which`` names (best, last, iter-N or all)."""
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a run directory written by train.py (no config.json)")
+    if "model_type" in read_json(path / "config.json", ConfigError):  # a model's config, not a run's
+        raise ConfigError(
+            f"{path} is a model directory, not a run: explain takes run directories written by train.py "
+            "(train a classifier on it first)"
+        )
     cfg = TrainConfig.from_json(path / "config.json")
     if cfg.task != "classify":
         raise ConfigError(

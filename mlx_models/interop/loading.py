@@ -78,12 +78,17 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def load_model(
-    directory: str | os.PathLike, task: str | None = None, *, config_overrides: dict | None = None
+    directory: str | os.PathLike,
+    task: str | None = None,
+    *,
+    config_overrides: dict | None = None,
+    note_new: bool = True,
 ) -> nn.Module:
     """Build the model for ``task`` and load the checkpoint's weights into it.
 
     Weights of a head that the checkpoint does not have (a classifier on top of a
-    pretrained encoder) are newly initialised, as transformers does, and reported.
+    pretrained encoder) are newly initialised, as transformers does, and reported (unless
+    ``note_new`` is False: a trained run's head is restored right after).
     """
     directory = Path(directory)
     config = {**read_config(directory), **(config_overrides or {})}
@@ -114,7 +119,8 @@ def load_model(
     new = sorted(k for k in expected if k not in found)
     if new:
         init_head(model, new, config.get("initializer_range", 0.02))
-        print(f"note: newly initialised {', '.join(new)} (train them before use)", file=sys.stderr)
+        if note_new:
+            print(f"note: newly initialised {', '.join(new)} (train them before use)", file=sys.stderr)
     model.load_weights([(k, v) for k, v in tensors.items() if k in expected], strict=False)
     model.eval()
     mx.eval(model.parameters())

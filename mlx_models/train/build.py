@@ -39,7 +39,8 @@ def build(cfg: TrainConfig, num_labels: int, texts: list[str] | None = None) -> 
     else:
         directory = resolve_once(cfg)
         mx.random.seed(cfg.seed)
-        model = load_model(directory, cfg.task, config_overrides=overrides)
+        # a run reloaded (--eval-only, export, explain) gets its trained head back right after
+        model = load_model(directory, cfg.task, config_overrides=overrides, note_new=not cfg.eval_only)
         tokenizer = load_tokenizer(directory)
         check_tokenizer(tokenizer, read_config(directory), cfg.model)
         if not cfg.lora and "quantization" in read_config(directory):

@@ -113,7 +113,8 @@ def save_checkpoint(
 
 def restore_weights(model: nn.Module, path: Path) -> None:
     """Load a checkpoint's weights (all of them, or adapters + head) into ``model``; every tensor
-    in the file must be one of the model's, with the same shape."""
+    in the file must be one of the model's, with the same shape, and the task head must be there
+    (the model was built with a new one: nothing else would say it is missing)."""
     name = "adapters.safetensors" if (path / "adapters.safetensors").exists() else "model.safetensors"
     try:
         tensors = mx.load(str(path / name))
@@ -123,7 +124,9 @@ def restore_weights(model: nn.Module, path: Path) -> None:
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     if unknown := sorted(set(found) - set(expected)):
         raise WeightsError(f"{path / name} holds weights the model does not have: {', '.join(unknown[:5])}")
-    weights.check_weights(found, {}, expected, where=str(path / name))
+    heads = tuple(f"{h}." for h in getattr(model, "head_modules", ()))
+    head = {k: s for k, s in expected.items() if k.startswith(heads)}
+    weights.check_weights(found, head, expected, where=str(path / name))
     model.load_weights(list(tensors.items()), strict=False)
 
 

@@ -111,15 +111,18 @@ class TrainStep:
             grad = tree_map(mx.zeros_like, self.model.trainable_parameters())
         return Pending(grad, loss_sum, count, tokens)
 
-    def apply(self, p: Pending) -> tuple[float, int]:
-        """Update; returns (mean loss of the global batch, its real tokens)."""
+    def apply(self, p: Pending) -> tuple[float | None, int]:
+        """Update; returns (mean loss of the global batch, its real tokens). A global batch with
+        nothing to predict (masked-LM: no token masked) has no gradient: no update, loss None."""
         sums = np.array([p.loss_sum, p.count, p.tokens])
         loss_sum, count, tokens = self.world.total(sums, "the step's loss and token counts").tolist()
+        if count == 0:  # every rank sees the same global count: all skip together
+            return None, int(tokens)
         with self.world.waiting("the gradient all-reduce"):
             self._update(p.grad, mx.array(count))
             mx.eval(self.state)
         return loss_sum / count, int(tokens)
 
-    def __call__(self, batches: list[dict]) -> tuple[float, int]:
+    def __call__(self, batches: list[dict]) -> tuple[float | None, int]:
         """accumulate then apply: one optimizer step (one process)."""
         return self.apply(self.accumulate(batches))

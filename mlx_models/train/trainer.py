@@ -167,7 +167,7 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
     run.scorer = Evaluator(run.model, cfg.task, compile=cfg.compile)
     if cfg.memory_limit:
         mx.set_memory_limit(int(cfg.memory_limit * 1024**3))
-    kind = ("LoRA" if cfg.lora else "full") + (", 4-bit base" if cfg.quantize else "")
+    kind = ("LoRA" if cfg.lora else "full") + (f", {cfg.quantize}-bit base" if cfg.quantize else "")
     ranks = f", {run.world.size} ranks x {cfg.batch_size} x {run.accum}" if run.world.size > 1 else ""
     print(
         f"training {cfg.model} ({kind}{ranks}) on {len(run.data['train'][0])} examples from "
@@ -200,14 +200,15 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
     with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
-            check_finite(run, state, "training loss", loss)
+            if loss is not None:  # None: nothing to predict in this step (no update)
+                check_finite(run, state, "training loss", loss)
+                running.append(loss)
             state.step, state.batch, state.tokens = state.step + 1, b + 1, state.tokens + n
-            running.append(loss)
             tokens += n
             speed = tokens / (time.perf_counter() - tic)  # this session's, evaluations included
             memory = f"{mx.get_active_memory() / 1e9:.2f}/{mx.get_peak_memory() / 1e9:.2f}"
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{speed:.0f}", mem_gb=memory)
+            bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", tok_s=f"{speed:.0f}", mem_gb=memory)
             done, stop = state.step >= run.total_steps, False
             if state.step % run.eval_every == 0 or done:
                 epoch = state.epoch + state.batch / n_batches
@@ -311,7 +312,12 @@ def evaluate_and_keep_best(
     check_finite(run, state, "validation loss", val["loss"])
     if run.world.main:
         record_evaluation(
-            run, state, epoch, val, tr | {"running_loss": float(np.mean(running))}, tokens_per_s
+            run,
+            state,
+            epoch,
+            val,
+            tr | {"running_loss": float(np.mean(running)) if running else None},
+            tokens_per_s,
         )
     if state.best_loss is None or val["loss"] < state.best_loss:
         state.best_loss, state.bad_evals = val["loss"], 0
