@@ -83,3 +83,25 @@ def test_failed_fit_writes_nothing(tmp_path):
     with pytest.raises(DataError, match="single class"):
         run_tfidf(TrainConfig(model="tfidf", out=str(out)), splits)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tfidf_run_answers_the_trained_run_interface(tfidf_run, tmp_path, capsys):
+    """load_trained reads a TF-IDF run as it reads the others; export and fuse refuse it in one line."""
+    from mlx_models.export import fuse
+    from mlx_models.export.cli import main as export_main
+    from mlx_models.train.trained import TfidfTrained, load_trained, locate
+
+    out, _ = tfidf_run
+    t = load_trained(out)
+    assert isinstance(t, TfidfTrained) and t.path == out / "best" and t.task == "classify"
+    assert t.num_labels == 2 and t.pipeline.predict_proba(["a fine film"]).shape == (1, 2)
+    assert locate(out / "last").tfidf and locate(out, "last").path == out / "last"
+    for main, argv, says in (
+        (export_main, [str(out), "--to", "hf", "--out", str(tmp_path / "x")], "is a TF-IDF baseline run"),
+        (fuse.main, [str(out), "--out", str(tmp_path / "x")], "is a TF-IDF baseline run"),
+    ):
+        capsys.readouterr()
+        assert run_cli(main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "x").exists()

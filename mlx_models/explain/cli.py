@@ -66,7 +66,7 @@ def open_run(path: Path, which: str) -> Run:
             "explain a run trained with --task classify"
         )
     if cfg.model == "tfidf":  # one fit: best/ and last/ hold the same pipeline
-        found = [(n, path / n, 1) for n in ("best", "last") if (path / n / "model.joblib").is_file()]
+        found = [(n, path / n, 1) for n in ("best", "last") if (path / n / rd.TFIDF_MODEL).is_file()]
     else:
         found = sorted(((p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)), key=_order)
     chosen = found if which == "all" else [c for c in found if c[0] == which]
@@ -151,11 +151,10 @@ def check_run(run: Run, args) -> None:
 
 def scorer(run: Run, path: Path, options: Options, max_length: int | None, cache: dict):
     """The model of checkpoint ``path`` (built once per run, its trained weights restored)."""
-    if run.tfidf:
-        import joblib
+    from ..train.trained import load_trained, locate, rebuild
 
-        return TfidfScorer(joblib.load(path / "model.joblib"))  # our own run's pipeline
-    from ..train.trained import locate, rebuild
+    if run.tfidf:
+        return TfidfScorer(load_trained(path).pipeline)
 
     where = locate(path)
     if run.path not in cache:
@@ -183,17 +182,16 @@ def explain_runs(runs: list[Run], examples: list[Example], args, options: Option
 def num_labels(run: Run) -> int:
     _, path, _ = run.checkpoints[0]
     if run.tfidf:
-        import joblib
+        from ..train.trained import load_trained
 
-        return len(joblib.load(path / "model.joblib").classes_)
+        return load_trained(path).num_labels
     return int(read_json(path / "config.json", WeightsError, "use another checkpoint")["num_labels"])
 
 
 def non_predictive_flags(args, runs: list[Run], examples: list[Example]):
     """Per text, the words a TF-IDF model (--tfidf, else a TF-IDF run among RUN) finds
     non-predictive; None without a TF-IDF model."""
-    import joblib
-
+    from ..train.trained import load_trained
     from .tfidf import non_predictive
 
     path = Path(args.tfidf) if args.tfidf else next((r.path for r in runs if r.tfidf), None)
@@ -202,7 +200,7 @@ def non_predictive_flags(args, runs: list[Run], examples: list[Example]):
     run = open_run(path, "best")
     if not run.tfidf:
         raise ConfigError(f"--tfidf {path} is a {run.cfg.model} run; pass a run of train.py --model tfidf")
-    pipeline = joblib.load(run.checkpoints[0][1] / "model.joblib")
+    pipeline = load_trained(run.checkpoints[0][1]).pipeline
     return [non_predictive(pipeline, e.words) for e in examples]
 
 

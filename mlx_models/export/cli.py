@@ -24,6 +24,7 @@ from ..interop.conversion import DTYPES, default_dtype
 from ..io import check_out, output_dir
 from ..models import MODULES, family
 from ..models.lora import from_model
+from ..train import run_dir as rd
 from ..train.config import resolve_model_alias
 from ..train.trained import Checkpoint, Trained, inputs_of, load_trained, locate
 from .gguf_file import check_exportable, export_gguf
@@ -35,6 +36,11 @@ HF_SHARD_BYTES = 5 * 10**9  # "shards <= 5 GB", as transformers' max_shard_size=
 
 def check_format(to: str, where: Checkpoint, dtype: str) -> None:
     """Refuse what the format cannot hold, before any weight is read."""
+    if where.tfidf:
+        raise ConfigError(
+            f"{where.path} is a TF-IDF baseline run: a scikit-learn pipeline ({rd.TFIDF_MODEL}), with no "
+            "weights for transformers, PEFT, mlx-lm or GGUF; load it with joblib, or explain it"
+        )
     unportable = [k for k in family(where.model_type).unportable if where.config.get(k)]
     if to in ("mlx-lm", "gguf") and unportable:
         raise ConfigError(

@@ -29,6 +29,8 @@ def fuse(
         named = Path(run_dir) / (checkpoint_name or "best")
         raise ConfigError(f"{named} is not a checkpoint of a train.py run (checkpoints: {have or 'none'})")
     where = locate(ckpt)
+    if where.tfidf:
+        raise ConfigError(f"{run_dir} is a TF-IDF baseline run: it has no LoRA adapters to fold in")
     check_out(out, force, [run_dir, *inputs_of(where)])
     if not where.lora:
         raise ConfigError(f"{run_dir} is a full finetuning run: {ckpt} is already a plain checkpoint")

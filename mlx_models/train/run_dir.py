@@ -28,6 +28,7 @@ from .config import TrainConfig, save_train_config
 
 CONFIG = "config.json"
 STATE = "trainer_state.json"
+TFIDF_MODEL = "model.joblib"  # the TF-IDF baseline's checkpoint: its fitted scikit-learn pipeline
 
 
 @dataclass
@@ -62,7 +63,7 @@ def pick_checkpoint(run_dir: Path, name: str | None = None) -> Path | None:
     checkpoint. The one place that decides it: --eval-only, locate/load_trained (export, the
     study), fuse. explain names its checkpoints (best by default, iter-N, all)."""
     for candidate in [name] if name else ["best", "last"]:
-        if (run_dir / candidate / STATE).is_file():
+        if any((run_dir / candidate / f).is_file() for f in (STATE, TFIDF_MODEL)):
             return run_dir / candidate
     return None
 

@@ -21,6 +21,7 @@ from ..registry import config_file
 from .config import TrainConfig, default_run_dir, resolve_model_alias, save_train_config
 from .data import Split, Splits, load_splits
 from .metrics import append_metrics, classification_metrics, plot_curves
+from .run_dir import TFIDF_MODEL
 
 # Overridden by `params:` of the model's entry in config.yaml.
 DEFAULT_PARAMS = {"C": 1.0, "ngram_max": 2, "min_df": 2, "max_features": 200_000}
@@ -68,7 +69,7 @@ def run_tfidf(
         plot_curves(tmp, title=f"{run_dir.name} ({splits.source})")
         for sub in ("last", "best"):
             (tmp / sub).mkdir()
-            joblib.dump(model, tmp / sub / "model.joblib")
+            joblib.dump(model, tmp / sub / TFIDF_MODEL)
     print(json.dumps(records[-1], sort_keys=True))
     return {k: v for k, v in records[-1].items() if k not in ("split", "step", "epoch")}
 

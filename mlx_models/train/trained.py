@@ -47,6 +47,22 @@ class Checkpoint:
     def lora(self) -> bool:
         return self.cfg is not None and self.cfg.lora
 
+    @property
+    def tfidf(self) -> bool:
+        """A TF-IDF baseline run's checkpoint: a scikit-learn pipeline, no weights."""
+        return self.cfg is not None and self.cfg.model == "tfidf"
+
+
+@dataclass
+class TfidfTrained(Checkpoint):
+    """A TF-IDF baseline run back in memory: its fitted pipeline (best/ and last/ hold the same)."""
+
+    pipeline: Any
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.pipeline.classes_)
+
 
 @dataclass
 class Trained(Checkpoint):
@@ -64,6 +80,8 @@ def locate(path: str | Path, checkpoint: str | None = None) -> Checkpoint:
         raise SourceError(
             f"{path}: no such directory; give a run directory, a checkpoint or a converted model"
         )
+    if (tfidf := locate_tfidf(path, checkpoint)) is not None:
+        return tfidf
     is_one = checkpoint is None and (path / TRAIN_CONFIG).is_file()
     ckpt = path if is_one else rd.pick_checkpoint(path, checkpoint)
     if ckpt is not None and (ckpt / TRAIN_CONFIG).is_file():
@@ -78,14 +96,28 @@ def locate(path: str | Path, checkpoint: str | None = None) -> Checkpoint:
     return Checkpoint(path, read_config(path), None)
 
 
+def locate_tfidf(path: Path, checkpoint: str | None) -> Checkpoint | None:
+    """The checkpoint of a TF-IDF baseline run that ``path`` (the run or one of its checkpoints)
+    and ``checkpoint`` name; None for anything else. Its training config is the run's."""
+    for run, ckpt in ((path, rd.pick_checkpoint(path, checkpoint)), (path.parent, path)):
+        if ckpt is not None and (ckpt / rd.TFIDF_MODEL).is_file() and (run / rd.CONFIG).is_file():
+            cfg = TrainConfig.from_json(run / rd.CONFIG)
+            return Checkpoint(ckpt, {"model_type": "tfidf"}, cfg) if cfg.model == "tfidf" else None
+    return None
+
+
 def inputs_of(c: Checkpoint) -> list[Path]:
     """What reading ``c`` reads from disk: the checkpoint and its base model (an --out must hold neither)."""
     base = getattr(c, "base", None) or c.config.get("base_model")
     return [c.path, *([Path(base)] if base else [])]
 
 
-def load_trained(path: str | Path, checkpoint: str | None = None) -> Trained:
+def load_trained(path: str | Path, checkpoint: str | None = None) -> Trained | TfidfTrained:
     where = locate(path, checkpoint)
+    if where.tfidf:
+        import joblib
+
+        return TfidfTrained(**vars(where), pipeline=joblib.load(where.path / rd.TFIDF_MODEL))
     if where.cfg is None:
         model = load_model(where.path)
         return Trained(
