@@ -153,6 +153,8 @@ CASES = {
     "convert q-group-size text": ("convert", [*C, "--q-group-size", "big"], "invalid int value"),
     "convert q-bits 3": ("convert", [*C, "-q", "--q-bits", "3"], "invalid choice: 3"),
     "convert group fits no layer": ("convert", [odd_sizes, *CT, "-q", "--q-group-size", "32"], "nothing would be quantized"),
+    "convert corrupt tokenizer.json": ("convert", [write_file("tokenizer.json", "{not json"), *CT], "the tokenizer of directory"),
+    "convert group leaves layers out": ("convert", [*C, "-q", "--q-group-size", "128"], "does not divide the input size of 11 of 13 layers (bert.embeddings.word_embeddings: 64), which would stay in full precision; use --q-group-size 64"),
     "convert shard size nan": ("convert", [*C, "--max-shard-size", "nan"], "finite number > 0"),
     "convert shard size inf": ("convert", [*C, "--max-shard-size", "inf"], "finite number > 0"),
     "convert shard size -1": ("convert", [*C, "--max-shard-size", "-1"], "finite number > 0"),

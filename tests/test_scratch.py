@@ -289,6 +289,8 @@ BAD = {
     "global batch not a multiple": (GOOD, ["--train.global_batch_size", "10"], "global_batch_size 10 is not a multiple of batch_size 4"),
     "model config not key=value": (GOOD, ["--model-config", "layers"], "is not key=value"),
     "model config not a model": (GOOD, ["--model-config", "model_type=t5"], "unsupported model_type 't5'"),
+    "model config key misspelt": (GOOD, ["--model-config", "num_hiden_layers=1"], "unknown key 'num_hiden_layers' for roberta; did you mean num_hidden_layers?"),
+    "model config key of no config": (GOOD, ["--model-config", "flux_capacitor=3"], "unknown key 'flux_capacitor' for roberta"),
     "lora from scratch": (GOOD, ["--lora"], "--from-scratch trains every weight"),
     "no corpus files": (lambda d: d.mkdir() or d, [], "no .txt or .jsonl files"),
 }  # fmt: skip

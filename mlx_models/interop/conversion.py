@@ -9,12 +9,13 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsError
 from ..io import atomic_write_json, check_out, output_dir
 from ..models import build_model, checkpoint_task, model_module
-from ..models.quant import quantization_config, quantize
+from ..models.quant import quantizable, quantization_config, quantize
 from . import weights
 from .sources import Source, open_source
 
@@ -52,7 +53,9 @@ def convert(
     names = weight_names(src, config, model)
     quantized, kept = set(), {}
     if q_bits:
+        could = quantizable_layers(model, min(GROUP_SIZES))
         quantized = {f"{p}.weight" for p in quantize(model, q_bits, q_group_size)}
+        check_all_quantized(could, quantized, q_group_size)
         if not quantized:
             raise ConfigError(
                 f"no layer of {source} has an input size divisible by --q-group-size {q_group_size}, "
@@ -62,6 +65,7 @@ def convert(
         config["quantization"] = quantization_config(q_bits, q_group_size)
         config["quantization"] |= {name.removesuffix(".weight"): q for name, q in kept.items()}
     config = output_config(config, dtype or default_dtype(config))
+    tokenizer = source_tokenizer(src)
     with output_dir(out, force, inputs) as tmp:
         writer = weights.ShardWriter(tmp, max_shard_bytes)
         for src_name, name in tqdm(names.items(), desc="converting", unit="tensor", disable=not progress):
@@ -80,8 +84,29 @@ def convert(
                 writer.add(k, v)
         writer.close()
         atomic_write_json(tmp / "config.json", config)
-        save_tokenizer(src, tmp)
+        if tokenizer is not None:  # a failed write fails the conversion: nothing lands
+            tokenizer.save_pretrained(str(tmp))
     return out
+
+
+def quantizable_layers(model: nn.Module, group_size: int) -> dict[str, int]:
+    """Path -> input size of every layer that quantizes at ``group_size`` (heads stay full)."""
+    skip = getattr(model, "head_modules", ())
+    leaves = tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+    return {p: m.weight.shape[-1] for p, m in leaves if quantizable(p, m, group_size, skip)}
+
+
+def check_all_quantized(could: dict[str, int], quantized: set[str], group_size: int) -> None:
+    """-q quantizes every layer it can, or refuses: layers that a smaller group size would split
+    are not left in full precision without a word."""
+    left = sorted(p for p in could if f"{p}.weight" not in quantized)
+    if quantized and left:
+        fits = [g for g in GROUP_SIZES if all(d % g == 0 for d in could.values())]
+        raise ConfigError(
+            f"--q-group-size {group_size} does not divide the input size of {len(left)} of {len(could)} "
+            f"layers ({left[0]}: {could[left[0]]}), which would stay in full precision; use "
+            f"--q-group-size {max(fits)}"
+        )
 
 
 def check_options(dtype: str | None, q_bits: int | None, q_group_size: int, max_shard_bytes: int) -> None:
@@ -148,10 +173,18 @@ def output_config(config: dict, dtype: str) -> dict:
     return config
 
 
-def save_tokenizer(src: Source, directory: Path) -> None:
+def source_tokenizer(src: Source):
+    """The source's tokenizer, read before anything is written; None, with a warning, for a source
+    without tokenizer files. Files that are there but unreadable are an error: the conversion would
+    be unusable without them."""
+    if not src.has_tokenizer:
+        print(f"warning: {src.description} has no tokenizer files; converted without one", file=sys.stderr)
+        return None
     try:
-        tokenizer = src.load_tokenizer()
-    except Exception as e:  # a checkpoint without tokenizer files still converts
-        print(f"warning: no tokenizer saved ({type(e).__name__}: {e})", file=sys.stderr)
-        return
-    tokenizer.save_pretrained(str(directory))  # a failed write fails the conversion: nothing lands
+        return src.load_tokenizer()
+    except Exception as e:
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise WeightsError(
+            f"the tokenizer of {src.description} cannot be read ({reason}); fix or re-download its "
+            "tokenizer files"
+        ) from e

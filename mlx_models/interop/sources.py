@@ -37,6 +37,7 @@ class Source:
     # and their reader returning (packed weight, scales, biases) without rounding anything.
     affine: dict[str, dict] = field(default_factory=dict)
     read_affine: Callable[[str], tuple[mx.array, mx.array, mx.array]] | None = None
+    has_tokenizer: bool = True  # a directory without tokenizer files converts without one
 
 
 def looks_like_path(spec: str) -> bool:
@@ -164,7 +165,10 @@ def open_directory(path: Path, description: str | None = None) -> Source:
 
         return AutoTokenizer.from_pretrained(str(path))
 
-    return Source(config, shapes, read, load_tokenizer, description or f"directory {path}")
+    has_tokenizer = any(next(path.glob(p), None) for p in TOKENIZER_PATTERNS)
+    return Source(
+        config, shapes, read, load_tokenizer, description or f"directory {path}", has_tokenizer=has_tokenizer
+    )
 
 
 def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:

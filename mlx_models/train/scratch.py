@@ -6,6 +6,8 @@ weights): the run's checkpoints name it as their base, and a resumed run reads i
 training the tokenizer again.
 """
 
+import dataclasses
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write_json, read_json
-from ..models import build_model
+from ..models import MODULES, build_model
 from ..registry import read_config_yaml
 from .config import TrainConfig, convert, resolve_model_alias
 
@@ -41,7 +43,24 @@ def model_config(cfg: TrainConfig) -> dict:
             f"--from-scratch needs the architecture of {cfg.model}: give the alias a config: in config.yaml, "
             "or pass --model path/to/config.json"
         )
-    return base | overrides(cfg.model_config)
+    extra = overrides(cfg.model_config)
+    check_known_keys(extra, (base | extra).get("model_type"))
+    return base | extra
+
+
+def check_known_keys(keys: dict, model_type: str | None) -> None:
+    """``--model-config`` keys must be config.json keys of the family (ours or transformers'): a
+    typo is an error with the nearest key, not an override that is silently dropped."""
+    if model_type not in MODULES or not keys:
+        return  # an unknown model_type is refused when the model is built
+    from transformers import AutoConfig
+
+    known = {f.name for f in dataclasses.fields(MODULES[model_type].ModelArgs)}
+    known |= set(AutoConfig.for_model(model_type).to_dict())
+    for key in sorted(set(keys) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"did you mean {close[0]}?" if close else "see the model's config.json for its keys"
+        raise ConfigError(f"--model-config: unknown key {key!r} for {model_type}; {hint}")
 
 
 def overrides(spec: str | None) -> dict:
