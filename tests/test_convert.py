@@ -317,3 +317,24 @@ def test_second_copy_of_the_weights_is_not_read(tmp_path, capsys):
     save_file({"layers.0.attention.wq.weight": np.zeros((4, 4), np.float32)}, hf / "consolidated.safetensors")
     assert convert_main([str(hf), "--out", str(tmp_path / "out")]) == 0
     assert "unknown weights" not in capsys.readouterr().err
+
+
+def test_config_values_of_the_wrong_type_or_range_are_named_together():
+    """Every config.json value is checked against its field before it is used (one error)."""
+    from mlx_models.errors import ConfigError
+    from mlx_models.models import llama
+
+    base = dict(model_type="llama", vocab_size=10, hidden_size=8, num_hidden_layers=1)
+    base |= dict(num_attention_heads=2, intermediate_size=16)
+    assert llama.ModelArgs.from_dict(base).head_dim == 4
+    with pytest.raises(ConfigError, match=r"head_dim -2 \(must be a positive integer\)"):
+        llama.ModelArgs.from_dict(base | {"head_dim": -2})
+    with pytest.raises(ConfigError) as e:
+        llama.ModelArgs.from_dict(
+            base | {"rms_norm_eps": "1e-6", "rope_parameters": "x", "attention_bias": 0}
+        )
+    assert str(e.value).count("(must be") == 3 and "rope_parameters 'x' (must be dict or null)" in str(
+        e.value
+    )
+    with pytest.raises(ConfigError, match="rms_norm_eps nan"):
+        llama.ModelArgs.from_dict(base | {"rms_norm_eps": float("nan")})

@@ -1,6 +1,9 @@
 """What every model file shares: config parsing, attention masks and the task-model layout."""
 
+import dataclasses
 import inspect
+import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +40,10 @@ class BaseModelArgs:
             )
         if "num_labels" in params:
             config = {**config, "num_labels": num_labels_of(config)}
-        return cls(**{k: v for k, v in config.items() if k in params})
+        given = {k: v for k, v in config.items() if k in params}
+        if problems := type_problems(cls, given):
+            raise ConfigError(f"unsupported {config.get('model_type')} config: " + "; ".join(problems))
+        return cls(**given)
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -70,6 +76,34 @@ class Family:
     # count): rows llama.cpp interleaves per head for its rope kernel
     unportable: tuple[str, ...] = ()  # config keys mlx-lm and llama.cpp ignore: a model that sets
     # one exports only to transformers and PEFT
+
+
+def type_problems(cls: type, given: dict) -> list[str]:
+    """Every config.json value whose type is not its field's (a number given as a string, a size as
+    a float): one error naming them all, before any of them is used."""
+    problems = []
+    for f in dataclasses.fields(cls):
+        if f.name not in given:
+            continue
+        value, allowed = given[f.name], typing.get_args(f.type) or (f.type,)
+        if not any(_of_type(value, t) for t in allowed):
+            names = " or ".join(
+                "null" if t is type(None) else getattr(t, "__name__", str(t)) for t in allowed
+            )
+            problems.append(f"{f.name} {value!r} (must be {names})")
+    return problems
+
+
+def _of_type(value: Any, tp: Any) -> bool:
+    """JSON's view of a field type: an int is a float, a bool is no number, a float must be finite."""
+    if tp is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    if tp is int:
+        return type(value) is int
+    if tp is type(None) or tp is Any:
+        return value is None or tp is Any
+    origin = typing.get_origin(tp) or tp
+    return isinstance(value, origin) if isinstance(origin, type) else True
 
 
 def num_labels_of(config: dict) -> int:

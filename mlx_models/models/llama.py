@@ -58,6 +58,7 @@ class ModelArgs(BaseModelArgs):
         return super().checks() + [
             (rope not in ROPE_TYPES, f"rope type {rope!r} (supported: {', '.join(ROPE_TYPES)})"),
             (heads % kv != 0, f"num_attention_heads {heads} not a multiple of num_key_value_heads {kv}"),
+            (self.head_dim < 1, f"head_dim {self.head_dim} (must be a positive integer)"),
             (bool(self.attention_dropout), "attention_dropout > 0 (Llama trains without it; set it to 0.0)"),
         ]
 
