@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int | None:
     """``mlx-models COMMAND ...``: the command's own ``main`` with the rest of the arguments."""
     argv = take_config_option(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)  # a refusal leaves stdout empty
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         from .errors import ConfigError

@@ -69,7 +69,11 @@ def test_config_option_and_env_select_another_config(installed, tmp_path):
         f"error: --config '{tmp_path / 'missing.yaml'}': no such file; give the path of a config.yaml"
     ]
     proc = run(installed, tmp_path, mlx_models, "trian")
-    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr and proc.stdout == ""
+    proc = run(installed, tmp_path, mlx_models)
+    assert proc.returncode == 2 and "usage: mlx-models" in proc.stderr and proc.stdout == ""
+    proc = run(installed, tmp_path, mlx_models, "--help")
+    assert proc.returncode == 0 and "commands:" in proc.stdout
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="the BLAS trap is the Linux mlx-cpu wheel's")
