@@ -39,8 +39,10 @@ def build_kernels(build_dir: Path, out_dir: Path) -> None:
 
 class BuildPy(build_py):
     def run(self):
-        if not getattr(self, "editable_mode", False):  # no stale module of an earlier build in the wheel
-            shutil.rmtree(Path(self.build_lib) / "mlx_models", ignore_errors=True)
+        stale = Path(self.build_lib).resolve() / "mlx_models"
+        # no stale module of an earlier build in the wheel; only ever inside this checkout's build/
+        if not getattr(self, "editable_mode", False) and stale.is_relative_to(ROOT / "build"):
+            shutil.rmtree(stale, ignore_errors=True)
         super().run()
         if platform.system() != "Linux" or os.environ.get("MLX_MODELS_NO_KERNELS"):
             return

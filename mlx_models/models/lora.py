@@ -5,6 +5,7 @@ which is all QLoRA needs); this module picks the layers, sets scale = alpha / r,
 everything but the adapters and the task head, and fuses adapters back into plain weights.
 """
 
+import functools
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -16,6 +17,7 @@ from ..errors import ConfigError
 from . import families
 
 
+@functools.cache  # the families are fixed once models/ is imported
 def target_aliases() -> dict[str, tuple[str, ...]]:
     """--lora-targets names (Llama's) -> every family's module names for them."""
     aliases: dict[str, tuple[str, ...]] = {}
