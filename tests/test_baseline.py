@@ -105,3 +105,22 @@ def test_tfidf_run_answers_the_trained_run_interface(tfidf_run, tmp_path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
         assert not (tmp_path / "x").exists()
+
+
+def test_tfidf_run_evaluates_again_with_eval_only(tfidf_run, tmp_path, capsys):
+    """--eval-only scores a TF-IDF run's pipeline on the test split as it does a model's best/."""
+    import shutil
+
+    out, _ = tfidf_run
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    before = read_metrics(run)
+    assert run_cli(train_main(), ["--eval-only", str(run)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    after = read_metrics(run)
+    assert len(after) == len(before) + 1 and after[-1] == record
+    assert record["split"] == "test" and record["checkpoint"] == "best"
+    assert record["accuracy"] == before[-1]["accuracy"]
+    assert record["loss"] == pytest.approx(before[-1]["loss"])
+    assert run_cli(train_main(), ["--resume", str(run)]) == 2  # one fit: nothing to continue
+    assert "does not apply" in capsys.readouterr().err

@@ -16,10 +16,10 @@ import mlx_models.train.trainer as trainer
 from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model
 from mlx_models.cli import run_cli
-from mlx_models.explain.cli import main, open_run, scorer
+from mlx_models.explain.cli import main, open_run
 from mlx_models.explain.gradients import baseline_ids, integrated_gradients
 from mlx_models.explain.perturbation import Shap
-from mlx_models.explain.runner import Options
+from mlx_models.explain.runner import Options, scorer_for
 from mlx_models.export.fuse import fuse
 from mlx_models.interop.loading import read_config
 from mlx_models.io import OUTPUT_MARKER
@@ -27,6 +27,7 @@ from mlx_models.models.lora import LoRALinear
 from mlx_models.parity.reference import torch_model
 from mlx_models.train.config import TrainConfig, load_train_config, save_train_config
 from mlx_models.train.tfidf import run_tfidf
+from mlx_models.train.trained import load_trained
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +106,7 @@ def test_every_checkpoint_and_the_tfidf_baseline(runs, tmp_path, capsys):
 def test_qlora_attributions_equal_the_fused_model_and_captum(runs, tmp_path):
     run = open_run(runs["llama-qlora"], "best")
     _, path, _ = run.checkpoints[0]
-    ours = scorer(run, path, Options(), None, {})
+    ours = scorer_for(load_trained(path), Options())
     assert any(isinstance(m, LoRALinear) for _, m in ours.model.named_modules())
     fused = load_model(fuse(run.path, tmp_path / "fused"), "classify")
     batch = padded_batch(ours.tokenizer, SENTENCES)
@@ -150,7 +151,7 @@ def test_shap_values_add_up(runs):
     text = "What a wonderful film, truly wonderful!"
     for name in ("bert", "tfidf"):
         run = open_run(runs[name], "best")
-        model = scorer(run, run.checkpoints[0][1], Options(), None, {})
+        model = scorer_for(load_trained(run.checkpoints[0][1]), Options())
         values, base = Shap(model.proba_texts, model.mask_token, max_evals=200)(text, 1)
         assert len(values) == 8  # the shared words
         assert values.sum() + base == pytest.approx(model.proba_texts([text])[0, 1], abs=1e-5), name

@@ -21,22 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import ArgumentParser
-from ..errors import ConfigError, DataError, MLXModelsError, WeightsError
+from ..errors import ConfigError, DataError, MLXModelsError
 from ..io import atomic_write_json, atomic_write_text, check_out, output_dir, read_json
 from ..train import run_dir as rd
 from ..train.config import TrainConfig
 from ..train.data import FORMATS, SPLIT_SEED, load_splits, pick_stratified, read_file
+from ..train.trained import Checkpoint, inputs_of, load_trained, locate
 from . import report as report
 from .gradients import RULES
 from .runner import (
-    GRADIENT_METHODS,
     METHODS,
     Column,
     Example,
-    MLXScorer,
     Options,
     TfidfScorer,
     explain_examples,
+    scorer_for,
+    scorer_type,
 )
 
 ITER = re.compile(r"iter-(\d+)")
@@ -46,8 +47,12 @@ ITER = re.compile(r"iter-(\d+)")
 class Run:
     path: Path
     cfg: TrainConfig
-    tfidf: bool
+    first: Checkpoint  # the first checkpoint asked for: what kind of model the run trained
     checkpoints: list[tuple[str, Path, int]]  # (name, directory, step)
+
+    @property
+    def scorer(self) -> type:
+        return scorer_type(self.first)
 
 
 def open_run(path: Path, which: str) -> Run:
@@ -65,17 +70,14 @@ def open_run(path: Path, which: str) -> Run:
             f"{path} trained a {cfg.task} model, which has no classifier to explain; "
             "explain a run trained with --task classify"
         )
-    if cfg.model == "tfidf":  # one fit: best/ and last/ hold the same pipeline
-        found = [(n, path / n, 1) for n in ("best", "last") if (path / n / rd.TFIDF_MODEL).is_file()]
-    else:
-        found = sorted(((p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)), key=_order)
+    found = sorted(((p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)), key=_order)
     chosen = found if which == "all" else [c for c in found if c[0] == which]
     if not chosen:
         have = ", ".join(n for n, _, _ in found) or "none"
         raise ConfigError(
             f"{path} has no checkpoint {which!r} (checkpoints: {have}); pick one of them or all"
         )
-    return Run(path, cfg, cfg.model == "tfidf", chosen)
+    return Run(path, cfg, locate(chosen[0][1]), chosen)
 
 
 def _order(checkpoint: tuple[str, Path, int]) -> tuple:
@@ -130,77 +132,39 @@ def check_examples(examples: list[Example], num_labels: int, target: str) -> Non
         raise ConfigError("--target gold needs a label for every text; use --target pred")
 
 
-def methods_for(run: Run, methods: list[str]) -> list[str]:
-    """The TF-IDF baseline answers the gradient methods with its exact linear contributions."""
-    if run.tfidf:
-        return list(dict.fromkeys("linear" if m in GRADIENT_METHODS else m for m in methods))
-    if "linear" in methods:
-        raise ConfigError(f"method linear is the TF-IDF baseline's; {run.path} is a {run.cfg.model} run")
-    return methods
-
-
 def check_run(run: Run, args) -> None:
     """What can be refused before any model runs."""
-    methods_for(run, args.methods)
-    if args.baseline == "mask" and not run.tfidf:
-        from ..interop.loading import load_tokenizer
-
-        if load_tokenizer(run.checkpoints[0][1]).mask_token_id is None:
-            raise ConfigError(f"{run.path}: the model's tokenizer has no mask token; use --baseline pad")
-
-
-def scorer(run: Run, path: Path, options: Options, max_length: int | None, cache: dict):
-    """The model of checkpoint ``path`` (built once per run, its trained weights restored)."""
-    from ..train.trained import load_trained, locate, rebuild
-
-    if run.tfidf:
-        return TfidfScorer(load_trained(path).pipeline)
-
-    where = locate(path)
-    if run.path not in cache:
-        cache[run.path] = rebuild(where)[:2]
-    model, tokenizer = cache[run.path]
-    cfg = where.cfg
-    rd.restore_weights(model, path)
-    model.eval()  # also the LoRA layers, created in training mode
-    return MLXScorer(model, tokenizer, max_length or cfg.max_length, cfg.padding_side, options)
+    run.scorer.methods(args.methods, run.first)
+    run.scorer.check(run.first, args.baseline)
 
 
 def explain_runs(runs: list[Run], examples: list[Example], args, options: Options) -> list[Column]:
-    columns, cache = [], {}
+    columns = []
     for run in runs:
-        methods, done = methods_for(run, args.methods), {}
+        methods, done, trained = run.scorer.methods(args.methods, run.first), {}, None
         for name, path, step in run.checkpoints:
             if step not in done:  # best/last/iter-N saved at the same step hold the same weights
                 print(f"explaining {run.path.name}/{name}: {', '.join(methods)}", file=sys.stderr)
-                model = scorer(run, path, options, args.max_length, cache)
+                trained = load_trained(path, reuse=trained)  # a run's model is built once
+                model = scorer_for(trained, options, args.max_length)
                 done[step] = explain_examples(model, examples, methods, args.target, options)
             columns.append(Column(run.path.name, name, step, methods, done[step]))
     return columns
 
 
-def num_labels(run: Run) -> int:
-    _, path, _ = run.checkpoints[0]
-    if run.tfidf:
-        from ..train.trained import load_trained
-
-        return load_trained(path).num_labels
-    return int(read_json(path / "config.json", WeightsError, "use another checkpoint")["num_labels"])
-
-
 def non_predictive_flags(args, runs: list[Run], examples: list[Example]):
     """Per text, the words a TF-IDF model (--tfidf, else a TF-IDF run among RUN) finds
     non-predictive; None without a TF-IDF model."""
-    from ..train.trained import load_trained
     from .tfidf import non_predictive
 
-    path = Path(args.tfidf) if args.tfidf else next((r.path for r in runs if r.tfidf), None)
+    tfidf_runs = (r.path for r in runs if r.scorer is TfidfScorer)
+    path = Path(args.tfidf) if args.tfidf else next(tfidf_runs, None)
     if path is None:
         return None
-    run = open_run(path, "best")
-    if not run.tfidf:
-        raise ConfigError(f"--tfidf {path} is a {run.cfg.model} run; pass a run of train.py --model tfidf")
-    pipeline = load_trained(run.checkpoints[0][1]).pipeline
+    where = open_run(path, "best").first
+    if scorer_type(where) is not TfidfScorer:
+        raise ConfigError(f"--tfidf {path} is a {where.cfg.model} run; pass a run of train.py --model tfidf")
+    pipeline = load_trained(where.path).pipeline
     return [non_predictive(pipeline, e.words) for e in examples]
 
 
@@ -247,8 +211,6 @@ def write_outputs(out: Path, args, examples, columns, class_names, summary: tupl
 def inputs(args) -> list[str | Path]:
     """What the command reads (the runs, their base models, --texts, --tfidf): an --out must not
     be or hold any of it."""
-    from ..train.trained import inputs_of, locate
-
     bases = []
     for run in args.runs:
         with contextlib.suppress(MLXModelsError):  # not a run of a model (TF-IDF, or not a run)
@@ -333,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [open_run(Path(r), args.checkpoint) for r in args.runs]
     for run in runs:
         check_run(run, args)
-    labels = {num_labels(r) for r in runs}
+    labels = {r.first.num_labels for r in runs}
     if len(labels) > 1:
         raise ConfigError(f"the runs classify into different numbers of classes ({sorted(labels)})")
     examples, names, source = load_examples(args, runs[0])

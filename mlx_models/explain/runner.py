@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from ..batching import batch_order, collate, encode, pad_id_for
 from ..errors import ConfigError, WeightsError
+from ..interop.loading import load_tokenizer
+from ..train.trained import Checkpoint, TfidfTrained, Trained
 from . import tfidf as tfidf
 from .faithfulness import aopc, random_rankings
 from .gradients import baseline_ids, gradient_x_input, integrated_gradients
@@ -68,6 +70,22 @@ class Explained:
 
 class MLXScorer:
     """A BERT, RoBERTa or Llama classifier: ig, grad-input, occlusion, shap."""
+
+    @staticmethod
+    def methods(requested: list[str], where: Checkpoint) -> list[str]:
+        if "linear" in requested:
+            raise ConfigError(
+                f"method linear is the TF-IDF baseline's; {where.path.parent} is a {where.cfg.model} run"
+            )
+        return requested
+
+    @staticmethod
+    def check(where: Checkpoint, baseline: str) -> None:
+        """What can be refused before the model is built."""
+        if baseline == "mask" and load_tokenizer(where.path).mask_token_id is None:
+            raise ConfigError(
+                f"{where.path.parent}: the model's tokenizer has no mask token; use --baseline pad"
+            )
 
     def __init__(self, model, tokenizer, max_length: int, padding_side: str, options: Options):
         self.model, self.tokenizer, self.options = model, tokenizer, options
@@ -134,6 +152,15 @@ class TfidfScorer:
 
     mask_token = "..."  # the vectorizer ignores it: a masked word is a dropped word
 
+    @staticmethod
+    def methods(requested: list[str], where: Checkpoint) -> list[str]:
+        """The gradient methods are answered by the exact linear contributions."""
+        return list(dict.fromkeys("linear" if m in GRADIENT_METHODS else m for m in requested))
+
+    @staticmethod
+    def check(where: Checkpoint, baseline: str) -> None:
+        """Any baseline token: the vectorizer has none."""
+
     def __init__(self, pipeline):
         classes = list(pipeline.classes_)
         if classes != list(range(len(classes))):
@@ -157,6 +184,20 @@ class TfidfScorer:
 
     def linear(self, example: Example, target: int) -> np.ndarray:
         return tfidf.word_contributions(self.pipeline, example.text, example.spans, target)
+
+
+def scorer_type(where: Checkpoint) -> type[MLXScorer] | type[TfidfScorer]:
+    """The scorer a trained checkpoint answers with: the one place a TF-IDF run differs."""
+    return TfidfScorer if where.tfidf else MLXScorer
+
+
+def scorer_for(trained: Trained | TfidfTrained, options: Options, max_length: int | None = None):
+    """A trained model (``load_trained``) as a scorer; ``max_length`` defaults to its run's."""
+    if isinstance(trained, TfidfTrained):
+        return TfidfScorer(trained.pipeline)
+    cfg = trained.cfg
+    max_length = max_length or cfg.max_length
+    return MLXScorer(trained.model, trained.tokenizer, max_length, cfg.padding_side, options)
 
 
 def explain_examples(

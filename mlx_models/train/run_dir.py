@@ -51,9 +51,14 @@ def create(run_dir: Path, cfg: TrainConfig) -> None:
     save_train_config(cfg, run_dir / CONFIG)
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint: a trained model's (its trainer state written last) or a TF-IDF fit."""
+    return any((path / f).is_file() for f in (STATE, TFIDF_MODEL))
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     """The complete checkpoints of a run (best/, last/, iter-N/), oldest step first."""
-    found = [p for p in run_dir.iterdir() if not p.name.startswith(".") and (p / STATE).is_file()]
+    found = [p for p in run_dir.iterdir() if not p.name.startswith(".") and is_checkpoint(p)]
     return sorted(found, key=lambda p: (checkpoint_step(p), p.name != "last"))
 
 
@@ -63,7 +68,7 @@ def pick_checkpoint(run_dir: Path, name: str | None = None) -> Path | None:
     checkpoint. The one place that decides it: --eval-only, locate/load_trained (export, the
     study), fuse. explain names its checkpoints (best by default, iter-N, all)."""
     for candidate in [name] if name else ["best", "last"]:
-        if any((run_dir / candidate / f).is_file() for f in (STATE, TFIDF_MODEL)):
+        if is_checkpoint(run_dir / candidate):
             return run_dir / candidate
     return None
 
@@ -156,4 +161,5 @@ def checkpoint_state(path: Path) -> TrainState:
 
 
 def checkpoint_step(path: Path) -> int:
-    return checkpoint_state(path).step
+    """The optimizer steps behind a checkpoint; a TF-IDF fit is one step."""
+    return checkpoint_state(path).step if (path / STATE).is_file() else 1

@@ -35,11 +35,12 @@ def run_tfidf(
     config_path = config_path or config_file()
     import joblib
 
-    if cfg.resume or cfg.eval_only:
+    if cfg.resume:
         raise ConfigError(
-            "the tfidf baseline fits in one go: --resume and --eval-only do not apply; "
-            "run it again with a new --out"
+            "the tfidf baseline fits in one go: --resume does not apply; run it again with a new --out"
         )
+    if cfg.eval_only:
+        return evaluate_tfidf(cfg, config_path)
     run_dir = Path(cfg.out or default_run_dir(cfg.model, cfg.dataset, config_path))
     if run_dir.exists():
         raise ConfigError(f"output directory {run_dir} already exists; choose another --out")
@@ -72,6 +73,27 @@ def run_tfidf(
             joblib.dump(model, tmp / sub / TFIDF_MODEL)
     print(json.dumps(records[-1], sort_keys=True))
     return {k: v for k, v in records[-1].items() if k not in ("split", "step", "epoch")}
+
+
+def evaluate_tfidf(cfg: TrainConfig, config_path: str | os.PathLike) -> dict[str, float]:
+    """``train.py --eval-only RUN`` for a TF-IDF run: its fitted pipeline scored on the test split,
+    as for the other models (a metrics.jsonl record and one JSON line on stdout)."""
+    from .trained import load_trained
+
+    run_dir = Path(cfg.out)
+    trained = load_trained(run_dir)
+    splits = load_splits(dataclasses.replace(cfg, eval_only=None), config_path)
+    if splits.num_labels > trained.num_labels:
+        raise DataError(
+            f"the data has {splits.num_labels} labels but the classifier of {run_dir} has "
+            f"{trained.num_labels}; evaluate it on data with the labels it was trained on"
+        )
+    record = score(trained.pipeline, "test", splits.test, trained.num_labels)
+    record["checkpoint"] = trained.path.name
+    append_metrics(run_dir, record)
+    plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
+    print(json.dumps(record, sort_keys=True))
+    return {k: v for k, v in record.items() if k not in ("split", "step", "epoch", "checkpoint")}
 
 
 def pipeline(params: dict, seed: int):

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..errors import MLXModelsError, SourceError
+from ..errors import MLXModelsError, SourceError, WeightsError
 from ..interop.loading import load_model, load_tokenizer, read_config
 from ..interop.weights import is_mlx_checkpoint
 from ..models import checkpoint_task
@@ -52,16 +52,16 @@ class Checkpoint:
         """A TF-IDF baseline run's checkpoint: a scikit-learn pipeline, no weights."""
         return self.cfg is not None and self.cfg.model == "tfidf"
 
+    @property
+    def num_labels(self) -> int:
+        return int(self.config.get("num_labels", 2))
+
 
 @dataclass
 class TfidfTrained(Checkpoint):
     """A TF-IDF baseline run back in memory: its fitted pipeline (best/ and last/ hold the same)."""
 
     pipeline: Any
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.pipeline.classes_)
 
 
 @dataclass
@@ -102,8 +102,22 @@ def locate_tfidf(path: Path, checkpoint: str | None) -> Checkpoint | None:
     for run, ckpt in ((path, rd.pick_checkpoint(path, checkpoint)), (path.parent, path)):
         if ckpt is not None and (ckpt / rd.TFIDF_MODEL).is_file() and (run / rd.CONFIG).is_file():
             cfg = TrainConfig.from_json(run / rd.CONFIG)
-            return Checkpoint(ckpt, {"model_type": "tfidf"}, cfg) if cfg.model == "tfidf" else None
+            return Checkpoint(ckpt, _tfidf_config(ckpt), cfg) if cfg.model == "tfidf" else None
     return None
+
+
+def _tfidf_config(ckpt: Path) -> dict:
+    """What a model's config.json says, for a TF-IDF fit: its kind and its number of classes."""
+    return {"model_type": "tfidf", "num_labels": len(_read_pipeline(ckpt).classes_)}
+
+
+def _read_pipeline(ckpt: Path):
+    import joblib
+
+    try:
+        return joblib.load(ckpt / rd.TFIDF_MODEL)
+    except Exception as e:  # a truncated or foreign file: joblib raises whatever unpickling meets
+        raise WeightsError(f"{ckpt / rd.TFIDF_MODEL} cannot be read ({e}); use another checkpoint") from e
 
 
 def inputs_of(c: Checkpoint) -> list[Path]:
@@ -112,12 +126,18 @@ def inputs_of(c: Checkpoint) -> list[Path]:
     return [c.path, *([Path(base)] if base else [])]
 
 
-def load_trained(path: str | Path, checkpoint: str | None = None) -> Trained | TfidfTrained:
+def load_trained(
+    path: str | Path, checkpoint: str | None = None, reuse: Trained | TfidfTrained | None = None
+) -> Trained | TfidfTrained:
+    """The model a run checkpoint or converted model holds, ready to score. ``reuse``, a checkpoint
+    of the same run loaded before, lends its built model: only the trained weights are read."""
     where = locate(path, checkpoint)
     if where.tfidf:
-        import joblib
-
-        return TfidfTrained(**vars(where), pipeline=joblib.load(where.path / rd.TFIDF_MODEL))
+        return TfidfTrained(**vars(where), pipeline=_read_pipeline(where.path))
+    if isinstance(reuse, Trained) and reuse.cfg is not None and reuse.path.parent == where.path.parent:
+        rd.restore_weights(reuse.model, where.path)
+        reuse.model.eval()
+        return dataclasses.replace(reuse, path=where.path, config=where.config, cfg=where.cfg)
     if where.cfg is None:
         model = load_model(where.path)
         return Trained(
