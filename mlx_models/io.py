@@ -5,6 +5,7 @@ carry the writer's PID (``.NAME.PID.XXXX.tmp``, ``.NAME.old-PID``), so what a ki
 is recognised and cleared (or rolled back) by the next writer of the same path.
 """
 
+import codecs
 import contextlib
 import errno
 import json
@@ -103,6 +104,26 @@ def read_json(path: str | os.PathLike, error: type[MLXModelsError] = MLXModelsEr
     if not isinstance(data, dict):
         raise error(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
     return data
+
+
+def check_utf8(path: str | os.PathLike, error: type[MLXModelsError] = MLXModelsError) -> None:
+    """A text input must be UTF-8: else one ``error`` with where it stops being so (parsers would
+    fail later, far from the cause, or pass the bytes on)."""
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+                offset += len(chunk)
+            except UnicodeDecodeError as e:
+                where = offset + e.start
+                raise error(
+                    f"{path} is not UTF-8 text (byte {where}: {e.reason}); re-save it as UTF-8"
+                ) from e
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not UTF-8 text (it ends inside a character); re-save it as UTF-8") from e
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

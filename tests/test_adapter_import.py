@@ -210,6 +210,21 @@ BAD_ADAPTERS = {
         "is not a linear layer of the LlamaForCausalLM base model",
     ),
     "lora_A only": ({}, {f"{Q}.lora_A.weight": mx.zeros((4, 64))}, "missing lora_A or lora_B"),
+    "rank 0": ({"r": 0}, GOOD, "r 0 (must be a positive integer)"),
+    "rank as a string": ({"r": "4"}, GOOD, "r '4' (must be a positive integer)"),
+    "alpha as a string": ({"lora_alpha": "8"}, GOOD, "lora_alpha '8' (must be a finite number)"),
+    "dropout 2": ({"lora_dropout": 2}, GOOD, "lora_dropout 2 (must be a number in [0, 1))"),
+    "targets a number": ({"target_modules": 5}, GOOD, "target_modules 5 (must be a list of module names)"),
+    "misspelt key": ({"lora_alpah": 16}, GOOD, "unknown key 'lora_alpah'; did you mean lora_alpha?"),
+    "a newer peft's setting": ({"spectral_init": {"iters": 3}}, GOOD, "has no such LoRA setting"),
+}
+MLX_LM_GOOD = {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}
+BAD_MLX_LM = {
+    "rank 0": ({"rank": 0}, "lora_parameters.rank 0 (must be a positive integer)"),
+    "scale as a string": ({"scale": "2"}, "lora_parameters.scale '2' (must be a finite number)"),
+    "dropout 1": ({"dropout": 1}, "lora_parameters.dropout 1 (must be a number in [0, 1))"),
+    "misspelt key": ({"dropuot": 0.1}, "unknown key lora_parameters.dropuot; did you mean dropout?"),
+    "no rank": ({"rank": None}, "no lora_parameters with rank and scale"),
 }
 
 
@@ -232,6 +247,20 @@ def test_adapter_that_does_not_fit_is_refused(tiny, data, tmp_path, capsys, case
     config, weights, message = BAD_ADAPTERS[case]
     write_peft(tmp_path / "adapter", config, weights)
     assert message in bad_import(tiny, data, tmp_path, capsys, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("case", list(BAD_MLX_LM))
+def test_mlx_lm_adapter_config_that_does_not_fit_is_refused(tiny, data, tmp_path, capsys, case):
+    edit, message = BAD_MLX_LM[case]
+    adapter = tmp_path / "mlx-lm"
+    adapter.mkdir()
+    weights = {"model.layers.0.self_attn.q_proj.lora_a": mx.zeros((64, 4))}
+    weights["model.layers.0.self_attn.q_proj.lora_b"] = mx.zeros((4, 64))
+    mx.save_safetensors(str(adapter / "adapters.safetensors"), weights)
+    parameters = {k: v for k, v in (MLX_LM_GOOD | edit).items() if v is not None}
+    config = {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": parameters, "iters": 10}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert message in bad_import(tiny, data, tmp_path, capsys, adapter)
 
 
 def test_corrupt_or_missing_adapter_files_are_refused(tiny, data, tmp_path, capsys):

@@ -107,6 +107,22 @@ def data_with(extra: tuple[str, str] | None = None, **splits):
     return make
 
 
+def latin1(name: str):
+    """The good data with the train split as ``name`` in Latin-1, not UTF-8 ("Très bon" as 0xe8)."""
+
+    def make(world, tmp):
+        good = sentiment_splits()
+        d = write_splits(tmp / "data", {k: v for k, v in good.items() if k != "train"})
+        rows = [{"text": r["text"] + " Très", "label": r["label"]} for r in good["train"]]
+        if name.endswith(".csv"):
+            text = "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows)
+        else:
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (d / name).write_bytes(text.encode("latin-1"))
+
+    return make
+
+
 def run_copy(name: str, edit):
     def make(world, tmp):
         run = shutil.copytree(world[name], tmp / "run")
@@ -174,6 +190,8 @@ CASES = {
     "convert config eps as a string": ("convert", [config_edit(layer_norm_eps="1e-12"), *CT], "layer_norm_eps '1e-12' (must be float)"),
     "convert config size as a float": ("convert", [config_edit(intermediate_size=128.5), *CT], "intermediate_size 128.5 (must be int)"),
     "convert config flag as a number": ("convert", [config_edit(tie_word_embeddings=1), *CT], "tie_word_embeddings 1 (must be bool)"),
+    "convert config misspelt key": ("convert", [config_edit(num_hiden_layers=2, num_hidden_layers=None), *CT], "unknown key 'num_hiden_layers'"),
+    "convert config misspelt optional key": ("convert", [config_edit(layer_norm_epz=1e-5, layer_norm_eps=None), *CT], "so layer_norm_eps would take its default; did you mean layer_norm_eps?"),
     "convert config model_type": ("convert", [config_edit(model_type="t5"), *CT], "unsupported model_type 't5'"),
     "convert garbage gguf": ("convert", [write_file("m.gguf", b"GGUF" + bytes(64)), "{tmp}/hf/m.gguf", "--out", "{tmp}/out"], "not a readable GGUF"),
     "convert garbage bin": ("convert", [garbage_bin, *CT], "could not be read safely"),
@@ -224,6 +242,9 @@ CASES = {
     "data not json": ("train", [data_with(train=("train.json", "{oops")), *TD], "cannot read"),
     "data json scalars": ("train", [data_with(train=("train.json", "[1, 2, 3]")), *TD], "must hold strings"),
     "data two train files": ("train", [data_with(extra=("train.csv", "text,label\na,0\n")), *TD], "several train files"),
+    "data not UTF-8 (jsonl)": ("train", [latin1("train.jsonl"), *TD], "is not UTF-8 text (byte "),
+    "data not UTF-8 (json)": ("train", [latin1("train.json"), *TD], "is not UTF-8 text (byte "),
+    "data not UTF-8 (csv)": ("train", [latin1("train.csv"), *TD], "is not UTF-8 text (byte "),
     "data mixed label kinds": ("train", [data_with(test=[{"text": "x", "label": "pos"}] * 4), *TD], "mix integers and names"),
     # -- parity
     "parity tol nan": ("parity", ["{model}", "--tol", "nan"], "finite number > 0"),

@@ -136,6 +136,14 @@ def test_load_converts_hf_dir_once_into_cache(tmp_path, capsys):
     load(hf)
     assert "converting" not in capsys.readouterr().err  # second use reads the cache
     assert model(mx.array(tok(["good film"])["input_ids"])).shape == (1, 3)
+    # New weights at the same path: converted again, not the old cached conversion.
+    rewrite_weights(hf, lambda t: t.update({k: v + 1.0 for k, v in t.items() if v.is_floating_point()}))
+    again, _ = load(hf)
+    assert "changed since its cached conversion" in capsys.readouterr().err
+    ids = mx.array(tok(["good film"])["input_ids"])
+    assert not np.allclose(np.array(model(ids)), np.array(again(ids)))
+    now = [p for p in Path(os.environ["MLX_MODELS_CACHE"]).iterdir() if (p / "config.json").exists()]
+    assert sorted(now) == sorted(cached)  # replaced in place, not one more copy per change
 
 
 def test_force_replaces_existing_output(tmp_path, capsys):

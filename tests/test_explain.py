@@ -189,6 +189,14 @@ BAD = {
         ],
         "holds no texts",
     ),
+    "text file not UTF-8": (
+        lambda r, t: [
+            str(r["bert"]),
+            "--texts",
+            str((t / "l1.txt", (t / "l1.txt").write_bytes(b"Tr\xe8s bon\n"))[0]),
+        ],
+        "is not UTF-8 text (byte 2: invalid continuation byte)",
+    ),
     "missing checkpoint": (
         lambda r, t: [str(r["bert"]), "--checkpoint", "iter-99"],
         "has no checkpoint 'iter-99'",

@@ -1,7 +1,8 @@
 """``load(path_or_alias) -> (model, tokenizer)`` for MLX checkpoint directories.
 
 An HF directory, GGUF file, hub id or config.yaml alias is converted on first use into
-the cache ($MLX_MODELS_CACHE, default ~/.cache/mlx_models).
+the cache ($MLX_MODELS_CACHE, default ~/.cache/mlx_models), and again when a file of a local
+source changes (its size or modification time).
 """
 
 import hashlib
@@ -20,6 +21,8 @@ from ..models import TASKS, build_model
 from ..models.quant import quantize
 from ..registry import read_config_yaml
 from . import weights
+
+SOURCE_STAMP = ".source"  # in a cached conversion: the source files it was made from (source_stamp)
 
 
 def cache_dir() -> Path:
@@ -61,14 +64,30 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
     target = (
         cache_dir() / f"{slug}-q{quantize_bits}-{key}" if quantize_bits else cache_dir() / f"{slug}-{key}"
     )
-    if not (target / "config.json").exists():
+    stamp = source_stamp(path) if path.exists() else spec  # a hub id's snapshot never changes
+    if not (target / "config.json").exists() or _read_stamp(target) != stamp:
         if target.exists() and not (target / OUTPUT_MARKER).exists():
             raise SourceError(
                 f"{target} is in the conversion cache but is no conversion; remove it and run again"
             )
+        again = "changed since its cached conversion" if target.exists() else "first use"
         convert(spec, target, q_bits=quantize_bits, force=target.exists())
-        print(f"note: converted {name} into {target} (first use; cached)", file=sys.stderr)
+        (target / SOURCE_STAMP).write_text(stamp)  # after the conversion: a kill between re-converts
+        print(f"note: converted {name} into {target} ({again}; cached)", file=sys.stderr)
     return target
+
+
+def source_stamp(path: Path) -> str:
+    """What a conversion read, as the cache compares it: every file's path, size and mtime."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return "\n".join(f"{f.relative_to(path.parent)} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files)
+
+
+def _read_stamp(target: Path) -> str | None:
+    try:
+        return (target / SOURCE_STAMP).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def read_config(directory: str | os.PathLike) -> dict:

@@ -7,19 +7,25 @@ layers to wrap: ``keys`` inside each of the last ``num_layers`` blocks, or full 
 ``lora_parameters`` {rank, scale, dropout}. mlx-lm adapters hold LoRA weights only: no task head.
 """
 
-import json
+import difflib
 import re
 from pathlib import Path
 
 import mlx.core as mx
 
 from ..errors import ConfigError, WeightsError
-from ..io import atomic_write_json, save_safetensors
-from ..models.lora import Adapter
+from ..io import atomic_write_json, read_json, save_safetensors
+from ..models.lora import Adapter, setting_problems
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+PARAMETERS = {  # lora_parameters: key -> (default, rule of models.lora.RULES)
+    "rank": (None, "positive integer"),
+    "scale": (None, "finite number"),
+    "dropout": (0.0, "number in [0, 1)"),
+    "keys": (None, "list of module names"),
+}
 
 
 def layer_keys(modules: list[str], num_layers: int) -> tuple[list[str], int]:
@@ -45,12 +51,9 @@ def write(adapter: Adapter, out: Path, num_layers: int, base: Path) -> None:
 
 def read(directory: Path) -> Adapter:
     """An mlx-lm LoRA adapter directory as an ``Adapter`` (module names are mlx-lm's = ours)."""
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-        parameters = config["lora_parameters"]
-        rank, scale = int(parameters["rank"]), float(parameters["scale"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{directory / CONFIG} is not an mlx-lm adapter config ({e!r})") from e
+    config = read_json(directory / CONFIG, ConfigError, "re-save the adapter with mlx-lm")
+    parameters = _parameters(config, directory / CONFIG)
+    rank, scale = parameters["rank"], float(parameters["scale"])
     kind = config.get("fine_tune_type", "lora")
     if kind != "lora" or config.get("use_dora"):
         raise ConfigError(f"{directory} holds a {kind!r} fine-tune; only LoRA adapters can be imported")
@@ -65,3 +68,20 @@ def read(directory: Path) -> Adapter:
         raise WeightsError(f"{directory / WEIGHTS}: not LoRA weights: {', '.join((wrong + missing)[:4])}")
     lora = {p: (weights[f"{p}.lora_a"], weights[f"{p}.lora_b"]) for p in paths}
     return Adapter(rank, scale, float(parameters.get("dropout", 0.0)), lora, {})
+
+
+def _parameters(config: dict, where: Path) -> dict:
+    """``lora_parameters``, every key known and every value checked (the rest of the file is
+    mlx-lm's training arguments, which an import does not use)."""
+    parameters = config.get("lora_parameters")
+    if not isinstance(parameters, dict) or not {"rank", "scale"} <= set(parameters):
+        raise ConfigError(f"{where} is not an mlx-lm adapter config (no lora_parameters with rank and scale)")
+    for key in sorted(set(parameters) - set(PARAMETERS)):
+        close = difflib.get_close_matches(key, PARAMETERS, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"mlx-lm's are {', '.join(PARAMETERS)}"
+        raise ConfigError(f"{where}: unknown key lora_parameters.{key}; {hint}")
+    settings = {f"lora_parameters.{k}": (parameters.get(k, d), rule) for k, (d, rule) in PARAMETERS.items()}
+    settings["num_layers"] = (config.get("num_layers", 1), "layer count (-1: all)")
+    if problems := setting_problems(settings):
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return parameters

@@ -7,6 +7,8 @@ full is a ``modules_to_save`` module, saved under its own name. The config is wr
 by peft's own ``LoraConfig``.
 """
 
+import dataclasses
+import difflib
 import json
 import math
 from pathlib import Path
@@ -15,8 +17,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import ConfigError, WeightsError
-from ..io import save_safetensors
-from ..models.lora import Adapter, LoRALinear
+from ..io import read_json, save_safetensors
+from ..models.lora import Adapter, LoRALinear, setting_problems
 from ..models.quant import dequantized_weights
 
 CONFIG = "adapter_config.json"
@@ -107,16 +109,42 @@ def read(directory: Path) -> Adapter:
     from peft import PeftConfig
     from peft.utils import load_peft_weights
 
+    raw = read_json(directory / CONFIG, ConfigError, "re-save the adapter with PEFT")
     try:
         config = PeftConfig.from_pretrained(str(directory))
     except Exception as e:  # peft raises TypeError/ValueError/KeyError for bad configs
         raise ConfigError(f"{directory / CONFIG} is not a valid PEFT config ({e})") from e
     _refuse_unsupported(config, directory)
+    _check_keys(raw, directory)
+    settings = {
+        "r": (config.r, "positive integer"),
+        "lora_alpha": (config.lora_alpha, "finite number"),
+        "lora_dropout": (config.lora_dropout, "number in [0, 1)"),
+        "use_rslora": (config.use_rslora, "boolean"),
+        "target_modules": (config.target_modules, "list of module names"),
+    }
+    if problems := setting_problems(settings):
+        raise ConfigError(f"{directory / CONFIG}: " + "; ".join(problems))
     try:
         state = load_peft_weights(str(directory), device="cpu")
     except Exception as e:
         raise WeightsError(f"{directory}: unreadable adapter weights ({e}); re-save the adapter") from e
     return _adapter(config, state, directory)
+
+
+def _check_keys(raw: dict, directory: Path) -> None:
+    """A key LoraConfig does not have (a typo, or a setting of a newer peft) is refused, unless it
+    is unset (null, false, empty): peft would drop it and load a different adapter."""
+    import peft
+    from peft import LoraConfig
+
+    known = sorted(f.name for f in dataclasses.fields(LoraConfig))
+    for key in sorted(k for k, v in raw.items() if k not in known and v not in (None, False, "", [], {})):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else (
+            f"peft {peft.__version__} has no such LoRA setting (an adapter from a newer peft: upgrade it)"
+        )  # fmt: skip
+        raise ConfigError(f"{directory / CONFIG}: unknown key {key!r}; {hint}")
 
 
 def _refuse_unsupported(config, directory: Path) -> None:

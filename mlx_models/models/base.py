@@ -1,6 +1,7 @@
 """What every model file shares: config parsing, attention masks and the task-model layout."""
 
 import dataclasses
+import difflib
 import inspect
 import math
 import typing
@@ -32,6 +33,8 @@ class BaseModelArgs:
     @classmethod
     def from_dict(cls, config: dict) -> "BaseModelArgs":
         params = inspect.signature(cls).parameters
+        if typo := misspelt_key(config, list(params)):
+            raise ConfigError(f"config.json of model_type {config.get('model_type')!r}: {typo}")
         missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in config]
         if missing:
             raise ConfigError(
@@ -76,6 +79,17 @@ class Family:
     # count): rows llama.cpp interleaves per head for its rope kernel
     unportable: tuple[str, ...] = ()  # config keys mlx-lm and llama.cpp ignore: a model that sets
     # one exports only to transformers and PEFT
+
+
+def misspelt_key(config: dict, fields: list[str]) -> str | None:
+    """A key that is not understood but is a letter or two from a field the config lacks
+    (``num_hiden_layers``): its value would be ignored and the default used. Other unknown keys
+    are left alone, as transformers does (tools add their own)."""
+    absent = [f for f in fields if f not in config]
+    for key in sorted(set(config) - set(fields)):
+        if close := difflib.get_close_matches(key, absent, n=1, cutoff=0.85):
+            return f"unknown key {key!r}, so {close[0]} would take its default; did you mean {close[0]}?"
+    return None
 
 
 def type_problems(cls: type, given: dict) -> list[str]:

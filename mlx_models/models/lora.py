@@ -6,7 +6,9 @@ everything but the adapters and the task head, and fuses adapters back into plai
 """
 
 import functools
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -106,6 +108,23 @@ class Adapter:
         """Flat weights as a LoRA model holds them."""
         flat = {f"{p}.lora_a": a for p, (a, _) in self.lora.items()}
         return flat | {f"{p}.lora_b": b for p, (_, b) in self.lora.items()} | self.heads
+
+
+RULES = {
+    "positive integer": lambda v: type(v) is int and v >= 1,
+    "layer count (-1: all)": lambda v: type(v) is int and v >= -1,
+    "finite number": lambda v: type(v) in (int, float) and math.isfinite(v),
+    "number in [0, 1)": lambda v: type(v) in (int, float) and 0 <= v < 1,
+    "boolean": lambda v: type(v) is bool,
+    "list of module names": lambda v: v is None or isinstance(v, str) or (
+        isinstance(v, list | set) and all(isinstance(x, str) for x in v)  # peft makes a set of it
+    ),
+}  # fmt: skip
+
+
+def setting_problems(settings: dict[str, tuple[Any, str]]) -> list[str]:
+    """An adapter config's values checked before use: name -> (value, a rule of ``RULES``)."""
+    return [f"{k} {v!r} (must be a {rule})" for k, (v, rule) in settings.items() if not RULES[rule](v)]
 
 
 def from_model(model: nn.Module, dropout: float) -> Adapter:

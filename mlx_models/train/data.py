@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import hub
 from ..errors import DataError
+from ..io import check_utf8
 from ..registry import config_file, dataset_registry
 from .config import TrainConfig
 
@@ -253,6 +254,8 @@ def read_file(path: Path, text_col: str = "text", label_col: str | None = "label
     import datasets
 
     fmt = FORMATS[path.suffix]
+    if fmt != "parquet":
+        check_utf8(path, DataError)
     kwargs = {}
     if fmt == "csv":
         keep = {c: str for c in (text_col, label_col) if c}
@@ -265,11 +268,9 @@ def read_file(path: Path, text_col: str = "text", label_col: str | None = "label
                 fmt, data_files={"data": str(path)}, cache_dir=cache, keep_in_memory=True, **kwargs
             )
             return dd["data"]
-    except ValueError as e:
-        if "corresponds to no data" in str(e):
-            return datasets.Dataset.from_dict({})
-        raise DataError(f"cannot read {path}: {_reason(e)}; check that it is valid {fmt}") from e
     except Exception as e:  # datasets wraps parser errors in its own types
+        if isinstance(e, ValueError) and "corresponds to no data" in str(e):
+            return datasets.Dataset.from_dict({})
         raise DataError(f"cannot read {path}: {_reason(e)}; check that it is valid {fmt}") from e
 
 
