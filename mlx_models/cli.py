@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import ConfigError, MLXModelsError
+from .errors import ConfigError, DistributedError, MLXModelsError
 from .io import write_error
 
 
@@ -33,6 +33,22 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+def int_between(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """argparse type: a whole number in [low, high] (bounds keep huge values from reaching NumPy
+    and MLX as an overflow or an allocation that never ends)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what or 'expected'} {low}..{high}, got {text}")
+        return value
+
+    return parse
 
 
 def take_config_option(argv: list[str]) -> list[str]:
@@ -103,28 +119,49 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     _TERMINATED.clear()
     try:
-        return main(argv) or 0
+        code, message, kind = _run(main, argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return report_end(code, message, kind)
+
+
+def _run(main, argv) -> tuple[int, str | None, str]:
+    """(exit code, the one-line error or None, its kind: own, lost (another rank is gone), stopped)."""
+    try:
+        return main(argv) or 0, None, "own"
     except argparse.ArgumentError as e:
-        return _fail(f"{e}; see --help")
+        return 2, f"{e}; see --help", "own"
+    except DistributedError as e:
+        return 2, str(e), "lost"
     except MLXModelsError as e:
-        return _fail(str(e))
+        return 2, str(e), "own"
     except OSError as e:  # a write the code did not wrap: disk full, no permission, ...
-        return _fail(str(write_error(e, e.filename or "a file")))
+        return 2, str(write_error(e, e.filename or "a file")), "own"
     except KeyboardInterrupt as e:
-        print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        terminated = isinstance(e, Terminated)
+        return (143, "terminated", "stopped") if terminated else (130, "interrupted", "stopped")
     except Exception:
         if not _TERMINATED:
             raise
         # Terminated raised inside C code that turned it into another error (numpy's conversion
         # of a torch storage raises ValueError): the clean-up has run all the same
-        print("terminated", file=sys.stderr)
-        return 143
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        return 143, "terminated", "stopped"
 
 
-def _fail(message: str) -> int:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
+RANK_REPORT = "MLX_MODELS_RANK_REPORT"  # set by the launcher (train/launch.py) for the ranks it starts
+MARKER = "@@mlx_models-rank-end"  # a rank's last line under it: MARKER RANK CODE KIND MESSAGE
+
+
+def report_end(code: int, message: str | None, kind: str = "own") -> int:
+    """How a command ends: ``error: MESSAGE`` (or interrupted/terminated) on stderr; a rank under
+    the launcher instead ends with one marker line that the launcher reads and summarises."""
+    text = " ".join((message or "").split())
+    rank = os.environ.get("MLX_RANK") if os.environ.get(RANK_REPORT) else None
+    if rank is not None:
+        print(f"\n{MARKER} {rank} {code} {kind} {text}", file=sys.stderr, flush=True)
+    elif message and kind == "stopped":
+        print(text, file=sys.stderr)
+    elif message:
+        print(f"error: {text}", file=sys.stderr)
+    return code

@@ -101,6 +101,11 @@ def train(argv: list[str] | None = None) -> int | None:
         from .study.cli import main as run_study  # every model x dataset of a study
 
         return run_study(argv)
+    from .train.launch import launch, take_launch_options
+
+    launch_options, argv = take_launch_options(argv)
+    if launch_options:  # data-parallel: mlx.launch starts the ranks, each running this command
+        return launch(launch_options, argv)
     from .train.config import load_train_config
     from .train.tfidf import run_tfidf
 

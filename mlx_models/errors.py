@@ -23,3 +23,7 @@ class SourceError(MLXModelsError):
 
 class DataError(MLXModelsError):
     """A dataset that cannot be used: missing columns, bad labels, empty splits."""
+
+
+class DistributedError(MLXModelsError):
+    """Another rank of a data-parallel run is gone: its connection was lost, or it never answered."""

@@ -56,6 +56,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+LOCK = ".running"  # in a directory one process writes at a time: that process's PID
+
+
+def take_lock(directory: Path, busy: str) -> Path:
+    """Make this process the one writer of ``directory``: the lock file (its PID) appears whole,
+    by a hard link, and a dead process's lock is taken over. Another live writer is ``busy``, a
+    ConfigError message with ``{pid}``. Returns the lock, for the caller to remove when done."""
+    lock, mine, text = directory / LOCK, directory / f"{LOCK}.{os.getpid()}.tmp", ""
+    mine.write_text(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, lock)
+                return lock
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):  # (its writer may just have ended)
+                    text = lock.read_text().strip()
+                if text.isdigit() and pid_alive(int(text)):
+                    raise ConfigError(busy.format(pid=text)) from None
+                lock.unlink(missing_ok=True)  # a writer that died
+    finally:
+        mine.unlink()
+
+
 def _temp_entry(entry: str) -> tuple[str, int] | None:
     """(target name, writer PID) of ``.NAME.PID.XXXX.tmp`` or ``.NAME.old-PID``; None otherwise.
     Parsed from the right, as NAME may hold dots; PID 0 is an old-style temp without one."""

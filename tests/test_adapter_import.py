@@ -234,10 +234,9 @@ def bad_import(tiny, data, tmp_path, capsys, adapter) -> str:
     argv = ["--model", str(mlx_dir), "--adapter", str(adapter), "--task", "lm", "--data-dir", str(data["lm"])]
     capsys.readouterr()
     assert run_cli(train.main, [*argv, "--out", str(out), "--max-steps", "0"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len([line for line in err if line.startswith("error:")]) == 1 and err[-1].startswith("error: "), (
-        err
-    )
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and captured.out == "", captured
     assert not out.exists()
     return err[-1]
 

@@ -1,6 +1,7 @@
 """Data-parallel training: two ranks on localhost under ``mlx.launch --backend ring`` against one
 rank with the same global batch, only rank 0 writing, a killed or hung rank, and resume."""
 
+import io
 import json
 import os
 import signal
@@ -18,7 +19,6 @@ from mlx_models.train.trainer import run as train_run
 from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
-LAUNCH = Path(sys.executable).parent / "mlx.launch"
 STEPS = 6
 KINDS = {
     "full-bert": ("bert", []),
@@ -70,11 +70,11 @@ def argv(model: str, data: Path, out: Path, batch: int, *extra: str) -> list[str
 
 
 def launch(args: list[str], log: Path, ranks: int = 2) -> subprocess.Popen:
-    cmd = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port())]
+    """The README's way: ``train.py --ranks N`` (mlx.launch underneath, judged as one command)."""
     with log.open("w") as f:
         return subprocess.Popen(
-            [*cmd, sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "train.py", "--ranks", str(ranks), *args], cwd=ROOT, stdout=f,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def rank_pid(out: Path, rank: int) -> int | None:
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(out).encode() in cmdline and b"train.py" in cmdline and f"MLX_RANK={rank}".encode() in env:
+        if str(out).encode() in cmdline and b"mlx_models" in cmdline and f"MLX_RANK={rank}".encode() in env:
             return int(proc.name)
     return None
 
@@ -146,7 +146,9 @@ def test_two_ranks_equal_one_rank(one_rank, two_ranks, kind):
     assert state["ranks"] == 2 and state["step"] == STEPS
 
 
-def start_ranks(args: list[str], log: Path, tmp: Path) -> list[subprocess.Popen]:
+def start_ranks(
+    args: list[str], log: Path, tmp: Path, per_rank: list[list[str]] = ([], [])
+) -> list[subprocess.Popen]:
     """Two ring ranks started as ``mlx.launch`` would, but without it: the launcher ends the other
     ranks itself once one dies, which would hide whether rank 0 notices on its own."""
     hostfile = tmp / "hosts.json"
@@ -156,7 +158,7 @@ def start_ranks(args: list[str], log: Path, tmp: Path) -> list[subprocess.Popen]
         env = {**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)}
         with (log if rank == 0 else log.with_suffix(".1")).open("w") as f:
             procs.append(subprocess.Popen(
-                [sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=f,
+                [sys.executable, "train.py", *args, *per_rank[rank]], cwd=ROOT, env=env, stdout=f,
                 stderr=subprocess.STDOUT, start_new_session=True,
             ))  # fmt: skip
     return procs
@@ -209,7 +211,76 @@ def test_a_hung_rank_trips_the_watchdog(models, data, tmp_path):
         os.kill(victim, signal.SIGKILL)
         proc.wait(timeout=60)
     assert 8 <= waited < 30, waited
-    assert "rank 0: waited 8 s for the other ranks during" in log.read_text()
+    text = log.read_text()
+    assert "rank 0: waited 8 s for the other ranks during" in text and "Traceback" not in text, text[-2000:]
+    assert proc.returncode == 1 and text.strip().splitlines()[-1].startswith("error: rank 1 stopped without")
+
+
+def test_the_launcher_shows_the_output_and_sums_up_the_ends(capsys):
+    """Progress bars and messages pass through as they come; the ranks' end markers, mlx.launch's
+    notes and the ring's socket lines are kept back and summed up in one line."""
+    from mlx_models.cli import MARKER
+    from mlx_models.train.launch import End, forward, judge
+
+    stream = io.BytesIO(
+        b"training x\n\rtrain:  50%\rtrain: 100%\n\n" + f"{MARKER} 1 2 own data_dir x is missing".encode()
+        + b"\n[ring] Socket 4 was closed by the peer\n\x1b[33m[WARN] Node with rank 1 exited with code 2\x1b[0m\n"
+        + f"\n{MARKER} 0 143 stopped terminated\n".encode()
+    )  # fmt: skip
+    out, ends = io.BytesIO(), {}
+    forward(stream, out, ends)
+    assert out.getvalue() == b"training x\n\rtrain:  50%\rtrain: 100%\n"
+    assert ends == {1: End(2, "own", "data_dir x is missing"), 0: End(143, "stopped", "terminated")}
+    assert judge(ends, 2, 0) == 2  # the cause, not the rank mlx.launch stopped because of it
+    assert capsys.readouterr().err == "error: rank 1: data_dir x is missing\n"
+    assert judge({0: End(0, "own", ""), 1: End(0, "own", "")}, 2, 0) == 0
+    assert judge({0: End(0, "own", "")}, 2, 0) == 1  # rank 1 never said how it ended
+    assert capsys.readouterr().err.startswith("error: rank 1 stopped without reporting")
+
+
+def test_a_killed_rank_fails_the_run_in_one_line(models, data, tmp_path):
+    """train.py --ranks 2 exits non-zero when a rank is killed, and says which and what was kept,
+    without the ring's socket messages or a traceback (mlx.launch alone exits 0)."""
+    out, log = tmp_path / "run", tmp_path / "log"
+    proc = launch(argv(models("bert"), data, out, 4, "--max-steps", "400", "--eval-every", "50"), log)
+    deadline = time.monotonic() + 300
+    while "train:" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.kill(rank_pid(out, 1), signal.SIGKILL)
+    code, text = proc.wait(timeout=120), log.read_text()
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert code == 1 and len(errors) == 1, text[-3000:]
+    assert errors[0].startswith("error: rank 1 stopped without reporting (killed, or crashed"), errors
+    assert (
+        "rank 0: lost the connection to another rank" in errors[0]
+        and "run the same command again" in errors[0]
+    )
+    assert "Traceback" not in text and "[ring]" not in text and "Node with rank" not in text, text[-3000:]
+    assert not out.exists()  # no checkpoint yet: nothing is kept, as the line says
+
+
+def test_a_rank_error_is_one_line_with_its_exit_code(models, data, tmp_path):
+    log = tmp_path / "log"
+    proc = launch(["--model", models("bert"), "--data-dir", str(tmp_path / "none")], log)
+    code, lines = proc.wait(timeout=300), log.read_text().strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: rank 0: data_dir") and "is not a directory" in lines[0], lines
+
+
+def test_ranks_started_with_different_options_refuse_at_once(models, data, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "log"
+    args = argv(models("bert"), data, out, 4)
+    procs = start_ranks(args, log, tmp_path, per_rank=[[], ["--learning-rate", "2e-3"]])
+    tic = time.monotonic()
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [2, 2] and time.monotonic() - tic < 60  # not after the watchdog's 600 s
+    for rank, path in enumerate((log, log.with_suffix(".1"))):
+        last = path.read_text().strip().splitlines()[-1]
+        assert last.startswith(f"error: rank {rank}: the ranks were started with different training options")
+        assert "learning_rate=" in last
+    assert not out.exists()
 
 
 def test_two_rank_resume_after_sigkill(models, data, tmp_path, two_ranks):
@@ -238,4 +309,4 @@ def test_resume_with_another_rank_count_is_refused(two_ranks, capsys):
     out, _ = two_ranks("full-bert")
     assert run_cli(train.main, ["--resume", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "was trained on 2 rank(s); resume it with 2 (mlx.launch -n 2), not 1" in err
+    assert "was trained on 2 rank(s); resume it with 2 (train.py --ranks 2), not 1" in err

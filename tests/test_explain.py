@@ -216,7 +216,17 @@ BAD = {
         "--target gold needs a label",
     ),  # fmt: skip
     "linear on a transformer": (lambda r, t: [str(r["bert"]), "--method", "linear"], "the TF-IDF baseline's"),
-    "one step": (lambda r, t: [str(r["bert"]), "--steps", "1"], "at least 2 steps"),
+    "one step": (lambda r, t: [str(r["bert"]), "--steps", "1"], "IG needs 2..10000, got 1"),
+    "a billion steps": (
+        lambda r, t: [str(r["bert"]), "--steps", "1e9"],
+        "expected a whole number, got '1e9'",
+    ),
+    "negative seed": (lambda r, t: [str(r["bert"]), "--seed", "-1"], "4294967295, got -1"),
+    "huge batch": (
+        lambda r, t: [str(r["bert"]), "--batch-size", str(2**64)],
+        "1..65536, got 18446744073709551616",
+    ),
+    "zero texts": (lambda r, t: [str(r["bert"]), "--n", "0"], "expected 1..10000000, got 0"),
     "mask baseline without a mask token": (
         lambda r, t: [str(r["llama-qlora"]), "--baseline", "mask"],
         "tokenizer has no mask token; use --baseline pad",

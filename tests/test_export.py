@@ -380,9 +380,10 @@ def test_bad_exports_exit_2_with_one_line_and_write_nothing(runs, tmp_path, caps
     out = tmp_path / "out"
     capsys.readouterr()
     assert run_cli(main, [str(run_dir), *argv, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1], err
-    assert sum(line.startswith("error:") for line in err) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert captured.out == ""  # not even a blank line
     assert list(tmp_path.iterdir()) == []  # no output, no temp directory
 
 

@@ -3,6 +3,7 @@ checkpoint, and a full disk. After each, the next command leaves nothing stray b
 resumed run reaches the same test metrics as an uninterrupted one."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file
 
 import train
 from hf_fixtures import make_hf_model
 from mlx_models.cli import run_cli
 from mlx_models.interop.conversion import convert
+from mlx_models.train import run_dir as rd
 from mlx_models.train.config import load_train_config
 from mlx_models.train.metrics import read_metrics
 from mlx_models.train.trainer import run as train_run
@@ -203,6 +206,52 @@ def test_sigint_saves_last_and_resumes(model, data, tmp_path, uninterrupted):
     assert 0 < state["step"] < STEPS
     result = train_run(load_train_config(["--resume", str(run)]))
     same_test_metrics(uninterrupted("--save-minutes", "none"), result)
+
+
+def test_last_catches_up_after_a_kill_between_best_and_last(model, data, tmp_path, uninterrupted):
+    """What a SIGKILL just after the final best/ (or iter-N/) and before last/ leaves: last/ steps
+    behind. --resume first brings last/ to the furthest checkpoint, so nothing reads a stale one."""
+    extra = ("--eval-every", "5", "--save-every", "5")
+    run = tmp_path / "run"
+    train_run(load_train_config(train_argv(model, data, run, *extra)))
+    shutil.rmtree(run / "last")
+    shutil.copytree(run / "iter-30", run / "last")
+    records = [r for r in read_metrics(run) if r["split"] != "test"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = train_run(load_train_config(["--resume", str(run)]))
+    assert (
+        rd.checkpoint_step(run / "last") == STEPS == max(rd.checkpoint_step(p) for p in rd.checkpoints(run))
+    )
+    last, furthest = (
+        load_file(run / "last" / "model.safetensors"),
+        load_file(run / "iter-60" / "model.safetensors"),
+    )
+    assert all((last[k] == furthest[k]).all() for k in furthest)
+    same_test_metrics(uninterrupted(*extra), result)
+
+
+def test_one_writer_per_run(model, data, tmp_path, capsys):
+    """A second --resume or --eval-only of a run being written is refused; a dead writer's lock
+    is taken over."""
+    run = tmp_path / "run"
+    train_run(load_train_config(train_argv(model, data, run, "--max-steps", "2")))
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / ".running").write_text(str(writer.pid))
+        before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+        for argv in (["--resume", str(run)], ["--eval-only", str(run)]):
+            capsys.readouterr()
+            assert run_cli(train.main, argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"is being written by process {writer.pid}" in err[0], err
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    finally:
+        writer.kill()
+        writer.wait()
+    assert run_cli(train.main, ["--eval-only", str(run)]) == 0  # the writer is gone: taken over
+    assert (
+        not (run / ".running").exists() and len([r for r in read_metrics(run) if r["split"] == "test"]) == 2
+    )
 
 
 # --- a full disk -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import ArgumentParser
+from ..cli import ArgumentParser, int_between
 from ..errors import ConfigError, DataError, MLXModelsError
 from ..io import atomic_write_json, atomic_write_text, check_out, check_utf8, output_dir, read_json
 from ..train import run_dir as rd
@@ -219,18 +219,6 @@ def inputs(args) -> list[str | Path]:
     return [*args.runs, *bases, *(p for p in (args.texts, args.tfidf) if p)]
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _steps(text: str) -> int:
-    if _positive(text) < 2:
-        raise argparse.ArgumentTypeError("IG needs at least 2 steps")
-    return int(text)
-
-
 def _methods(text: str) -> list[str]:
     methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = [m for m in methods if m not in METHODS]
@@ -260,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", choices=("test", "validation", "train"), default="test", help="the run's split")
     p.add_argument(
-        "--n", type=_positive, default=200, help="texts from the split (stratified, fixed; default 200)"
+        "--n",
+        type=int_between(1, 10**7),
+        default=200,
+        help="texts from the split (stratified, fixed; default 200)",
     )
     p.add_argument(
         "--texts", help="explain these texts instead: .txt (one per line), .jsonl/.json/.csv/.parquet"
@@ -272,20 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", choices=("pred", "gold"), default="pred", help="the class explained (default pred)"
     )
     p.add_argument("--tfidf", help="TF-IDF run whose non-predictive words the drift table counts")
-    p.add_argument("--steps", type=_steps, default=50, help="IG quadrature points (default 50)")
+    p.add_argument(
+        "--steps",
+        type=int_between(2, 10_000, "IG needs"),
+        default=50,
+        help="IG quadrature points (default 50)",
+    )
     p.add_argument("--ig-rule", choices=RULES, default=RULES[0], help="IG quadrature rule")
     p.add_argument(
         "--baseline", choices=("pad", "mask"), default="pad", help="IG baseline token (default pad)"
     )
-    p.add_argument("--max-length", type=_positive, help="token limit (default: the run's max_length)")
-    p.add_argument("--batch-size", type=_positive, default=16, help="texts per forward pass")
-    p.add_argument("--ig-rows", type=_positive, default=64, help="IG: texts x points per pass")
-    p.add_argument("--shap-evals", type=_positive, default=500, help="SHAP: model calls per text")
     p.add_argument(
-        "--random-draws", type=_positive, default=3, help="random rankings per text (faithfulness)"
+        "--max-length", type=int_between(2, 10**6), help="token limit (default: the run's max_length)"
     )
-    p.add_argument("--html-n", type=_positive, default=50, help="texts shown in index.html (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random rankings")
+    p.add_argument("--batch-size", type=int_between(1, 2**16), default=16, help="texts per forward pass")
+    p.add_argument("--ig-rows", type=int_between(1, 2**20), default=64, help="IG: texts x points per pass")
+    p.add_argument("--shap-evals", type=int_between(1, 10**6), default=500, help="SHAP: model calls per text")
+    p.add_argument(
+        "--random-draws", type=int_between(1, 1000), default=3, help="random rankings per text (faithfulness)"
+    )
+    p.add_argument(
+        "--html-n", type=int_between(1, 10**6), default=50, help="texts shown in index.html (default 50)"
+    )
+    p.add_argument("--seed", type=int_between(0, 2**32 - 1), default=0, help="seed of the random rankings")
     return p
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, Terminated, stop_for
 from ..errors import ConfigError
-from ..io import atomic_write_json, pid_alive
+from ..io import LOCK, atomic_write_json, take_lock
 from ..registry import config_file
 from ..train.config import parse_command_line
 from ..train.metrics import read_metrics
@@ -41,7 +41,6 @@ from .report import read_state, write_report
 STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
 TRAIN = ["-m", "mlx_models", "train"]  # train.py, as the installed package runs it
 OPTIONS = ("--study", "--only", "--datasets")
-LOCK = ".running"
 
 
 def main(argv: list[str] | None = None, config_path: str | os.PathLike | None = None) -> int:
@@ -133,32 +132,17 @@ def narrow(plan: Plan, only: str | None, datasets: str | None, config_path: str 
 
 @contextlib.contextmanager
 def one_at_a_time(study_dir: Path) -> Iterator[None]:
-    """A study runs in one process at a time: two would train the same cells into the same runs.
-    The lock (study_dir/.running, holding the PID) appears whole, by a hard link; a dead one's is
-    taken over."""
-    lock, created = study_dir / LOCK, not study_dir.exists()
+    """A study runs in one process at a time: two would train the same cells into the same runs
+    (``io.take_lock``)."""
+    created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
-    mine, text = study_dir / f".running.{os.getpid()}.tmp", ""
-    mine.write_text(str(os.getpid()))
+    busy = f"study {study_dir.name} is already running (process {{pid}}); wait for it or stop it"
     try:
-        while True:
-            try:
-                os.link(mine, lock)
-                break
-            except FileExistsError:
-                with contextlib.suppress(FileNotFoundError):  # (its study may just have ended)
-                    text = lock.read_text().strip()
-                if text.isdigit() and pid_alive(int(text)):
-                    raise ConfigError(
-                        f"study {study_dir.name} is already running (process {text}); wait for it or stop it"
-                    ) from None
-                lock.unlink(missing_ok=True)  # a study that died
+        lock = take_lock(study_dir, busy)
     except BaseException:
-        mine.unlink()
         if created:
             shutil.rmtree(study_dir, ignore_errors=True)
         raise
-    mine.unlink()
     try:
         yield
     finally:

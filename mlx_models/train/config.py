@@ -26,6 +26,8 @@ from ..registry import config_file, dataset_registry, read_config_yaml
 
 TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
 LR_SCHEDULES = ("linear", "cosine", "constant")
+RUN_STAMP = "MLX_MODELS_RUN_STAMP"
+INT_MAX = 2**31 - 1  # the largest count an option takes unless its field says otherwise
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
 # What a continued run may change; everything else comes from RUN_DIR/config.json.
@@ -54,7 +56,7 @@ class TrainConfig:
     task: str = _f("classify", "classify (sequence classification), mlm or lm (causal)", choices=TASKS)
     data_dir: str | None = _f(None, "directory with train/validation/test .json/.jsonl/.csv/.parquet files")
     lora: bool = _f(False, "train LoRA adapters (plus the task head) instead of all weights")
-    lora_rank: int = _f(8, "LoRA rank r", min=1)
+    lora_rank: int = _f(8, "LoRA rank r", min=1, max=4096)
     lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is scaled by alpha / rank", above=0)
     lora_dropout: float = _f(0.05, "dropout on the LoRA input", min=0, below=1)
     lora_targets: list[str] = field(
@@ -67,7 +69,9 @@ class TrainConfig:
         "its rank, alpha, dropout and target modules replace the lora_* settings",
     )
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA)", choices=(4, 8))
-    num_labels: int | None = _f(None, "classes of the classifier; none: as many as the data has", min=2)
+    num_labels: int | None = _f(
+        None, "classes of the classifier; none: as many as the data has", min=2, max=100_000
+    )
     from_scratch: bool = _f(False, "build the model from its config with HF's initialisation (pretraining)")
     model_config: str | None = _f(
         None, "--from-scratch: a config.json, or overrides like num_hidden_layers=4"
@@ -179,6 +183,8 @@ def bound_problems(name: str, value: Any, **bounds: Any) -> list[str]:
         return []
     if isinstance(value, float) and not math.isfinite(value):
         return [f"{name} must be a finite number (got {value})"]
+    if type(value) is int and "max" not in bounds and "choices" not in bounds and value > INT_MAX:
+        return [f"{name} must be <= {INT_MAX} (got {value})"]  # a count NumPy and MLX can hold
     rules = {
         "min": (lambda v, b: v >= b, ">="),
         "max": (lambda v, b: v <= b, "<="),
@@ -297,7 +303,9 @@ then the profile) < the command line. Without a model on the command line, confi
 default_run: names the model and the profile. With --resume RUN_DIR the settings come from
 RUN_DIR/config.json and only {", ".join(RESUME_OVERRIDES)} may be changed; with --eval-only
 RUN_DIR only {", ".join(EVAL_ONLY_OVERRIDES)}. `--study NAME` trains every model x dataset of a
-study in config.yaml's model_selection: (python -m mlx_models.study --help)."""
+study in config.yaml's model_selection: (python -m mlx_models.study --help). Data-parallel:
+`--ranks N` (processes on this machine) or `--hostfile FILE` (several Macs; `--backend` ring by
+default) start the ranks with mlx.launch; the run exits 0 only if every rank did."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,7 +454,8 @@ def _from_run_dir(cli: dict, run_dir: str) -> TrainConfig:
 def default_run_dir(model: str, dataset: str, config_path: str | os.PathLike | None = None) -> str:
     config_path = config_path or config_file()
     name = resolve_model_alias(model, config_path)["name"]
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # The launcher gives every rank of a data-parallel run one stamp, hence one run directory.
+    stamp = os.environ.get(RUN_STAMP) or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return str(Path("results") / "models" / f"{name}-{dataset}-{stamp}")
 
 

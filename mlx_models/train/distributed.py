@@ -14,20 +14,18 @@ rank and what it waited for.
 import contextlib
 import functools
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
-from ..errors import MLXModelsError
-
-
-class DistributedError(MLXModelsError):
-    """Another rank is gone: its connection was lost, or it never answered."""
+from ..cli import report_end
+from ..errors import ConfigError, DistributedError
 
 
 @dataclass(eq=False)  # hashed by identity: one watchdog per World
@@ -37,6 +35,8 @@ class World:
     size: int = 1
     timeout: float = 600.0  # seconds a collective may wait for the other ranks
     _waiting: list = field(default_factory=list)  # [(what, since)] while a collective is pending
+    # What to do after a lost rank: rank 0 knows what the run kept (the trainer sets it there).
+    advice: Callable[[], str] = lambda: "rank 0 says what was kept"
 
     @property
     def main(self) -> bool:
@@ -68,6 +68,23 @@ class World:
         """Whether any rank says ``flag``: how every rank takes the same decision."""
         return bool(self.sum(mx.array([int(flag)]), what).item())
 
+    def check_same(self, values: dict[str, Any], what: str) -> None:
+        """Every rank must hold the same ``values``: when they differ, every rank refuses at once,
+        naming the keys (a hash of each key's value is compared, one collective)."""
+        if self.size == 1:
+            return
+        keys = sorted(values)
+        rows = np.zeros((self.size, len(keys)), dtype=np.int32)
+        rows[self.rank] = [zlib.crc32(repr(values[k]).encode()) & 0x7FFFFFFF for k in keys]
+        every = self.total(rows, f"the comparison of the ranks' {what}")
+        differ = [k for k, column in zip(keys, every.T, strict=True) if len(set(column.tolist())) > 1]
+        if differ:
+            mine = ", ".join(f"{k}={values[k]!r}"[:80] for k in differ[:4])
+            raise ConfigError(
+                f"rank {self.rank}: the ranks were started with different {what} ({mine} here); "
+                "start every rank with the same command (and --out), config.yaml and data"
+            )
+
     def barrier(self, what: str) -> None:
         self.sum(mx.array([1]), what)
 
@@ -85,7 +102,7 @@ class World:
             if "[ring]" in str(e) or "peer" in str(e):
                 raise DistributedError(
                     f"rank {self.rank}: lost the connection to another rank during {what} (it died or "
-                    "was killed); the checkpoints written so far are kept: continue with --resume"
+                    f"was killed); {self.advice()}"
                 ) from e
             raise
         finally:
@@ -100,13 +117,11 @@ def _watchdog(world: "World") -> threading.Thread:
             if world._waiting:
                 what, since = world._waiting[-1]
                 if time.monotonic() - since > world.timeout:
-                    print(
-                        f"error: rank {world.rank}: waited {world.timeout:.0f} s for the other ranks during "
-                        f"{what} (a rank hung or died); stopping. Continue with --resume",
-                        file=sys.stderr,
-                        flush=True,
+                    message = (
+                        f"rank {world.rank}: waited {world.timeout:.0f} s for the other ranks during {what} "
+                        f"(a rank hung or died), stopped; {world.advice()}"
                     )
-                    os._exit(3)
+                    os._exit(report_end(3, message, "lost"))  # no traceback: the threads are stuck
 
     thread = threading.Thread(target=watch, name="mlx_models-watchdog", daemon=True)
     thread.start()
@@ -121,7 +136,7 @@ def world() -> World:
     except RuntimeError as e:
         raise DistributedError(
             f"mx.distributed could not start ({' '.join(str(e).split())[:200]}); launch 2 or more ranks "
-            "with mlx.launch -n N, or run train.py directly for one"
+            "with train.py --ranks N, or run train.py without it for one"
         ) from e
     if group.size() == 1:
         return World(None)

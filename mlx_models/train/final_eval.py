@@ -80,4 +80,5 @@ def evaluate_run(cfg: TrainConfig) -> dict:
             "evaluate it on data with the labels it was trained on"
         )
     model, tokenizer, _ = build(cfg, head)
-    return test_and_report(cfg, run_dir, model, splits, tokenizer)
+    with rd.one_writer(run_dir, world().main):  # from here it writes (metrics.jsonl, curves.png)
+        return test_and_report(cfg, run_dir, model, splits, tokenizer)

@@ -8,9 +8,11 @@ results/models/<run>/
     rng.safetensors, trainer_state.json, train_config.json, config.json, tokenizer files
 """
 
+import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError, WeightsError
 from ..interop import weights
-from ..io import atomic_dir, atomic_write_json, read_json, save_safetensors
+from ..io import atomic_dir, atomic_write_json, read_json, save_safetensors, take_lock
 from ..models import architecture
 from .config import TrainConfig, save_train_config
 
@@ -44,6 +46,27 @@ class TrainState:
     bad_evals: int = 0  # evaluations since the best one
     tokens: int = 0  # real (not padding) tokens trained on
     ranks: int = 1  # data-parallel processes: a resume needs as many
+
+
+def lock(run_dir: Path) -> Path:
+    """Make this process the run's one writer (training, --resume, --eval-only); rank 0 alone
+    calls it. Remove the returned lock file when done; a killed writer's is taken over."""
+    busy = (
+        f"{run_dir} is being written by process {{pid}} (a training run, --resume or --eval-only); "
+        "wait for it to end, or stop it"
+    )
+    return take_lock(run_dir, busy)
+
+
+@contextlib.contextmanager
+def one_writer(run_dir: Path, main: bool = True) -> Iterator[None]:
+    """``lock`` held while the block writes the run (rank 0's; other ranks do not write)."""
+    held = lock(run_dir) if main else None
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.unlink(missing_ok=True)
 
 
 def create(run_dir: Path, cfg: TrainConfig) -> None:
@@ -144,7 +167,7 @@ def restore_checkpoint(
     if saved.ranks != ranks:  # the global batches (and dropout streams) would differ: not exact
         raise ConfigError(
             f"{path} was trained on {saved.ranks} rank(s); resume it with {saved.ranks} "
-            f"(mlx.launch -n {saved.ranks}), not {ranks}"
+            f"(train.py --ranks {saved.ranks}), not {ranks}"
         )
     restore_weights(model, path)
     optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..io import atomic_dir
 from ..registry import config_file
+from . import run_dir as rd
 from .config import TrainConfig, default_run_dir, resolve_model_alias, save_train_config
 from .data import Split, Splits, load_splits
 from .metrics import append_metrics, classification_metrics, plot_curves
@@ -90,8 +91,9 @@ def evaluate_tfidf(cfg: TrainConfig, config_path: str | os.PathLike) -> dict[str
         )
     record = score(trained.pipeline, "test", splits.test, trained.num_labels)
     record["checkpoint"] = trained.path.name
-    append_metrics(run_dir, record)
-    plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
+    with rd.one_writer(run_dir):
+        append_metrics(run_dir, record)
+        plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
     print(json.dumps(record, sort_keys=True))
     return {k: v for k, v in record.items() if k not in ("split", "step", "epoch", "checkpoint")}
 

@@ -8,6 +8,7 @@ The step is `step.TrainStep` (compiled, accumulation, clipping); batches come fr
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import shutil
 import signal
@@ -41,6 +42,7 @@ from .metrics import append_metrics, plot_curves, truncate_metrics
 from .step import TrainStep, make_optimizer
 from .tasks import LOSSES, Masking, make_batch
 
+PER_RANK = ("memory_limit", "dist_timeout")  # options that ranks may set each for itself
 Fault = Callable[[int, int], None]  # fault(step, micro_batch): tests raise out-of-memory from it
 
 
@@ -73,6 +75,7 @@ class Run:
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
     scorer: Evaluator | None = None
     saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
+    lock: Path | None = None  # rank 0's: it alone writes the run directory (run_dir.lock)
 
     @property
     def group(self) -> int:  # examples per optimizer step: the global batch, over every rank
@@ -106,8 +109,11 @@ class Run:
 def setup(cfg: TrainConfig) -> Run:
     """Data, model, examples and optimizer; bad input fails here, before anything is written."""
     w = world()
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PER_RANK}
+    w.check_same(options, "training options")
     accum = accumulation(cfg, w.size)
     splits = load_data(cfg)
+    w.check_same({n: data_digest(getattr(splits, n)) for n in ("train", "validation", "test")}, "data")
     adapter = None
     if cfg.adapter and not cfg.resume:  # its LoRA settings become the run's (and are saved)
         cfg, adapter = import_adapter(cfg, splits.num_labels)
@@ -125,6 +131,21 @@ def setup(cfg: TrainConfig) -> Run:
     )  # fmt: skip
 
 
+def data_digest(split) -> str:
+    """What the ranks compare of a split: its size and a hash of its texts and labels."""
+    h = hashlib.sha1(repr(split.labels).encode())
+    for text in split.texts:
+        h.update(text.encode())
+    return f"{len(split.texts)} examples, {h.hexdigest()[:12]}"
+
+
+def resume_advice(run_dir: Path) -> str:
+    """After a lost rank (rank 0's word): what the run kept, and how to go on."""
+    if run_dir.is_dir() and rd.checkpoints(run_dir):
+        return f"the checkpoints written so far are kept: continue with --resume {run_dir}"
+    return "no checkpoint was written: run the same command again"
+
+
 def start_or_resume(run: Run) -> rd.TrainState:
     """A new run directory (rank 0 writes it, once every rank has checked its arguments), or the
     state of the furthest checkpoint of the run to resume (a run killed before its first
@@ -135,18 +156,24 @@ def start_or_resume(run: Run) -> rd.TrainState:
         w.barrier("the start of the run")
         if w.main:
             rd.create(run.dir, cfg)
+            run.lock = rd.lock(run.dir)
             if cfg.from_scratch:
                 scratch.save(run.base, scratch.config_for(cfg, run.tokenizer), run.tokenizer)
         return fresh
     if w.main:
+        run.lock = rd.lock(run.dir)  # before anything is cleared: another process may be writing
         clear_stale(run.dir)  # what a kill left half done
     w.barrier("rank 0's recovery of the run directory")
     ckpt = rd.latest_checkpoint(run.dir)
     if ckpt is None:
-        print(f"notice: {run.dir} has no checkpoint yet: starting it again from step 0", file=sys.stderr)
+        if w.main:
+            print(f"notice: {run.dir} has no checkpoint yet: starting it again from step 0", file=sys.stderr)
         state = fresh
     else:
         state = rd.restore_checkpoint(ckpt, run.model, run.optimizer, ranks=w.size)
+        last = run.dir / "last"
+        if not rd.is_checkpoint(last) or rd.checkpoint_step(last) < state.step:
+            run.save("last", state)  # killed between ckpt and last/: last/ catches up first
     if w.main:
         truncate_metrics(run.dir, state.step)
     return state
@@ -159,6 +186,17 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
     if cfg.eval_only:
         return evaluate_run(cfg)
     run = setup(cfg)
+    if run.world.main:
+        run.world.advice = lambda: resume_advice(run.dir)
+    try:
+        return train_and_test(run, fault)
+    finally:
+        if run.lock is not None:
+            run.lock.unlink(missing_ok=True)
+
+
+def train_and_test(run: Run, fault: Fault | None) -> dict:
+    cfg = run.cfg
     state = start_or_resume(run)
     clip, loss_fn = cfg.max_grad_norm, LOSSES[cfg.task]
     run.step = TrainStep(
@@ -169,11 +207,12 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
         mx.set_memory_limit(int(cfg.memory_limit * 1024**3))
     kind = ("LoRA" if cfg.lora else "full") + (f", {cfg.quantize}-bit base" if cfg.quantize else "")
     ranks = f", {run.world.size} ranks x {cfg.batch_size} x {run.accum}" if run.world.size > 1 else ""
-    print(
-        f"training {cfg.model} ({kind}{ranks}) on {len(run.data['train'][0])} examples from "
-        f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
-        file=sys.stderr,
-    )
+    if run.world.main:
+        print(
+            f"training {cfg.model} ({kind}{ranks}) on {len(run.data['train'][0])} examples from "
+            f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
+            file=sys.stderr,
+        )
     try:
         if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
             run.save("last", state)
