@@ -5,9 +5,11 @@ wrappers over them); the others live in their rooms: parity, export, fuse, expla
 """
 
 import importlib
+import os
 import sys
 
 from .cli import ArgumentParser, positive_float, take_config_option
+from .errors import ConfigError
 
 # command -> (module, function, what it does); imported only when the command runs
 COMMANDS = {
@@ -101,15 +103,17 @@ def train(argv: list[str] | None = None) -> int | None:
         from .study.cli import main as run_study  # every model x dataset of a study
 
         return run_study(argv)
-    from .train.launch import launch, take_launch_options
+    from .train.launch import launch, take_ranks_option
 
-    launch_options, argv = take_launch_options(argv)
-    if launch_options:  # data-parallel: mlx.launch starts the ranks, each running this command
-        return launch(launch_options, argv)
+    ranks, argv = take_ranks_option(argv)
+    if ranks is not None:  # data-parallel: N processes of this command, judged as one
+        return launch(ranks, argv)
     from .train.config import load_train_config
     from .train.tfidf import run_tfidf
 
     cfg = load_train_config(argv)
+    if cfg.model == "tfidf" and "MLX_RANK" in os.environ:
+        raise ConfigError("the tfidf baseline fits in one process: run it without --ranks or mlx.launch")
     if cfg.model == "tfidf":
         run_tfidf(cfg)
     else:

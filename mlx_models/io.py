@@ -8,6 +8,7 @@ is recognised and cleared (or rolled back) by the next writer of the same path.
 import codecs
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -59,25 +60,59 @@ def pid_alive(pid: int) -> bool:
 LOCK = ".running"  # in a directory one process writes at a time: that process's PID
 
 
-def take_lock(directory: Path, busy: str) -> Path:
-    """Make this process the one writer of ``directory``: the lock file (its PID) appears whole,
-    by a hard link, and a dead process's lock is taken over. Another live writer is ``busy``, a
-    ConfigError message with ``{pid}``. Returns the lock, for the caller to remove when done."""
-    lock, mine, text = directory / LOCK, directory / f"{LOCK}.{os.getpid()}.tmp", ""
-    mine.write_text(str(os.getpid()))
+class Lock:
+    """A held ``take_lock``: ``release()`` removes the file and frees the lock (a process that
+    dies frees it too: the kernel drops its locks)."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)  # before the lock is freed: no one can hold the old file
+        os.close(self.fd)
+        self.fd = -1
+
+
+def take_lock(directory: Path, busy: str) -> Lock:
+    """Make this process the one writer of ``directory``: an exclusive ``flock`` on
+    ``directory/LOCK``, which holds the writer's PID for the message. Another live writer is
+    ``busy``, a ConfigError message with ``{pid}``; a dead writer's lock is free (PID reuse cannot
+    fool it)."""
+    path = directory / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(busy.format(pid=pid)) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # the file still at the path: ours (else its holder just removed it: again)
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return Lock(path, fd)
+
+
+def is_locked(directory: Path) -> str | None:
+    """The PID of a live writer holding ``directory``'s lock, else None; creates nothing."""
     try:
-        while True:
-            try:
-                os.link(mine, lock)
-                return lock
-            except FileExistsError:
-                with contextlib.suppress(FileNotFoundError):  # (its writer may just have ended)
-                    text = lock.read_text().strip()
-                if text.isdigit() and pid_alive(int(text)):
-                    raise ConfigError(busy.format(pid=text)) from None
-                lock.unlink(missing_ok=True)  # a writer that died
+        fd = os.open(directory / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
     finally:
-        mine.unlink()
+        os.close(fd)
 
 
 def _temp_entry(entry: str) -> tuple[str, int] | None:

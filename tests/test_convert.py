@@ -346,3 +346,21 @@ def test_config_values_of_the_wrong_type_or_range_are_named_together():
     )
     with pytest.raises(ConfigError, match="rms_norm_eps nan"):
         llama.ModelArgs.from_dict(base | {"rms_norm_eps": float("nan")})
+
+
+@pytest.mark.parametrize("model_type", sorted(MODULES))
+def test_keys_transformers_knows_are_never_taken_for_typos(model_type):
+    """With every optional field of ours absent (the most room for a false 'did you mean'), the
+    keys of transformers' own config for the family still load; a key transformers knows is never
+    a typo, however close to one of ours."""
+    import dataclasses
+
+    from mlx_models.models.base import hf_config_keys, misspelt_key
+
+    fields = dataclasses.fields(MODULES[model_type].ModelArgs)
+    optional = {f.name for f in fields if f.default is not dataclasses.MISSING}
+    config = transformers.AutoConfig.for_model(model_type).to_dict()
+    config = {k: v for k, v in config.items() if k not in optional}
+    assert misspelt_key(config, [f.name for f in fields], hf_config_keys(model_type)) is None
+    assert "did you mean layer_norm_eps" in misspelt_key({"layer_norm_epz": 1}, ["layer_norm_eps"])
+    assert misspelt_key({"layer_norm_epz": 1}, ["layer_norm_eps"], frozenset({"layer_norm_epz"})) is None

@@ -213,29 +213,39 @@ def test_a_hung_rank_trips_the_watchdog(models, data, tmp_path):
     assert 8 <= waited < 30, waited
     text = log.read_text()
     assert "rank 0: waited 8 s for the other ranks during" in text and "Traceback" not in text, text[-2000:]
-    assert proc.returncode == 1 and text.strip().splitlines()[-1].startswith("error: rank 1 stopped without")
+    assert proc.returncode == 1 and text.strip().splitlines()[-1].startswith("error: rank 1 was killed")
+
+
+class Trickle(io.BytesIO):
+    """A rank's stderr arriving a few bytes at a time, as a pipe may deliver it."""
+
+    def read1(self, n: int = -1) -> bytes:
+        return super().read1(7)
 
 
 def test_the_launcher_shows_the_output_and_sums_up_the_ends(capsys):
-    """Progress bars and messages pass through as they come; the ranks' end markers, mlx.launch's
-    notes and the ring's socket lines are kept back and summed up in one line."""
+    """A rank's progress bar and messages pass through (whatever the chunks); its end marker and
+    the ring's socket lines are kept back and summed up in one line."""
     from mlx_models.cli import MARKER
     from mlx_models.train.launch import End, forward, judge
 
-    stream = io.BytesIO(
-        b"training x\n\rtrain:  50%\rtrain: 100%\n\n" + f"{MARKER} 1 2 own data_dir x is missing".encode()
-        + b"\n[ring] Socket 4 was closed by the peer\n\x1b[33m[WARN] Node with rank 1 exited with code 2\x1b[0m\n"
-        + f"\n{MARKER} 0 143 stopped terminated\n".encode()
-    )  # fmt: skip
-    out, ends = io.BytesIO(), {}
-    forward(stream, out, ends)
-    assert out.getvalue() == b"training x\n\rtrain:  50%\rtrain: 100%\n"
-    assert ends == {1: End(2, "own", "data_dir x is missing"), 0: End(143, "stopped", "terminated")}
-    assert judge(ends, 2, 0) == 2  # the cause, not the rank mlx.launch stopped because of it
+    rank1 = (
+        b"[ring] Socket 4 was closed by the peer\n" + f"\n{MARKER} 1 2 own data_dir x is missing\n".encode()
+    )
+    rank0 = b"training x\n\rtrain:  50%\rtrain: 100%" + f"\n{MARKER} 0 143 stopped terminated\n".encode()
+    for stream in (io.BytesIO, Trickle):
+        out, ends = io.BytesIO(), {}
+        forward(stream(rank0), out, ends, 0)
+        forward(stream(rank1), out, ends, 1)
+        assert out.getvalue() == b"training x\n\rtrain:  50%\rtrain: 100%\n", stream
+        assert ends == {1: End(2, "own", "data_dir x is missing"), 0: End(143, "stopped", "terminated")}
+    assert judge(ends) == 2  # the cause, not the rank stopped because of it
     assert capsys.readouterr().err == "error: rank 1: data_dir x is missing\n"
-    assert judge({0: End(0, "own", ""), 1: End(0, "own", "")}, 2, 0) == 0
-    assert judge({0: End(0, "own", "")}, 2, 0) == 1  # rank 1 never said how it ended
-    assert capsys.readouterr().err.startswith("error: rank 1 stopped without reporting")
+    assert judge({0: End(0, "own", ""), 1: End(0, "own", "")}) == 0
+    lost = End(2, "lost", "rank 0: lost the connection to another rank during x; no checkpoint was written")
+    assert judge({0: lost, 1: End(-9)}) == 1  # rank 1 never said how it ended
+    err = capsys.readouterr().err
+    assert err == f"error: rank 1 was killed (SIGKILL); {lost.message}\n"
 
 
 def test_a_killed_rank_fails_the_run_in_one_line(models, data, tmp_path):
@@ -252,12 +262,12 @@ def test_a_killed_rank_fails_the_run_in_one_line(models, data, tmp_path):
     code, text = proc.wait(timeout=120), log.read_text()
     errors = [line for line in text.splitlines() if "error" in line.lower()]
     assert code == 1 and len(errors) == 1, text[-3000:]
-    assert errors[0].startswith("error: rank 1 stopped without reporting (killed, or crashed"), errors
+    assert errors[0].startswith("error: rank 1 was killed (SIGKILL); rank 0: lost the connection"), errors
     assert (
         "rank 0: lost the connection to another rank" in errors[0]
         and "run the same command again" in errors[0]
     )
-    assert "Traceback" not in text and "[ring]" not in text and "Node with rank" not in text, text[-3000:]
+    assert "Traceback" not in text and "[ring]" not in text, text[-3000:]
     assert not out.exists()  # no checkpoint yet: nothing is kept, as the line says
 
 
@@ -267,6 +277,32 @@ def test_a_rank_error_is_one_line_with_its_exit_code(models, data, tmp_path):
     code, lines = proc.wait(timeout=300), log.read_text().strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: rank 0: data_dir") and "is not a directory" in lines[0], lines
+
+
+def test_sigterm_to_the_run_stops_every_rank_as_one(models, data, tmp_path):
+    """SIGTERM to train.py --ranks reaches every rank: last/ is saved and the run exits 143 with
+    'terminated', as a single process does."""
+    out, log = tmp_path / "run", tmp_path / "log"
+    proc = launch(argv(models("bert"), data, out, 4, "--max-steps", "400", "--eval-every", "50"), log)
+    deadline = time.monotonic() + 300
+    while "train:" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)  # the launcher alone: it passes it on
+    code, text = proc.wait(timeout=120), log.read_text()
+    assert code == 143 and text.strip().splitlines()[-1] == "terminated", text[-2000:]
+    assert "error" not in text and "Traceback" not in text, text[-2000:]
+    assert 0 < json.loads((out / "last" / "trainer_state.json").read_text())["step"] < 400
+
+
+def test_tfidf_with_ranks_is_refused(data, tmp_path):
+    log = tmp_path / "log"
+    proc = launch(["--model", "tfidf", "--data-dir", str(data), "--out", str(tmp_path / "run")], log)
+    code, lines = proc.wait(timeout=300), log.read_text().strip().splitlines()
+    assert code == 2 and lines == ["error: rank 0: the tfidf baseline fits in one process: run it without "
+                                   "--ranks or mlx.launch"], lines  # fmt: skip
+    assert not (tmp_path / "run").exists()
 
 
 def test_ranks_started_with_different_options_refuse_at_once(models, data, tmp_path):

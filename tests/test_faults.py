@@ -230,28 +230,25 @@ def test_last_catches_up_after_a_kill_between_best_and_last(model, data, tmp_pat
     same_test_metrics(uninterrupted(*extra), result)
 
 
-def test_one_writer_per_run(model, data, tmp_path, capsys):
-    """A second --resume or --eval-only of a run being written is refused; a dead writer's lock
-    is taken over."""
+def test_one_writer_per_run(model, data, tmp_path, capsys, hold_lock):
+    """A second --resume or --eval-only of a run being written is refused at once, before any
+    work, changing nothing; a dead writer's lock is taken over."""
     run = tmp_path / "run"
     train_run(load_train_config(train_argv(model, data, run, "--max-steps", "2")))
-    writer = subprocess.Popen(["sleep", "60"])
-    try:
-        (run / ".running").write_text(str(writer.pid))
-        before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-        for argv in (["--resume", str(run)], ["--eval-only", str(run)]):
-            capsys.readouterr()
-            assert run_cli(train.main, argv) == 2
-            err = capsys.readouterr().err.strip().splitlines()
-            assert len(err) == 1 and f"is being written by process {writer.pid}" in err[0], err
-        assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
-    finally:
-        writer.kill()
-        writer.wait()
-    assert run_cli(train.main, ["--eval-only", str(run)]) == 0  # the writer is gone: taken over
-    assert (
-        not (run / ".running").exists() and len([r for r in read_metrics(run) if r["split"] == "test"]) == 2
-    )
+    writer = hold_lock(run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    for argv in (["--resume", str(run)], ["--eval-only", str(run)]):
+        capsys.readouterr()
+        assert run_cli(train.main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is being written by process {writer.pid}" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    writer.kill()
+    writer.wait()
+    (run / ".running").write_text("999999999")  # what a killed writer leaves: a file no one holds
+    assert run_cli(train.main, ["--eval-only", str(run)]) == 0
+    assert not (run / ".running").exists()
+    assert len([r for r in read_metrics(run) if r["split"] == "test"]) == 2
 
 
 # --- a full disk -----------------------------------------------------------------------------------

@@ -356,22 +356,24 @@ def test_model_selection_is_checked(project, tmp_path, capsys, case):
     assert not (tmp_path / "results").exists()
 
 
-def test_one_process_per_study(grid, project, capsys):
-    """A study whose lock holds a live process is refused; a dead process's lock is taken over."""
+def test_one_process_per_study(grid, project, capsys, hold_lock):
+    """A study whose lock a live process holds is refused; a dead process's lock is taken over."""
     _, _, study_dir = grid
     lock = study_dir / ".running"
-    lock.write_text(str(os.getpid()))  # alive: this test
+    holder = hold_lock(study_dir)
     before = snapshot(study_dir)
     code, err = run_study(project, ["grid"], capsys)
     assert (
         code == 2
-        and err == f"error: study grid is already running (process {os.getpid()}); wait for it or stop it\n"
+        and err == f"error: study grid is already running (process {holder.pid}); wait for it or stop it\n"
     )
     assert snapshot(study_dir) == before
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    lock.write_text(dead.stdout.strip())
+    holder.kill()
+    holder.wait()
+    lock.write_text(dead.stdout.strip())  # what a killed study leaves: a file no one holds
     code, err = run_study(project, ["grid"], capsys)
     assert code == 0 and err.count("finished earlier, skipped") == 4, err
     assert not lock.exists() and not list(study_dir.glob(".running*"))

@@ -16,7 +16,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import ConfigError, SourceError, WeightsError
-from ..io import OUTPUT_MARKER, read_json
+from ..io import OUTPUT_MARKER, atomic_write_text, read_json
 from ..models import TASKS, build_model
 from ..models.quant import quantize
 from ..registry import read_config_yaml
@@ -70,9 +70,12 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
             raise SourceError(
                 f"{target} is in the conversion cache but is no conversion; remove it and run again"
             )
-        again = "changed since its cached conversion" if target.exists() else "first use"
+        again = "first use"
+        if target.exists():
+            had = _read_stamp(target) is not None
+            again = "changed since its cached conversion" if had else "cached before sources were recorded"
         convert(spec, target, q_bits=quantize_bits, force=target.exists())
-        (target / SOURCE_STAMP).write_text(stamp)  # after the conversion: a kill between re-converts
+        atomic_write_text(target / SOURCE_STAMP, stamp)  # after the conversion: a kill between re-converts
         print(f"note: converted {name} into {target} ({again}; cached)", file=sys.stderr)
     return target
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import typing
@@ -33,7 +34,7 @@ class BaseModelArgs:
     @classmethod
     def from_dict(cls, config: dict) -> "BaseModelArgs":
         params = inspect.signature(cls).parameters
-        if typo := misspelt_key(config, list(params)):
+        if typo := misspelt_key(config, list(params), hf_config_keys(config.get("model_type"))):
             raise ConfigError(f"config.json of model_type {config.get('model_type')!r}: {typo}")
         missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in config]
         if missing:
@@ -81,15 +82,28 @@ class Family:
     # one exports only to transformers and PEFT
 
 
-def misspelt_key(config: dict, fields: list[str]) -> str | None:
-    """A key that is not understood but is a letter or two from a field the config lacks
-    (``num_hiden_layers``): its value would be ignored and the default used. Other unknown keys
-    are left alone, as transformers does (tools add their own)."""
+def misspelt_key(config: dict, fields: list[str], known: frozenset[str] = frozenset()) -> str | None:
+    """A key that neither we nor transformers (``known``) understand but that is a letter or two
+    from a field the config lacks (``num_hiden_layers``): its value would be ignored and the default
+    used. Other unknown keys are left alone, as transformers does (tools add their own)."""
     absent = [f for f in fields if f not in config]
-    for key in sorted(set(config) - set(fields)):
+    for key in sorted(set(config) - set(fields) - known):
         if close := difflib.get_close_matches(key, absent, n=1, cutoff=0.85):
             return f"unknown key {key!r}, so {close[0]} would take its default; did you mean {close[0]}?"
     return None
+
+
+@functools.cache
+def hf_config_keys(model_type: str | None) -> frozenset[str]:
+    """The keys transformers' config class of ``model_type`` has (``use_sliding_window``, ...)."""
+    from transformers import AutoConfig
+
+    if not isinstance(model_type, str):
+        return frozenset()
+    try:
+        return frozenset(AutoConfig.for_model(model_type).to_dict())
+    except ValueError:  # a model_type transformers does not know: refused when it is built
+        return frozenset()
 
 
 def type_problems(cls: type, given: dict) -> list[str]:

@@ -146,7 +146,7 @@ def one_at_a_time(study_dir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
 
 
 def check_same_plan(study_dir: Path, plan: Plan) -> None:

@@ -303,9 +303,9 @@ then the profile) < the command line. Without a model on the command line, confi
 default_run: names the model and the profile. With --resume RUN_DIR the settings come from
 RUN_DIR/config.json and only {", ".join(RESUME_OVERRIDES)} may be changed; with --eval-only
 RUN_DIR only {", ".join(EVAL_ONLY_OVERRIDES)}. `--study NAME` trains every model x dataset of a
-study in config.yaml's model_selection: (python -m mlx_models.study --help). Data-parallel:
-`--ranks N` (processes on this machine) or `--hostfile FILE` (several Macs; `--backend` ring by
-default) start the ranks with mlx.launch; the run exits 0 only if every rank did."""
+study in config.yaml's model_selection: (python -m mlx_models.study --help). `--ranks N`
+runs N data-parallel processes on this machine, judged as one (exit 0 only if every rank did).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:

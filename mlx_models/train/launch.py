@@ -1,89 +1,123 @@
-"""A data-parallel run started and judged as one command: ``train.py --ranks N ...`` (this machine)
-or ``train.py --hostfile hosts.json ...`` (several Macs).
+"""A data-parallel run on this machine started and judged as one command: ``train.py --ranks N ...``.
 
-It runs ``mlx.launch`` with the same training arguments on every rank and passes their output
-through; each rank ends with one marker line (``cli.report_end``) instead of its own error. When
-every rank has ended, the run exits 0 if all of them did, else with one line that names the rank
-that failed first and why (a rank that merely lost its peer is a consequence, not the cause), and
-the failing rank's exit code. ``mlx.launch`` alone exits 0 whatever its ranks do.
+It starts N processes of ``mlx_models train`` (the same arguments) as ``mlx.launch --backend ring``
+would: each with its rank and a ring hostfile on free local ports. It passes their output through
+(progress bars included) and each rank ends with one marker line (``cli.report_end``) instead of
+its own error. When every rank has ended, the run exits 0 if all of them did, else with one line
+that names the rank that failed first and why (a rank that merely lost its peer is a consequence,
+not the cause) and that rank's exit code. Ctrl-C and SIGTERM reach every rank, which save and stop
+as a single process does. (``mlx.launch`` itself exits 0 whatever its ranks do.)
 """
 
 import datetime
+import json
 import os
 import re
-import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import MARKER, RANK_REPORT, report_end
+from ..cli import MARKER, RANK_REPORT, Terminated, report_end
 from ..errors import ConfigError
 from .config import RUN_STAMP
 
-OPTIONS = ("--ranks", "--hostfile", "--backend")
-# What the launcher sums up in its one line: mlx.launch's note on each rank, and the ring's own
-# lines when a peer is gone.
-NOISE = re.compile(
-    rb"((\x1b\[\d+m)?\[WARN\] Node with rank \d+ (exited with code -?\d+|was killed)"
-    rb"|\[ring\] (Socket \d+ was closed by the peer|Too many send/recv errors))"
-)
+GRACE = 30.0  # seconds the other ranks have to notice a failed rank before they are stopped
+# The ring's own lines when a peer is gone: the summary says it in one line.
+NOISE = re.compile(rb"^\[ring\] (Socket \d+ was closed by the peer|Too many send/recv errors)")
 
 
 @dataclass
 class End:
-    """How one rank ended, from its marker line."""
+    """How one rank ended: its exit code, and its marker line's kind and message when it wrote one
+    (own: its own error or success; lost: another rank was gone; stopped: a signal)."""
 
     code: int
-    kind: str  # own (its own error, or success), lost (another rank was gone), stopped (signal)
-    message: str
+    kind: str = ""
+    message: str = ""
 
 
-def take_launch_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """(``--ranks``/``--hostfile``/``--backend`` given, the training arguments without them)."""
-    options, rest, i = {}, [], 0
+def take_ranks_option(argv: list[str]) -> tuple[int | None, list[str]]:
+    """(``--ranks N`` if given, the training arguments without it)."""
+    rest, ranks, i = [], None, 0
     while i < len(argv):
         flag, eq, value = argv[i].partition("=")
-        if flag not in OPTIONS:
+        if flag != "--ranks":
             rest.append(argv[i])
             i += 1
             continue
         if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"{flag} expects a value; see train.py --help")
-            value, i = argv[i + 1], i + 1
-        options[flag[2:]], i = value, i + 1
-    return options, rest
+            value, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 1
+        if not value.isdigit() or not 1 <= int(value) <= 64:
+            raise ConfigError(f"--ranks {value!r}: expected 1..64 processes on this machine")
+        ranks, i = int(value), i + 1
+    return ranks, rest
 
 
-def launch_command(options: dict[str, str], argv: list[str]) -> list[str]:
-    """mlx.launch with the ranks or hostfile asked for, each rank running ``mlx_models train``."""
-    where = _where(options)
-    launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
-    if launcher is None:
-        raise ConfigError("mlx.launch is not installed; pip install mlx (it comes with it)")
+def rank_env(rank: int, hostfile: Path, stamp: str) -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")  # one default run directory for all
-    env = ["--env", f"{RANK_REPORT}=1", "--env", f"PYTHONPATH={path}", "--env", f"{RUN_STAMP}={stamp}"]
-    backend = ["--backend", options.get("backend", "ring")]
-    return [launcher, *where, *backend, *env, "--", sys.executable, "-m", "mlx_models", "train", *argv]
+    return os.environ | {
+        "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile), RANK_REPORT: "1", "PYTHONPATH": path,
+        RUN_STAMP: stamp,  # one default run directory for every rank
+    }  # fmt: skip
 
 
-def _where(options: dict[str, str]) -> list[str]:
-    if "hostfile" in options:
-        if "ranks" in options:
-            raise ConfigError("--ranks and --hostfile cannot be combined: the hostfile lists the ranks")
-        if not Path(options["hostfile"]).is_file():
-            raise ConfigError(
-                f"--hostfile {options['hostfile']}: no such file; see mlx.launch's hostfile format"
-            )
-        return ["--hostfile", options["hostfile"]]
-    ranks = options.get("ranks", "")
-    if not ranks.isdigit() or int(ranks) < 1:
-        raise ConfigError(f"--ranks {ranks!r}: expected a positive number of processes on this machine")
-    return ["-n", ranks, "--starting-port", str(_free_port())]
+def launch(ranks: int, argv: list[str]) -> int:
+    """Run the ranks; 0, or one summary line and the failing rank's exit code."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="mlx_models-ranks-") as tmp:
+        hostfile = Path(tmp) / "hosts.json"
+        hostfile.write_text(json.dumps([[f"127.0.0.1:{_free_port()}"] for _ in range(ranks)]))
+        command = [sys.executable, "-m", "mlx_models", "train", *argv]
+        procs = [
+            subprocess.Popen(command, env=rank_env(r, hostfile, stamp), stderr=subprocess.PIPE)
+            for r in range(ranks)
+        ]
+        ends: dict[int, End] = {}
+        readers = [
+            threading.Thread(target=forward, args=(p.stderr, sys.stderr.buffer, ends, r), daemon=True)
+            for r, p in enumerate(procs)
+        ]
+        for t in readers:
+            t.start()
+        codes = supervise(procs)
+        for t in readers:
+            t.join()
+    for r, code in enumerate(codes):
+        ends.setdefault(r, End(code)).code = code
+    return judge(ends)
+
+
+def supervise(procs: list[subprocess.Popen]) -> list[int]:
+    """Wait for every rank. A SIGTERM is passed on to them (Ctrl-C in the terminal reaches them
+    itself) and waited out; once a rank fails, the others have ``GRACE`` seconds to notice before
+    they are stopped (SIGTERM, then SIGKILL)."""
+    failed_at = None
+    while True:
+        try:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                return codes
+            if failed_at is None and any(c not in (None, 0) for c in codes):
+                failed_at = time.monotonic()
+            if failed_at is not None and (late := time.monotonic() - failed_at) > GRACE:
+                _signal(procs, signal.SIGTERM if late < 2 * GRACE else signal.SIGKILL)
+            time.sleep(0.1)
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated):
+                _signal(procs, signal.SIGTERM)
+
+
+def _signal(procs: list[subprocess.Popen], sig: int) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
 
 
 def _free_port() -> int:
@@ -92,88 +126,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(options: dict[str, str], argv: list[str]) -> int:
-    """Run the ranks; one summary line and a non-zero exit code when any of them failed."""
-    command = launch_command(options, argv)
-    ranks = _rank_count(options)
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE)
-    ends = {}
-    try:
-        try:
-            open_line = forward(proc.stderr, sys.stderr.buffer, ends)
-        except KeyboardInterrupt:  # the ranks got the same Ctrl-C: read on while they save and stop
-            open_line = forward(proc.stderr, sys.stderr.buffer, ends)
-    finally:
-        code = proc.wait()
-    if open_line:
-        print(file=sys.stderr)  # the summary on a line of its own, after a progress bar
-    return judge(ends, ranks, code)
-
-
-def _rank_count(options: dict[str, str]) -> int:
-    if "hostfile" not in options:
-        return int(options["ranks"])
-    import json
-
-    try:
-        return len(json.loads(Path(options["hostfile"]).read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"--hostfile {options['hostfile']} is not a JSON list of hosts ({e})") from e
-
-
-def forward(stream, out, ends: dict[int, End]) -> bool:
-    """Copy the ranks' stderr to ``out`` as it comes (progress bars included), keeping back the
-    marker lines (read into ``ends``) and the lines the summary replaces (``NOISE``). Returns
-    whether ``out`` was left inside a line (a progress bar)."""
-    pending, marker, open_line = b"", MARKER.encode(), False
+def forward(stream, out, ends: dict[int, "End"], rank: int) -> None:
+    """Copy one rank's stderr to ``out`` as it comes (a progress bar's updates at once, other text
+    by whole lines), keeping back its marker line (into ``ends``) and the ring's ``NOISE``."""
+    pending, at_line_start = b"", True
     for chunk in iter(lambda: stream.read1(1 << 16), b""):
         *lines, pending = (pending + chunk).split(b"\n")
-        for line, after in zip(lines, [*lines[1:], pending][: len(lines)], strict=True):
-            kept = _keep(line, ends)
-            marker_next = after.startswith(marker) or (after is pending and marker.startswith(after))
-            if kept is not None and not (kept == b"" and marker_next):  # a marker's leading newline
-                out.write(kept + b"\n")
-                open_line = False
-        if pending and not (marker.startswith(pending) or pending.startswith(marker)):
-            out.write(pending)  # a progress bar's update: shown now
-            pending, open_line = b"", True
-        out.flush()
-    if pending and (kept := _keep(pending, ends)):
-        out.write(kept)
-        open_line = True
-    out.flush()
-    return open_line
+        shown = []
+        for line in lines:
+            if line == b"" and at_line_start:
+                continue  # the leading newline of a marker, after a whole line
+            if _shown(line, ends, rank):
+                shown.append(line + b"\n")
+                at_line_start = True
+        if b"\r" in pending:  # a progress bar's update: shown now, its line left open
+            shown.append(pending)
+            pending, at_line_start = b"", False
+        _write(out, b"".join(shown))
+    if pending and _shown(pending, ends, rank):
+        _write(out, pending + b"\n")
 
 
-def _keep(line: bytes, ends: dict[int, End]) -> bytes | None:
-    """``line`` as shown: None for a rank's marker (recorded in ``ends``), without ``NOISE``."""
-    text = line.rstrip(b"\r")
+_OUT = threading.Lock()
+
+
+def _write(out, data: bytes) -> None:
+    if data:
+        with _OUT:  # whole lines from each rank, never mixed
+            out.write(data)
+            out.flush()
+
+
+def _shown(line: bytes, ends: dict[int, End], rank: int) -> bool:
+    """Whether a rank's line is shown: not its marker (recorded) nor the ring's noise."""
+    text = line.strip(b"\r")
     if text.startswith(MARKER.encode()):
-        _, rank, code, kind, *message = text.decode(errors="replace").split(" ", 4)
-        ends[int(rank)] = End(int(code), kind, message[0] if message else "")
-        return None
-    if (found := NOISE.search(line)) is None:
-        return line
-    return line[: found.start()] or None  # what came before it on the line: a progress bar
+        fields = text.decode(errors="replace").split(" ", 4)
+        if len(fields) >= 4 and fields[2].lstrip("-").isdigit():
+            ends[rank] = End(int(fields[2]), fields[3], fields[4] if len(fields) > 4 else "")
+            return False
+    return not NOISE.match(text)
 
 
-def judge(ends: dict[int, End], ranks: int, launcher_code: int) -> int:
+def judge(ends: dict[int, End]) -> int:
     """0 when every rank ended well; else the one line about the first cause, and its code."""
-    silent = [r for r in range(ranks) if r not in ends]
     failed = {r: e for r, e in sorted(ends.items()) if e.code != 0}
-    if not silent and not failed and launcher_code == 0:
+    if not failed:
         return 0
     own = [(r, e) for r, e in failed.items() if e.kind == "own"]
     if own:
         rank, end = own[0]
         return report_end(end.code, _with_rank(rank, end.message))
-    lost = next((_with_rank(r, e.message) for r, e in failed.items() if e.kind == "lost"), "")
+    lost = [(r, e) for r, e in failed.items() if e.kind == "lost"]
+    said = _with_rank(*lost[0]) if lost else "the other ranks stopped"
+    silent = [r for r, e in failed.items() if not e.kind]
     if silent:
-        what = f"rank {', '.join(map(str, silent))} stopped without reporting (killed, or crashed: see above)"
-        return report_end(1, f"{what}; {lost or 'the run stopped'}")
-    rank, end = next(iter(failed.items()), (0, End(launcher_code or 1, "own", "mlx.launch failed")))
-    return report_end(end.code, _with_rank(rank, end.message))
+        how = ", ".join(f"rank {r} {_death(failed[r].code)}" for r in silent)
+        return report_end(1, f"{how}; {said}")
+    if lost:
+        return report_end(lost[0][1].code, said)
+    rank, end = next(iter(failed.items()))  # every rank stopped by a signal (Ctrl-C, SIGTERM)
+    return report_end(end.code, end.message or f"rank {rank} exited with code {end.code}", end.kind)
 
 
-def _with_rank(rank: int, message: str) -> str:
+def _death(code: int) -> str:
+    if code < 0:
+        return f"was killed ({signal.Signals(-code).name})"
+    return f"exited with code {code} without its report (a crash: see above)"
+
+
+def _with_rank(rank: int, end: "End | str") -> str:
+    message = end if isinstance(end, str) else end.message
     return message if message.startswith(f"rank {rank}") else f"rank {rank}: {message}"

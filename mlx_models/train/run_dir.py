@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError, WeightsError
 from ..interop import weights
-from ..io import atomic_dir, atomic_write_json, read_json, save_safetensors, take_lock
+from ..io import Lock, atomic_dir, atomic_write_json, is_locked, read_json, save_safetensors, take_lock
 from ..models import architecture
 from .config import TrainConfig, save_train_config
 
@@ -48,14 +48,22 @@ class TrainState:
     ranks: int = 1  # data-parallel processes: a resume needs as many
 
 
-def lock(run_dir: Path) -> Path:
+BUSY = (
+    "{run_dir} is being written by process {{pid}} (a training run, --resume or --eval-only); wait "
+    "for it to end, or stop it"
+)
+
+
+def lock(run_dir: Path) -> Lock:
     """Make this process the run's one writer (training, --resume, --eval-only); rank 0 alone
-    calls it. Remove the returned lock file when done; a killed writer's is taken over."""
-    busy = (
-        f"{run_dir} is being written by process {{pid}} (a training run, --resume or --eval-only); "
-        "wait for it to end, or stop it"
-    )
-    return take_lock(run_dir, busy)
+    calls it. ``release()`` it when done; a killed writer's lock is free."""
+    return take_lock(run_dir, BUSY.format(run_dir=run_dir))
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Refuse at once, before any work, a run that another live process is writing."""
+    if (pid := is_locked(run_dir)) is not None:
+        raise ConfigError(BUSY.format(run_dir=run_dir).format(pid=pid))
 
 
 @contextlib.contextmanager
@@ -66,7 +74,7 @@ def one_writer(run_dir: Path, main: bool = True) -> Iterator[None]:
         yield
     finally:
         if held is not None:
-            held.unlink(missing_ok=True)
+            held.release()
 
 
 def create(run_dir: Path, cfg: TrainConfig) -> None:

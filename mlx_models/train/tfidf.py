@@ -82,6 +82,7 @@ def evaluate_tfidf(cfg: TrainConfig, config_path: str | os.PathLike) -> dict[str
     from .trained import load_trained
 
     run_dir = Path(cfg.out)
+    rd.check_unlocked(run_dir)
     trained = load_trained(run_dir)
     splits = load_splits(dataclasses.replace(cfg, eval_only=None), config_path)
     if splits.num_labels > trained.num_labels:

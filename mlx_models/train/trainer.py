@@ -29,7 +29,7 @@ from ..batching import batch_order, pad_id_for
 from ..cli import deferred_signals, stop_for
 from ..errors import MLXModelsError
 from ..interop.adapters import load_into
-from ..io import clear_stale
+from ..io import Lock, clear_stale
 from . import run_dir as rd
 from . import scratch
 from .build import accumulation, build, examples, import_adapter, load_data, total_steps
@@ -42,7 +42,9 @@ from .metrics import append_metrics, plot_curves, truncate_metrics
 from .step import TrainStep, make_optimizer
 from .tasks import LOSSES, Masking, make_batch
 
-PER_RANK = ("memory_limit", "dist_timeout")  # options that ranks may set each for itself
+# Options that ranks may set each for itself; `out` too: under a plain mlx.launch each rank stamps
+# its default run directory with its own clock, and only rank 0 writes (a resume compares `resume`).
+PER_RANK = ("memory_limit", "dist_timeout", "out")
 Fault = Callable[[int, int], None]  # fault(step, micro_batch): tests raise out-of-memory from it
 
 
@@ -75,7 +77,7 @@ class Run:
     step: TrainStep | None = None  # built once the optimizer state is final (after a resume)
     scorer: Evaluator | None = None
     saved_at: float = dataclasses.field(default_factory=time.monotonic)  # when last/ was written
-    lock: Path | None = None  # rank 0's: it alone writes the run directory (run_dir.lock)
+    lock: Lock | None = None  # rank 0's: it alone writes the run directory (run_dir.lock)
 
     @property
     def group(self) -> int:  # examples per optimizer step: the global batch, over every rank
@@ -183,6 +185,8 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
     """Train as ``cfg`` says, score the best checkpoint on the test split; returns the test record.
     ``fault(step, micro_batch)`` is called before every optimizer step (tests inject failures)."""
     world().timeout = cfg.dist_timeout
+    if cfg.eval_only or cfg.resume:
+        rd.check_unlocked(Path(cfg.out))  # before minutes of set-up; taken for real at the start
     if cfg.eval_only:
         return evaluate_run(cfg)
     run = setup(cfg)
@@ -192,7 +196,7 @@ def run(cfg: TrainConfig, fault: Fault | None = None) -> dict:
         return train_and_test(run, fault)
     finally:
         if run.lock is not None:
-            run.lock.unlink(missing_ok=True)
+            run.lock.release()
 
 
 def train_and_test(run: Run, fault: Fault | None) -> dict:
