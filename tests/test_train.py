@@ -263,6 +263,7 @@ def test_bad_data_exits_2_with_one_line_and_no_run_dir(models, tmp_path, capsys,
     splits, extra, message = BAD_DATA[case]
     data, out = write_splits(tmp_path / "data", splits), tmp_path / "run"
     argv = ["--model", models("bert"), "--data-dir", str(data), "--out", str(out), *extra]
+    capsys.readouterr()  # what building the model (a fixture) printed
     assert run_cli(train.main, argv) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err

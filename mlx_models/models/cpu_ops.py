@@ -12,7 +12,8 @@ log-sum-exp, the attention (forward and backward, dropout included) and the norm
 run there: vectorised for the CPU, on all its cores. Elsewhere the formulas stand in, built from
 multiplies and adds that ``mx.compile`` fuses; the loss's log-sum-exp and the norms then stay MLX's
 (the formulas would keep (N, V) temporaries). On Metal and CUDA, and in half precision, the
-built-ins are used (speeds: ``benchmarks/mlx_cpu_exp.py``). The exponentials agree with the
+built-ins are used (speeds: ``benchmarks/mlx_cpu_exp.py``); ``MLX_MODELS_BUILTIN=1`` takes that
+path on the CPU too (``on_cpu``), which is how the tests check it here. The exponentials agree with the
 built-ins within 1e-6 relative; the norms' two-pass variance is closer to float64 than MLX's
 (tests/test_cpu_ops.py).
 
@@ -23,6 +24,7 @@ Stegun 7.1.26 (|error| < 1.5e-7). Gradients are written out (``mx.custom_functio
 
 import functools
 import math
+import os
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -37,8 +39,15 @@ ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
 ERF_P = 0.3275911
 
 
+BUILTIN = "MLX_MODELS_BUILTIN"  # "1": MLX's built-ins everywhere, the path Metal and CUDA take
+
+
 def on_cpu() -> bool:
-    return mx.default_device() == mx.cpu
+    """Whether the CPU path is taken (this module's ops, the kernels, quant.py's dequantizing
+    matmul): on MLX's CPU device, unless ``MLX_MODELS_BUILTIN=1`` asks for the path a Mac's GPU
+    (and CUDA) takes: ``mx.fast`` attention and norms, ``nn.gelu``/``nn.silu``, MLX's quantized
+    matmul and softmax. The one switch between the two paths, so CI runs both on a CPU."""
+    return mx.default_device() == mx.cpu and os.environ.get(BUILTIN) != "1"
 
 
 def kernel_takes(*arrays) -> bool:

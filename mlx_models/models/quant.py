@@ -14,12 +14,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import kernels
+from .cpu_ops import on_cpu
 
 DEFAULT_GROUP_SIZE = 64
-
-
-def _on_cpu() -> bool:
-    return mx.default_device().type == mx.DeviceType.cpu
 
 
 def _dequantize(layer: nn.Module) -> mx.array:
@@ -34,7 +31,7 @@ def _dequantize_as(w, scales, biases, group_size: int, bits: int, mode: str, dty
     dequantize with float32 scales, 34x with float16 ones, which MLX computes in float16, in
     benchmarks/mlx_cpu_exp.py on a 2-core AMD EPYC)."""
     fast = dtype == mx.float32 and mode == "affine" and bits in (2, 4, 8)
-    if fast and kernels.native is not None and _on_cpu():
+    if fast and kernels.native is not None and on_cpu():
         return kernels.native.dequantize(w, scales, biases, group_size, bits)
     return mx.dequantize(w, scales, biases, group_size, bits, mode=mode).astype(dtype)
 
@@ -71,7 +68,7 @@ def _cpu_matmul(layer: nn.Module, x: mx.array) -> mx.array:
 
 class QuantizedLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
-        if not _on_cpu():
+        if not on_cpu():
             return super().__call__(x)
         y = _cpu_matmul(self, x)
         return y + self["bias"] if "bias" in self else y
@@ -79,7 +76,7 @@ class QuantizedLinear(nn.QuantizedLinear):
 
 class QuantizedEmbedding(nn.QuantizedEmbedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        return _cpu_matmul(self, x) if _on_cpu() else super().as_linear(x)
+        return _cpu_matmul(self, x) if on_cpu() else super().as_linear(x)
 
 
 def quantizable(path: str, module: nn.Module, group_size: int, skip: tuple[str, ...] = ()) -> bool:

@@ -59,10 +59,14 @@ def take_ranks_option(argv: list[str]) -> tuple[int | None, list[str]]:
     return ranks, rest
 
 
-def rank_env(rank: int, hostfile: Path, stamp: str) -> dict[str, str]:
+def rank_env(rank: int, ranks: int, hostfile: Path, stamp: str) -> dict[str, str]:
+    """A rank's environment: its place in the ring, the marker report, the package on the path,
+    one run stamp, and its share of the cores (OpenBLAS's threads busy-wait: ranks that each took
+    every core would slow each other down many times over)."""
     package_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    return os.environ | {
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // ranks))
+    return os.environ | {"OMP_NUM_THREADS": threads} | {
         "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile), RANK_REPORT: "1", "PYTHONPATH": path,
         RUN_STAMP: stamp,  # one default run directory for every rank
     }  # fmt: skip
@@ -76,7 +80,7 @@ def launch(ranks: int, argv: list[str]) -> int:
         hostfile.write_text(json.dumps([[f"127.0.0.1:{_free_port()}"] for _ in range(ranks)]))
         command = [sys.executable, "-m", "mlx_models", "train", *argv]
         procs = [
-            subprocess.Popen(command, env=rank_env(r, hostfile, stamp), stderr=subprocess.PIPE)
+            subprocess.Popen(command, env=rank_env(r, ranks, hostfile, stamp), stderr=subprocess.PIPE)
             for r in range(ranks)
         ]
         ends: dict[int, End] = {}
