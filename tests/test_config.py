@@ -179,6 +179,24 @@ def test_model_paths_and_data_dir(cfg_path, tmp_path):
         load(["--model", "m1", "--data-dir", str(tmp_path / "missing")], cfg_path)
 
 
+def test_the_learning_rate_follows_the_method_unless_given(cfg_path, tmp_path):
+    """No layer sets it: 2e-5 for full finetuning, 1e-4 for LoRA and QLoRA, for an alias or a path;
+    a model's train block, a profile or the command line wins; the resolved rate is saved."""
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    for model in ("m2", str(model_dir)):
+        assert load(["--model", model], cfg_path).learning_rate == 2e-5
+        assert load(["--model", model, "--lora"], cfg_path).learning_rate == 1e-4
+        assert load(["--model", model, "--lora", "--quantize", "4"], cfg_path).learning_rate == 1e-4
+        assert load(["--model", model, "--lora", "--learning-rate", "3e-4"], cfg_path).learning_rate == 3e-4
+        assert load(["--model", model, "--lora", "learning_rate=none"], cfg_path).learning_rate == 1e-4
+    assert load(["--model", "m1", "--lora"], cfg_path).learning_rate == 1e-3  # its train block's
+    assert TrainConfig(adapter="some/adapter").learning_rate == 1e-4  # an imported adapter: LoRA
+    cfg = load(["--model", "m2", "--lora", "--out", str(tmp_path / "run")], cfg_path)
+    save_train_config(cfg, tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 1e-4
+
+
 def test_help_documents_every_field(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["--help"])

@@ -7,10 +7,13 @@ GEMM: storage (and the memory the model holds) stays 4-bit, the full-precision w
 is a transient of one layer.
 """
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import kernels
@@ -104,16 +107,29 @@ def quantize(
     skip = getattr(model, "head_modules", ())
     predicate = predicate or (lambda p, m: quantizable(p, m, group_size, skip))
     new = []
-    for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
-        if not (spec := predicate(path, m)):
-            continue
-        gs, b = (spec["group_size"], spec["bits"]) if isinstance(spec, dict) else (group_size, bits)
-        if isinstance(m, nn.Linear):
-            new.append((path, QuantizedLinear.from_linear(m, gs, b)))
-        elif isinstance(m, nn.Embedding):
-            new.append((path, QuantizedEmbedding.from_embedding(m, gs, b)))
+    with same_random_state():  # MLX initialises each new quantized layer at random first
+        for path, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+            if not (spec := predicate(path, m)):
+                continue
+            gs, b = (spec["group_size"], spec["bits"]) if isinstance(spec, dict) else (group_size, bits)
+            if isinstance(m, nn.Linear):
+                new.append((path, QuantizedLinear.from_linear(m, gs, b)))
+            elif isinstance(m, nn.Embedding):
+                new.append((path, QuantizedEmbedding.from_embedding(m, gs, b)))
     model.update_modules(tree_unflatten(new))
     return [p for p, _ in new]
+
+
+@contextlib.contextmanager
+def same_random_state() -> Iterator[None]:
+    """MLX's random state as it was before the block: what is drawn after (a new head, LoRA, the
+    dropout masks) does not depend on whether the base was quantized. (mx.random.state is
+    read-only: the key [s >> 32, s & 0xFFFFFFFF] is set again through its seed s.)"""
+    hi, lo = (int(x) for x in np.array(mx.random.state[0]))
+    try:
+        yield
+    finally:
+        mx.random.seed((hi << 32) | lo)
 
 
 def quantization_config(bits: int, group_size: int) -> dict:

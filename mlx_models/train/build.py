@@ -48,6 +48,10 @@ def build(cfg: TrainConfig, num_labels: int, texts: list[str] | None = None) -> 
     _check_fit(cfg, model, tokenizer)
     if cfg.lora:
         dropout = cfg.lora_dropout if cfg.dropout is None else cfg.dropout
+        # From the seed alone: building a 4-bit base draws random numbers a dense one does not
+        # (MLX initialises each quantized layer before its weights are loaded), and the adapters,
+        # then the dropout masks, must not depend on how the base is stored.
+        mx.random.seed(cfg.seed)
         apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, dropout)
     if cfg.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint

@@ -27,6 +27,9 @@ from ..registry import config_file, dataset_registry, read_config_yaml
 TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 RUN_STAMP = "MLX_MODELS_RUN_STAMP"
+# The learning rate when no layer sets one: transformers' Trainer examples for full finetuning,
+# PEFT's and mlx-lm's LoRA range (SmolLM2 LoRA on IMDB: 0.61 test accuracy at 2e-5, 0.71 at 1e-4).
+METHOD_LEARNING_RATE = {"full": 2e-5, "lora": 1e-4}
 INT_MAX = 2**31 - 1  # the largest count an option takes unless its field says otherwise
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
@@ -98,7 +101,12 @@ class TrainConfig:
     eval_batch_size: int | None = _f(None, "examples per evaluation batch; none: 4 x batch_size", min=1)
     grad_accum: int = _f(1, "micro-batches per optimizer step (batch = batch_size * grad_accum)", min=1)
     global_batch_size: int | None = _f(None, "examples per optimizer step; sets grad_accum", min=1)
-    learning_rate: float = _f(2e-5, "peak learning rate (AdamW)", above=0, max=10)
+    learning_rate: float | None = _f(
+        None,
+        "peak learning rate (AdamW); none: the method's (2e-5 in full, 1e-4 with --lora)",
+        above=0,
+        max=10,
+    )
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0)
     warmup_ratio: float = _f(0.06, "fraction of the steps warming the learning rate up", min=0, below=1)
     warmup_steps: int | None = _f(None, "warm-up in steps (instead of warmup_ratio)", min=0)
@@ -135,6 +143,8 @@ class TrainConfig:
                 continue
             problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
         self.lora = self.lora or self.adapter is not None  # an imported adapter is a LoRA run
+        if self.learning_rate is None:  # the method's rate: adapters learn far less at a full one's
+            self.learning_rate = METHOD_LEARNING_RATE["lora" if self.lora else "full"]
         problems += self._batch_problems()
         checks = [
             (not self.lora_targets, "lora_targets must name at least one projection"),
