@@ -51,23 +51,31 @@ def int_between(low: int, high: int, what: str = "") -> Callable[[str], int]:
     return parse
 
 
-def take_config_option(argv: list[str]) -> list[str]:
-    """``argv`` without ``--config FILE``: that config.yaml becomes ``MLX_MODELS_CONFIG``, for this
-    command and the processes it starts (a study's cells)."""
-    rest, i = [], 0
+def take_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """(the value of ``flag VALUE`` or ``flag=VALUE`` in ``argv``, the last one given; ``argv``
+    without it): an option a command handles before its own parser sees the rest."""
+    rest, value, i = [], None, 0
     while i < len(argv):
-        flag, _, value = argv[i].partition("=")
-        if flag != "--config":
+        name, eq, given = argv[i].partition("=")
+        if name != flag:
             rest.append(argv[i])
             i += 1
             continue
-        if not value:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-            i += 1
-        i += 1
-        if not Path(value).expanduser().is_file():
-            raise ConfigError(f"--config {value!r}: no such file; give the path of a config.yaml")
-        os.environ["MLX_MODELS_CONFIG"] = str(Path(value).expanduser().resolve())
+        if not eq:
+            given, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 1
+        value, i = given, i + 1
+    return value, rest
+
+
+def take_config_option(argv: list[str]) -> list[str]:
+    """``argv`` without ``--config FILE``: that config.yaml becomes ``MLX_MODELS_CONFIG``, for this
+    command and the processes it starts (a study's cells)."""
+    value, rest = take_option(argv, "--config")
+    if value is None:
+        return rest
+    if not Path(value).expanduser().is_file():
+        raise ConfigError(f"--config {value!r}: no such file; give the path of a config.yaml")
+    os.environ["MLX_MODELS_CONFIG"] = str(Path(value).expanduser().resolve())
     return rest
 
 

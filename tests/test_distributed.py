@@ -248,16 +248,22 @@ def test_the_launcher_shows_the_output_and_sums_up_the_ends(capsys):
     assert err == f"error: rank 1 was killed (SIGKILL); {lost.message}\n"
 
 
-def test_a_killed_rank_fails_the_run_in_one_line(models, data, tmp_path):
-    """train.py --ranks 2 exits non-zero when a rank is killed, and says which and what was kept,
-    without the ring's socket messages or a traceback (mlx.launch alone exits 0)."""
-    out, log = tmp_path / "run", tmp_path / "log"
+def training(models, data, out: Path, log: Path) -> subprocess.Popen:
+    """A long 2-rank run (train.py --ranks 2), once it is a second into training."""
     proc = launch(argv(models("bert"), data, out, 4, "--max-steps", "400", "--eval-every", "50"), log)
     deadline = time.monotonic() + 300
     while "train:" not in log.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.1)
     time.sleep(1.0)
+    return proc
+
+
+def test_a_killed_rank_fails_the_run_in_one_line(models, data, tmp_path):
+    """train.py --ranks 2 exits non-zero when a rank is killed, and says which and what was kept,
+    without the ring's socket messages or a traceback (mlx.launch alone exits 0)."""
+    out, log = tmp_path / "run", tmp_path / "log"
+    proc = training(models, data, out, log)
     os.kill(rank_pid(out, 1), signal.SIGKILL)
     code, text = proc.wait(timeout=120), log.read_text()
     errors = [line for line in text.splitlines() if "error" in line.lower()]
@@ -283,12 +289,7 @@ def test_sigterm_to_the_run_stops_every_rank_as_one(models, data, tmp_path):
     """SIGTERM to train.py --ranks reaches every rank: last/ is saved and the run exits 143 with
     'terminated', as a single process does."""
     out, log = tmp_path / "run", tmp_path / "log"
-    proc = launch(argv(models("bert"), data, out, 4, "--max-steps", "400", "--eval-every", "50"), log)
-    deadline = time.monotonic() + 300
-    while "train:" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.1)
-    time.sleep(1.0)
+    proc = training(models, data, out, log)
     proc.send_signal(signal.SIGTERM)  # the launcher alone: it passes it on
     code, text = proc.wait(timeout=120), log.read_text()
     assert code == 143 and text.strip().splitlines()[-1] == "terminated", text[-2000:]

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import MARKER, RANK_REPORT, Terminated, report_end
+from ..cli import MARKER, RANK_REPORT, Terminated, report_end, take_option
 from ..errors import ConfigError
 from .config import RUN_STAMP
 
@@ -44,19 +44,10 @@ class End:
 
 def take_ranks_option(argv: list[str]) -> tuple[int | None, list[str]]:
     """(``--ranks N`` if given, the training arguments without it)."""
-    rest, ranks, i = [], None, 0
-    while i < len(argv):
-        flag, eq, value = argv[i].partition("=")
-        if flag != "--ranks":
-            rest.append(argv[i])
-            i += 1
-            continue
-        if not eq:
-            value, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 1
-        if not value.isdigit() or not 1 <= int(value) <= 64:
-            raise ConfigError(f"--ranks {value!r}: expected 1..64 processes on this machine")
-        ranks, i = int(value), i + 1
-    return ranks, rest
+    value, rest = take_option(argv, "--ranks")
+    if value is not None and not (value.isdigit() and 1 <= int(value) <= 64):
+        raise ConfigError(f"--ranks {value!r}: expected 1..64 processes on this machine")
+    return (None if value is None else int(value)), rest
 
 
 def rank_env(rank: int, ranks: int, hostfile: Path, stamp: str) -> dict[str, str]:
