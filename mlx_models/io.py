@@ -167,22 +167,34 @@ def read_json(path: str | os.PathLike, error: type[MLXModelsError] = MLXModelsEr
 
 def check_utf8(path: str | os.PathLike, error: type[MLXModelsError] = MLXModelsError) -> None:
     """A text input must be UTF-8: else one ``error`` with where it stops being so (parsers would
-    fail later, far from the cause, or pass the bytes on)."""
+    fail later, far from the cause, or pass the bytes on). Read in chunks: data files are large."""
     decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        while True:
+            chunk = f.read(1 << 20)
             try:
-                decoder.decode(chunk)
-                offset += len(chunk)
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as e:
-                where = offset + e.start
-                raise error(
-                    f"{path} is not UTF-8 text (byte {where}: {e.reason}); re-save it as UTF-8"
-                ) from e
+                raise not_utf8(path, e, offset, error) from e
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+def read_utf8(path: str | os.PathLike, error: type[MLXModelsError] = MLXModelsError) -> str:
+    """A whole text file, UTF-8, in one read; anything else is ``not_utf8``'s one line."""
     try:
-        decoder.decode(b"", final=True)
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {path} ({e.strerror or e}); check the path") from e
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise error(f"{path} is not UTF-8 text (it ends inside a character); re-save it as UTF-8") from e
+        raise not_utf8(path, e, 0, error) from e
+
+
+def not_utf8(path, e: UnicodeDecodeError, offset: int, error: type[MLXModelsError] = MLXModelsError):
+    return error(f"{path} is not UTF-8 text (byte {offset + e.start}: {e.reason}); re-save it as UTF-8")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

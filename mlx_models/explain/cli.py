@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, int_between
 from ..errors import ConfigError, DataError, MLXModelsError
-from ..io import atomic_write_json, atomic_write_text, check_out, check_utf8, output_dir, read_json
+from ..io import atomic_write_json, atomic_write_text, check_out, output_dir, read_json, read_utf8
 from ..train import run_dir as rd
 from ..train.config import TrainConfig
 from ..train.data import FORMATS, SPLIT_SEED, load_splits, pick_stratified, read_file
@@ -92,8 +92,7 @@ def read_texts(path: Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"--texts {path} does not exist; pass a .txt file with one text per line")
     if path.suffix == ".txt":
-        check_utf8(path, DataError)
-        rows = [(line, None) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [(line, None) for line in read_utf8(path, DataError).splitlines() if line.strip()]
     elif path.suffix in FORMATS:
         ds = read_file(path)
         if len(ds) and "text" not in ds.column_names:

@@ -34,7 +34,7 @@ class BaseModelArgs:
     @classmethod
     def from_dict(cls, config: dict) -> "BaseModelArgs":
         params = inspect.signature(cls).parameters
-        if typo := misspelt_key(config, list(params), hf_config_keys(config.get("model_type"))):
+        if typo := misspelt_key(config, list(params), lambda: hf_config_keys(config.get("model_type"))):
             raise ConfigError(f"config.json of model_type {config.get('model_type')!r}: {typo}")
         missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in config]
         if missing:
@@ -82,13 +82,16 @@ class Family:
     # one exports only to transformers and PEFT
 
 
-def misspelt_key(config: dict, fields: list[str], known: frozenset[str] = frozenset()) -> str | None:
+def misspelt_key(
+    config: dict, fields: list[str], known: frozenset[str] | Callable[[], frozenset[str]] = frozenset()
+) -> str | None:
     """A key that neither we nor transformers (``known``) understand but that is a letter or two
     from a field the config lacks (``num_hiden_layers``): its value would be ignored and the default
     used. Other unknown keys are left alone, as transformers does (tools add their own)."""
     absent = [f for f in fields if f not in config]
-    for key in sorted(set(config) - set(fields) - known):
-        if close := difflib.get_close_matches(key, absent, n=1, cutoff=0.85):
+    for key in sorted(set(config) - set(fields)):
+        close = difflib.get_close_matches(key, absent, n=1, cutoff=0.85)
+        if close and key not in (known() if callable(known) else known):  # transformers only when needed
             return f"unknown key {key!r}, so {close[0]} would take its default; did you mean {close[0]}?"
     return None
 

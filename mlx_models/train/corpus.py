@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..batching import encode
 from ..errors import DataError
-from ..io import atomic_dir
+from ..io import atomic_dir, read_utf8
 from .config import TrainConfig
 from .data import SPLIT_FILES, Split, Splits, hold_out, load_splits
 
@@ -57,10 +57,7 @@ def read_text_dir(directory: Path, whole_files: bool) -> list[str]:
                 )
             texts += [t for t in ds["text"] if isinstance(t, str) and t.strip()]
             continue
-        try:
-            content = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read {path} as UTF-8 text ({e}); convert it to UTF-8") from e
+        content = read_utf8(path, DataError)
         docs = [content] if whole_files else content.splitlines()
         texts += [d for d in docs if d.strip()]
     if not texts:

@@ -173,7 +173,7 @@ def judge(ends: dict[int, End]) -> int:
         rank, end = own[0]
         return report_end(end.code, _with_rank(rank, end.message))
     lost = [(r, e) for r, e in failed.items() if e.kind == "lost"]
-    said = _with_rank(*lost[0]) if lost else "the other ranks stopped"
+    said = _with_rank(lost[0][0], lost[0][1].message) if lost else "the other ranks stopped"
     silent = [r for r, e in failed.items() if not e.kind]
     if silent:
         how = ", ".join(f"rank {r} {_death(failed[r].code)}" for r in silent)
@@ -185,11 +185,10 @@ def judge(ends: dict[int, End]) -> int:
 
 
 def _death(code: int) -> str:
-    if code < 0:
+    if -code in signal.valid_signals():
         return f"was killed ({signal.Signals(-code).name})"
     return f"exited with code {code} without its report (a crash: see above)"
 
 
-def _with_rank(rank: int, end: "End | str") -> str:
-    message = end if isinstance(end, str) else end.message
+def _with_rank(rank: int, message: str) -> str:
     return message if message.startswith(f"rank {rank}") else f"rank {rank}: {message}"

@@ -9,6 +9,7 @@ config that rebuilds the rest from the base model (``trainer.build``).
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,19 @@ def _tfidf_config(ckpt: Path) -> dict:
 
 
 def _read_pipeline(ckpt: Path):
+    """The fitted pipeline, read once per file version (locate and load_trained both need it)."""
+    stat = (ckpt / rd.TFIDF_MODEL).stat()
+    return _pipeline_at(str(ckpt / rd.TFIDF_MODEL), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _pipeline_at(path: str, mtime_ns: int, size: int):
     import joblib
 
     try:
-        return joblib.load(ckpt / rd.TFIDF_MODEL)
+        return joblib.load(path)
     except Exception as e:  # a truncated or foreign file: joblib raises whatever unpickling meets
-        raise WeightsError(f"{ckpt / rd.TFIDF_MODEL} cannot be read ({e}); use another checkpoint") from e
+        raise WeightsError(f"{path} cannot be read ({e}); use another checkpoint") from e
 
 
 def inputs_of(c: Checkpoint) -> list[Path]:
