@@ -80,6 +80,8 @@ CASES = {
     "bert-classify": ("bert", "classify", {"target_modules": ["query", "value", "output.dense"]}),
     "llama-classify": ("llama", "classify", {"target_modules": ["q_proj", "v_proj"]}),
     "llama-lm-rslora": ("llama", "lm", {"target_modules": ["q_proj", "down_proj"], "use_rslora": True}),
+    "bert-classify-dora": ("bert", "classify", {"target_modules": ["query", "value"], "use_dora": True}),
+    "llama-lm-dora": ("llama", "lm", {"target_modules": ["q_proj", "down_proj"], "use_dora": True}),
 }
 
 
@@ -101,12 +103,14 @@ def test_peft_adapter_trained_with_transformers_gives_the_same_logits(tiny, data
         scale,
         0.1,
     )
+    assert saved["dora"] == name.endswith("dora")
     wrapped = {
         k.rsplit(".", 1)[0]
         for k in mx.load(str(tmp_path / "run" / "last" / "adapters.safetensors"))
         if "lora_" in k
     }
-    assert len(wrapped) == {"bert-classify": 8, "llama-classify": 4, "llama-lm-rslora": 4}[name]
+    expect = {"bert-classify": 8, "llama-classify": 4, "llama-lm-rslora": 4, "bert-classify-dora": 4}
+    assert len(wrapped) == expect.get(name, 4)
 
 
 def test_minilm_peft_adapter_imports(minilm, minilm_hf, data, tmp_path):
@@ -142,7 +146,8 @@ def test_imported_adapter_trains_on(tiny, data, tmp_path):
     assert np.abs(np.array(after[key]) - start["base_model.model." + key].numpy().T).max() > 1e-4  # trained
 
 
-def test_mlx_lm_adapter_imports(tiny, data, tmp_path):
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_mlx_lm_adapter_imports(tiny, data, tmp_path, kind):
     """An adapter laid out by mlx-lm's own tuner (linear_to_lora_layers on mlx_lm.load's model)."""
     import mlx_lm
     from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -151,16 +156,17 @@ def test_mlx_lm_adapter_imports(tiny, data, tmp_path):
     model, _ = mlx_lm.load(str(mlx_dir))
     params = {"rank": 4, "scale": 3.0, "dropout": 0.0, "keys": ["self_attn.q_proj", "mlp.up_proj"]}
     model.freeze()
-    linear_to_lora_layers(model, 1, params)  # the last layer only
+    linear_to_lora_layers(model, 1, params, use_dora=kind == "dora")  # the last layer only
     mx.random.seed(0)
     lora = {k: 0.1 * mx.random.normal(v.shape) for k, v in tree_flatten(model.trainable_parameters())}
     model.load_weights(list(lora.items()), strict=False)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     mx.save_safetensors(str(adapter / "adapters.safetensors"), lora)
-    config = {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": params}
+    config = {"fine_tune_type": kind, "num_layers": 1, "lora_parameters": params}
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     import_run(mlx_dir, adapter, data, tmp_path / "run", "lm", "--max-steps", "0")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dora"] == (kind == "dora")
     t = load_trained(tmp_path / "run")
     ids = mx.array([[1, 40, 90, 7, 300, 12]])
     np.testing.assert_allclose(np.array(t.model(ids)), np.array(model(ids)), atol=1e-5, rtol=1e-5)
@@ -189,7 +195,13 @@ def write_peft(directory, config: dict, weights: dict) -> None:
 Q = "base_model.model.model.layers.0.self_attn.q_proj"
 GOOD = {f"{Q}.lora_A.weight": mx.zeros((4, 64)), f"{Q}.lora_B.weight": mx.zeros((64, 4))}
 BAD_ADAPTERS = {
-    "dora": ({"use_dora": True}, GOOD, "LoRA with use_dora (DoRA) is not supported"),
+    "dora without magnitudes": ({"use_dora": True}, GOOD, "missing lora_A, lora_B or lora_magnitude_vector"),
+    "dora magnitude of another base": (
+        {"use_dora": True},
+        GOOD | {f"{Q}.lora_magnitude_vector": mx.ones((32,))},
+        "q_proj DoRA magnitude shape [32], the model needs [64]",
+    ),
+    "use_dora a string": ({"use_dora": "yes"}, GOOD, "use_dora 'yes' (must be a boolean)"),
     "rank pattern": ({"rank_pattern": {"q_proj": 8}}, GOOD, "per-module rank_pattern/alpha_pattern"),
     "prefix tuning": (
         {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4},
@@ -269,11 +281,13 @@ def test_corrupt_or_missing_adapter_files_are_refused(tiny, data, tmp_path, caps
     assert "unreadable adapter weights" in bad_import(tiny, data, tmp_path, capsys, tmp_path / "adapter")
     (tmp_path / "empty").mkdir()
     assert "is not a LoRA adapter directory" in bad_import(tiny, data, tmp_path, capsys, tmp_path / "empty")
-    mlx_lm_dora = tmp_path / "mlx-lm"
-    mlx_lm_dora.mkdir()
-    mx.save_safetensors(str(mlx_lm_dora / "adapters.safetensors"), {"x.lora_a": mx.zeros((2, 2))})
-    config = {"fine_tune_type": "dora", "num_layers": 2, "lora_parameters": {"rank": 2, "scale": 1.0}}
-    (mlx_lm_dora / "adapter_config.json").write_text(json.dumps(config))
-    assert "holds a 'dora' fine-tune; only LoRA adapters" in bad_import(
-        tiny, data, tmp_path, capsys, mlx_lm_dora
-    )
+    for kind, message in [
+        ("full", "holds a 'full' fine-tune; only LoRA and DoRA adapters import"),
+        ("dora", "not DORA weights: no x.lora_b, no x.m"),
+    ]:
+        mlx_lm = tmp_path / f"mlx-lm-{kind}"
+        mlx_lm.mkdir()
+        mx.save_safetensors(str(mlx_lm / "adapters.safetensors"), {"x.lora_a": mx.zeros((2, 2))})
+        config = {"fine_tune_type": kind, "num_layers": 2, "lora_parameters": {"rank": 2, "scale": 1.0}}
+        (mlx_lm / "adapter_config.json").write_text(json.dumps(config))
+        assert message in bad_import(tiny, data, tmp_path, capsys, mlx_lm)

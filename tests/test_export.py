@@ -54,6 +54,15 @@ RUNS = {
         ["--lora", "--lora-targets", "q_proj,v_proj,gate_proj"],
         {"tie_word_embeddings": True},
     ),
+    # DoRA: the same wrapped layers, with a trained magnitude per output feature
+    "bert-classify-dora": ("bert", "classify", ["--dora", "--lora-targets", "q_proj,v_proj,down_proj"], {}),
+    "llama-classify-qdora": ("llama", "classify", ["--dora", "--quantize", "4"], {}),
+    "llama-lm-tied-dora": (
+        "llama",
+        "lm",
+        ["--dora", "--lora-targets", "q_proj,v_proj,gate_proj"],
+        {"tie_word_embeddings": True},
+    ),
     "minilm-classify-full": ("minilm", "classify", ["--learning-rate", "1e-4"], {}),
     "minilm-classify-lora": ("minilm", "classify", ["--lora", "--lora-targets", "q_proj,v_proj,o_proj"], {}),
     "smollm2-lm-lora": ("smollm2", "lm", ["--lora", "--max-steps", "2", "--learning-rate", "1e-3"], {}),
@@ -65,6 +74,7 @@ RUNS = {
     ),
 }
 TINY = [n for n in RUNS if RUNS[n][0] in ("bert", "roberta", "llama")]
+ADAPTER_RUNS = [n for n in RUNS if n.endswith(("lora", "dora"))]
 COMPARE = 200  # held-out IMDB reviews for the pipeline check
 
 
@@ -193,7 +203,8 @@ def test_hf_export_dtype_and_label_names(runs, data, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in RUNS if "lora" in n and n not in ("llama-lm-tied-lora", "smollm2-lm-lora")]
+    "name",
+    [n for n in ADAPTER_RUNS if n not in ("llama-lm-tied-lora", "llama-lm-tied-dora", "smollm2-lm-lora")],
 )
 def test_peft_export_gives_our_logits_in_peftmodel(runs, tmp_path, name):
     import peft
@@ -201,7 +212,7 @@ def test_peft_export_gives_our_logits_in_peftmodel(runs, tmp_path, name):
     run_dir, hf_dir, _ = runs(name)
     t, batch, want = trained_logits(run_dir)
     out = export(run_dir, "peft", tmp_path / "peft")
-    if "qlora" in name:  # trained on a 4-bit base: PEFT gets that base, dequantized
+    if name.endswith(("qlora", "qdora")):  # trained on a 4-bit base: PEFT gets that base, dequantized
         hf_dir = export(t.base, "hf", tmp_path / "base")
     base = getattr(transformers, HF_AUTO_CLASSES[t.task]).from_pretrained(hf_dir, attn_implementation="eager")
     model = peft.PeftModel.from_pretrained(base, out).eval()
@@ -211,12 +222,14 @@ def test_peft_export_gives_our_logits_in_peftmodel(runs, tmp_path, name):
 
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 8, 16.0)
+    assert config["use_dora"] == name.endswith("dora")
     assert config["task_type"] == {"classify": "SEQ_CLS", "lm": "CAUSAL_LM", "mlm": None}[t.task]
     head = t.model.head_modules[0]
     assert head in config["modules_to_save"]
     assert config["base_model_name_or_path"] == str(runs(name)[2])  # the base it was trained on
     expect_targets = {
         "roberta-classify-lora": ["layer.0.output.dense", "layer.1.output.dense", "query", "value"],
+        "bert-classify-dora": ["layer.0.output.dense", "layer.1.output.dense", "query", "value"],
         "roberta-mlm-lora": ["attention.output.dense", "key", "query", "value"],
         "minilm-classify-lora": ["attention.output.dense", "query", "value"],
     }.get(name, ["k_proj", "o_proj", "q_proj", "v_proj"])
@@ -240,13 +253,15 @@ def greedy(model, ids: list[int], n: int, eos: int) -> list[int]:
     return out
 
 
-def test_mlx_lm_loads_our_adapters_with_our_logits_and_text(runs, tmp_path):
+@pytest.mark.parametrize("name", ["llama-lm-tied-lora", "llama-lm-tied-dora"])
+def test_mlx_lm_loads_our_adapters_with_our_logits_and_text(runs, tmp_path, name):
     import mlx_lm
 
-    run_dir, _, _ = runs("llama-lm-tied-lora")
+    run_dir, _, _ = runs(name)
     t, batch, want = trained_logits(run_dir)
     out = export(run_dir, "mlx-lm", tmp_path / "adapters")
     config = json.loads((out / "adapter_config.json").read_text())
+    assert config["fine_tune_type"] == name[-4:]
     assert config["num_layers"] == 2 and config["lora_parameters"]["keys"] == [
         "mlp.gate_proj",
         "self_attn.q_proj",

@@ -28,7 +28,7 @@ from mlx_models import load_model, load_tokenizer
 from mlx_models.cli import run_cli
 from mlx_models.export.fuse import fuse
 from mlx_models.interop.loading import read_config
-from mlx_models.models.lora import LoRALinear, apply_lora
+from mlx_models.models.lora import ADAPTED, DoRALinear, LoRALinear, apply_lora
 from mlx_models.parity.reference import torch_model
 from mlx_models.train import run_dir as rd
 from mlx_models.train.build import build
@@ -85,6 +85,7 @@ LEARN = {
     "roberta": ("roberta", ["--learning-rate", "2e-3"]),
     "llama-lora": ("llama", ["--lora", "--learning-rate", "5e-3"]),
     "llama-qlora": ("llama", ["--lora", "--quantize", "4", "--learning-rate", "5e-3"]),
+    "llama-qdora": ("llama", ["--dora", "--quantize", "4", "--learning-rate", "5e-3"]),
 }
 
 
@@ -120,15 +121,16 @@ def test_each_family_learns_the_task(learned, name):
     assert (run_dir / "curves.png").stat().st_size > 10_000
     assert (run_dir / "config.json").is_file() and (run_dir / "best").is_dir() and (run_dir / "last").is_dir()
     best = run_dir / "best"
-    if "lora" in name:
-        # A LoRA checkpoint holds what is trained: the adapters and the head, nothing else.
+    if name.endswith(("lora", "dora")):
+        # A LoRA checkpoint holds what is trained: the adapters (DoRA: and magnitudes) and the head.
         keys = set(mx.load(str(best / "adapters.safetensors")))
         assert not (best / "model.safetensors").exists()
-        assert all(k.endswith(("lora_a", "lora_b")) or k.startswith("score.") for k in keys), keys
+        assert all(k.endswith(("lora_a", "lora_b", ".m")) or k.startswith("score.") for k in keys), keys
         assert len([k for k in keys if k.endswith("lora_b")]) == 8  # q, k, v, o in 2 layers
+        assert len([k for k in keys if k.endswith(".m")]) == (8 if name.endswith("dora") else 0)
     ckpt_config = json.loads((best / "config.json").read_text())
-    assert ("quantization" in ckpt_config) == name.endswith("qlora")
-    if name.endswith("qlora"):
+    assert ("quantization" in ckpt_config) == name.endswith(("qlora", "qdora"))
+    if name.endswith(("qlora", "qdora")):
         assert ckpt_config["quantization"]["bits"] == 4
         assert Path(ckpt_config["base_model"]).parent == Path(os.environ["MLX_MODELS_CACHE"])
 
@@ -167,8 +169,12 @@ def resume_argv(model: str, data: Path, out: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     "family,extra",
-    [("bert", []), ("llama", ["--lora", "--lora-dropout", "0.1"])],
-    ids=["full-bert", "lora-llama"],
+    [
+        ("bert", []),
+        ("llama", ["--lora", "--lora-dropout", "0.1"]),
+        ("llama", ["--dora", "--lora-dropout", "0.1"]),
+    ],
+    ids=["full-bert", "lora-llama", "dora-llama"],
 )
 def test_resume_after_sigkill_equals_uninterrupted_run(models, sentiment, tmp_path, family, extra):
     """Full finetuning and LoRA (adapters + head checkpoint, two optimizer groups); dropout is on,
@@ -371,23 +377,30 @@ def logits(model, batch) -> np.ndarray:
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "llama"])
-def test_lora_at_init_is_exactly_the_base_model(models, model_type):
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_lora_at_init_is_exactly_the_base_model(models, model_type, dora):
     directory = models(model_type)
     model, tok = load_model(directory, "classify"), load_tokenizer(directory)
     batch = padded_batch(tok, SENTENCES)
     base = logits(model, batch)
     cfg = TrainConfig()
-    wrapped = apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    wrapped = apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, dora)
     model.eval()
     assert len(wrapped) == 8  # q, k, v, o projections of both layers
-    assert all(isinstance(m, LoRALinear) for p, m in model.named_modules() if p in wrapped)
+    layer = DoRALinear if dora else LoRALinear
+    assert all(type(m) is layer for p, m in model.named_modules() if p in wrapped)
     head = model.head_modules[0]
     keys = [k for k, _ in tree_flatten(model.trainable_parameters())]
-    assert keys and all(k.endswith(("lora_a", "lora_b")) or k.startswith(head + ".") for k in keys), keys
-    np.testing.assert_array_equal(logits(model, batch), base)
+    adapters = ("lora_a", "lora_b", ".m") if dora else ("lora_a", "lora_b")
+    assert keys and all(k.endswith(adapters) or k.startswith(head + ".") for k in keys), keys
+    assert sum(k.endswith(".m") for k in keys) == (8 if dora else 0)
+    if dora:  # m / |W| is exactly 1, but the bias is taken out and put back: float rounding
+        np.testing.assert_allclose(logits(model, batch), base, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(logits(model, batch), base)
 
 
-@pytest.mark.parametrize("name", ["llama-lora", "llama-qlora"])
+@pytest.mark.parametrize("name", ["llama-lora", "llama-qlora", "llama-qdora"])
 def test_fused_checkpoint_equals_base_plus_adapters(learned, tmp_path, name):
     run_dir = learned(name)[0]
     cfg = TrainConfig.from_json(run_dir / "best" / "train_config.json")
@@ -398,12 +411,12 @@ def test_fused_checkpoint_equals_base_plus_adapters(learned, tmp_path, name):
     adapted = logits(model, batch)
 
     fused = load_model(fuse(run_dir, tmp_path / "fused"), "classify")
-    assert not any(isinstance(m, LoRALinear) for _, m in fused.named_modules())
+    assert not any(isinstance(m, ADAPTED) for _, m in fused.named_modules())
     np.testing.assert_allclose(logits(fused, batch), adapted, atol=1e-4)
 
     # ...and the adapters matter: without them the logits are clearly different.
     for _, m in model.named_modules():
-        if isinstance(m, LoRALinear):
+        if isinstance(m, ADAPTED):
             m.lora_b = mx.zeros_like(m.lora_b)
     assert np.abs(logits(model, batch) - adapted).max() > 1e-2
 

@@ -8,13 +8,13 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import ConfigError, WeightsError
-from ..models.lora import Adapter, LoRALinear
+from ..models.lora import ADAPTED, Adapter
 from . import mlx_lm_adapter as mlx_lm_format
 from . import peft_adapter as peft_format
 
 
 def read_adapter(directory: str | Path) -> Adapter:
-    """A PEFT (adapter_model.safetensors) or mlx-lm (adapters.safetensors) LoRA adapter directory."""
+    """A PEFT (adapter_model.safetensors) or mlx-lm (adapters.safetensors) LoRA or DoRA adapter directory."""
     directory = Path(directory)
     if (directory / peft_format.CONFIG).is_file() and peft_format.is_peft(directory):
         return peft_format.read(directory)
@@ -42,6 +42,9 @@ def check_against(adapter: Adapter, model: nn.Module, where: str) -> None:
                 f"{path} LoRA shapes {list(a.shape)} x {list(b.shape)}, the model needs "
                 f"{[in_dims, adapter.rank]} x {[adapter.rank, out_dims]}"
             )
+        m = adapter.magnitudes.get(path)
+        if m is not None and m.shape != (out_dims,):
+            problems.append(f"{path} DoRA magnitude shape {list(m.shape)}, the model needs {[out_dims]}")
     for k, w in sorted(adapter.heads.items()):
         if k not in params:
             problems.append(f"{k} is not a weight of the {model_name(model)} head")
@@ -62,7 +65,7 @@ def model_name(model: nn.Module) -> str:
 def load_into(model: nn.Module, adapter: Adapter) -> None:
     """Put the adapter's weights into a model that ``trainer.build`` wrapped as ``import_adapter``
     configured it (same modules, rank and scale)."""
-    wrapped = {p for p, m in model.named_modules() if isinstance(m, LoRALinear)}
+    wrapped = {p for p, m in model.named_modules() if isinstance(m, ADAPTED)}
     assert wrapped == set(adapter.lora), (sorted(wrapped ^ set(adapter.lora)))[:4]
     model.load_weights(list(adapter.weights().items()), strict=False)
     mx.eval(model.parameters())

@@ -4,7 +4,8 @@ mlx-lm's ``LoRALinear`` is ours, so the weights keep their names and layouts
 (``model.layers.N.self_attn.q_proj.lora_a`` (in, r), ``...lora_b`` (r, out)). The config says which
 layers to wrap: ``keys`` inside each of the last ``num_layers`` blocks, or full module paths (which
 ``mlx_lm.tuner.utils.linear_to_lora_layers`` also matches against the whole model), and
-``lora_parameters`` {rank, scale, dropout}. mlx-lm adapters hold LoRA weights only: no task head.
+``lora_parameters`` {rank, scale, dropout}. A DoRA adapter (``fine_tune_type: dora``) also holds
+each layer's magnitude ``<path>.m`` (out,). mlx-lm adapters hold adapter weights only: no task head.
 """
 
 import difflib
@@ -42,32 +43,36 @@ def layer_keys(modules: list[str], num_layers: int) -> tuple[list[str], int]:
 
 def write(adapter: Adapter, out: Path, num_layers: int, base: Path) -> None:
     keys, n = layer_keys(adapter.modules, num_layers)
-    lora = {k: v for k, v in adapter.weights().items() if k.endswith((".lora_a", ".lora_b"))}
+    lora = {k: v for k, v in adapter.weights().items() if k.endswith((".lora_a", ".lora_b", ".m"))}
     save_safetensors(out / WEIGHTS, lora, metadata={"format": "mlx"})
     parameters = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout, "keys": keys}
-    config = {"fine_tune_type": "lora", "num_layers": n, "lora_parameters": parameters, "model": str(base)}
+    kind = "dora" if adapter.dora else "lora"
+    config = {"fine_tune_type": kind, "num_layers": n, "lora_parameters": parameters, "model": str(base)}
     atomic_write_json(out / CONFIG, config)
 
 
 def read(directory: Path) -> Adapter:
-    """An mlx-lm LoRA adapter directory as an ``Adapter`` (module names are mlx-lm's = ours)."""
+    """An mlx-lm LoRA or DoRA adapter directory as an ``Adapter`` (module names are mlx-lm's = ours)."""
     config = read_json(directory / CONFIG, ConfigError, "re-save the adapter with mlx-lm")
     parameters = _parameters(config, directory / CONFIG)
     rank, scale = parameters["rank"], float(parameters["scale"])
     kind = config.get("fine_tune_type", "lora")
-    if kind != "lora" or config.get("use_dora"):
-        raise ConfigError(f"{directory} holds a {kind!r} fine-tune; only LoRA adapters can be imported")
+    if kind not in ("lora", "dora"):
+        raise ConfigError(f"{directory} holds a {kind!r} fine-tune; only LoRA and DoRA adapters import")
     try:
         weights = mx.load(str(directory / WEIGHTS))
     except Exception as e:  # MLX raises RuntimeError/ValueError with the reader's message
         raise WeightsError(f"{directory / WEIGHTS} is unreadable ({e}); it may be truncated") from e
+    names = (".lora_a", ".lora_b", ".m") if kind == "dora" else (".lora_a", ".lora_b")
     paths = {k.rsplit(".", 1)[0] for k in weights}
-    wrong = sorted(k for k in weights if not k.endswith((".lora_a", ".lora_b")))
-    missing = sorted(p for p in paths if f"{p}.lora_a" not in weights or f"{p}.lora_b" not in weights)
+    wrong = sorted(k for k in weights if not k.endswith(names))
+    missing = sorted(f"{p}{n}" for p in paths for n in names if f"{p}{n}" not in weights)
     if wrong or missing:
-        raise WeightsError(f"{directory / WEIGHTS}: not LoRA weights: {', '.join((wrong + missing)[:4])}")
+        found = ", ".join((wrong + [f"no {k}" for k in missing])[:4])
+        raise WeightsError(f"{directory / WEIGHTS}: not {kind.upper()} weights: {found}")
     lora = {p: (weights[f"{p}.lora_a"], weights[f"{p}.lora_b"]) for p in paths}
-    return Adapter(rank, scale, float(parameters.get("dropout", 0.0)), lora, {})
+    magnitudes = {p: weights[f"{p}.m"] for p in paths} if kind == "dora" else {}
+    return Adapter(rank, scale, float(parameters.get("dropout", 0.0)), lora, {}, magnitudes)
 
 
 def _parameters(config: dict, where: Path) -> dict:

@@ -3,8 +3,9 @@
 PEFT names a LoRA weight ``base_model.model.<module path>.lora_A.weight`` (r, in) and
 ``...lora_B.weight`` (out, r): the transposes of MLX's ``lora_a`` (in, r) and ``lora_b`` (r, out).
 Its scale is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA). A task head trained in
-full is a ``modules_to_save`` module, saved under its own name. The config is written and read
-by peft's own ``LoraConfig``.
+full is a ``modules_to_save`` module, saved under its own name. DoRA (``use_dora``) adds each
+layer's magnitude ``...lora_magnitude_vector`` (out,): mlx-lm's ``m``. The config is written and
+read by peft's own ``LoraConfig``.
 """
 
 import dataclasses
@@ -18,14 +19,14 @@ import mlx.nn as nn
 
 from ..errors import ConfigError, WeightsError
 from ..io import read_json, save_safetensors
-from ..models.lora import Adapter, LoRALinear, setting_problems
+from ..models.lora import ADAPTED, Adapter, setting_problems
 from ..models.quant import dequantized_weights
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 TASK_TYPES = {"classify": "SEQ_CLS", "lm": "CAUSAL_LM"}  # masked-LM has none: a plain PeftModel
-A, B = ".lora_A.weight", ".lora_B.weight"
+A, B, M = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
 
 
 def is_peft(directory: Path) -> bool:
@@ -39,7 +40,7 @@ def is_peft(directory: Path) -> bool:
 
 
 def write(adapter: Adapter, out: Path, model: nn.Module, task: str, base_name: str, dtype: mx.Dtype) -> None:
-    """Write ``adapter`` (taken from ``model``) as a PEFT LoRA adapter into the directory ``out``."""
+    """Write ``adapter`` (taken from ``model``) as a PEFT LoRA (or DoRA) adapter into ``out``."""
     from peft import LoraConfig
 
     heads = sorted({k.split(".")[0] for k in adapter.heads})
@@ -47,6 +48,7 @@ def write(adapter: Adapter, out: Path, model: nn.Module, task: str, base_name: s
         r=adapter.rank,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
+        use_dora=adapter.dora,
         target_modules=peft_targets(model, adapter.modules),
         modules_to_save=heads or None,
         task_type=TASK_TYPES.get(task),
@@ -56,6 +58,7 @@ def write(adapter: Adapter, out: Path, model: nn.Module, task: str, base_name: s
     tensors = {PREFIX + k: v for k, v in (adapter.heads | tied_copies(model, adapter.heads)).items()}
     for path, (a, b) in adapter.lora.items():
         tensors[PREFIX + path + A], tensors[PREFIX + path + B] = a.T, b.T  # (r, in), (out, r)
+    tensors |= {PREFIX + path + M: m for path, m in adapter.magnitudes.items()}
     tensors = {k: mx.contiguous(v.astype(dtype)) for k, v in tensors.items()}
     save_safetensors(out / WEIGHTS, tensors, metadata={"format": "pt"})
     config.save_pretrained(str(out))
@@ -82,10 +85,7 @@ def peft_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
     rule (a module is a target if its name equals one or ends with "." + one): "q_proj" for Llama,
     but "layer.0.output.dense" for BERT's FFN output, as "output.dense" also ends its attention's."""
     inner = {
-        f"{p}.{c}"
-        for p, m in model.named_modules()
-        if isinstance(m, LoRALinear)
-        for c in ("linear", "dropout")
+        f"{p}.{c}" for p, m in model.named_modules() if isinstance(m, ADAPTED) for c in ("linear", "dropout")
     }
     names = [p for p, _ in model.named_modules() if p and p not in inner]
     chosen = set()
@@ -105,7 +105,7 @@ def peft_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
 
 
 def read(directory: Path) -> Adapter:
-    """A PEFT LoRA adapter as an ``Adapter`` under the module names PEFT saved (HF's)."""
+    """A PEFT LoRA (or DoRA) adapter as an ``Adapter`` under the module names PEFT saved (HF's)."""
     from peft import PeftConfig
     from peft.utils import load_peft_weights
 
@@ -121,6 +121,7 @@ def read(directory: Path) -> Adapter:
         "lora_alpha": (config.lora_alpha, "finite number"),
         "lora_dropout": (config.lora_dropout, "number in [0, 1)"),
         "use_rslora": (config.use_rslora, "boolean"),
+        "use_dora": (config.use_dora, "boolean"),
         "target_modules": (config.target_modules, "list of module names"),
     }
     if problems := setting_problems(settings):
@@ -152,7 +153,6 @@ def _refuse_unsupported(config, directory: Path) -> None:
     if kind != "LORA":
         raise ConfigError(f"{directory} is a {kind} adapter; only LoRA adapters can be imported")
     unsupported = [
-        (config.use_dora, "use_dora (DoRA)"),
         (config.rank_pattern or config.alpha_pattern, "per-module rank_pattern/alpha_pattern"),
         (config.fan_in_fan_out, "fan_in_fan_out"),
         (
@@ -174,12 +174,14 @@ def _refuse_unsupported(config, directory: Path) -> None:
 def _adapter(config, state: dict, directory: Path) -> Adapter:
     from .sources import to_mx
 
-    pairs, heads = {}, {}
+    pairs, heads, magnitudes = {}, {}, {}
     for key, tensor in state.items():
         name = key.removeprefix(PREFIX)
         if name.endswith((A, B)):
             path = name[: -len(A)]
             pairs.setdefault(path, {})[name[-len(A) :]] = to_mx(tensor).astype(mx.float32).T
+        elif name.endswith(M) and config.use_dora:
+            magnitudes[name.removesuffix(M)] = to_mx(tensor).astype(mx.float32)
         elif ".lora_" in name:
             raise ConfigError(
                 f"{directory}: {key} is not a linear-layer LoRA weight; only those are supported"
@@ -187,10 +189,11 @@ def _adapter(config, state: dict, directory: Path) -> Adapter:
         else:
             heads[name] = to_mx(tensor).astype(mx.float32)
     incomplete = sorted(p for p, ab in pairs.items() if len(ab) != 2)
+    if config.use_dora:
+        incomplete += sorted(set(pairs) ^ set(magnitudes))
     if incomplete or not pairs:
-        raise WeightsError(
-            f"{directory}: LoRA weights missing lora_A or lora_B for {incomplete or 'every layer'}"
-        )
+        what = "lora_A, lora_B or lora_magnitude_vector" if config.use_dora else "lora_A or lora_B"
+        raise WeightsError(f"{directory}: LoRA weights missing {what} for {incomplete or 'every layer'}")
     scale = config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
     lora = {p: (ab[A], ab[B]) for p, ab in pairs.items()}
-    return Adapter(config.r, scale, float(config.lora_dropout), lora, heads)
+    return Adapter(config.r, scale, float(config.lora_dropout), lora, heads, magnitudes)

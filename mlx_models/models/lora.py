@@ -1,18 +1,20 @@
-"""LoRA (and QLoRA: LoRA around a quantized linear) for any of our models.
+"""LoRA and DoRA (and QLoRA: either around a quantized linear) for any of our models.
 
-The layer is mlx-lm's ``LoRALinear`` (it wraps ``nn.Linear`` and ``nn.QuantizedLinear``,
-which is all QLoRA needs); this module picks the layers, sets scale = alpha / r, freezes
-everything but the adapters and the task head, and fuses adapters back into plain weights.
+The layers are mlx-lm's ``LoRALinear`` and ``DoRALinear`` (they wrap ``nn.Linear`` and
+``nn.QuantizedLinear``, which is all QLoRA needs); this module picks the layers, sets
+scale = alpha / r, freezes everything but the adapters (and DoRA's magnitudes) and the task
+head, and fuses adapters back into plain weights.
 """
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.tuner import dora
 from mlx_lm.tuner.lora import LoRALinear
 
 from ..errors import ConfigError
@@ -29,7 +31,44 @@ def target_aliases() -> dict[str, tuple[str, ...]]:
     return aliases
 
 
-__all__ = ["Adapter", "LoRALinear", "apply_lora", "from_model", "fuse_lora", "target_paths"]
+__all__ = [
+    "ADAPTED",
+    "Adapter",
+    "DoRALinear",
+    "LoRALinear",
+    "apply_lora",
+    "from_model",
+    "fuse_lora",
+    "target_paths",
+]
+
+
+class DoRALinear(dora.DoRALinear):
+    """mlx-lm's DoRA layer (Liu et al. 2024; peft's ``use_dora``): the LoRA output rescaled per
+    output feature to the trained magnitude ``m`` over the norm of the adapted weight's row (a
+    constant for the backward, as in the paper and peft). The base product goes through the base
+    layer itself, so a 4-bit base keeps its own path and no dense weight lives for the backward."""
+
+    @staticmethod
+    def from_base(linear: nn.Module, r: int = 8, dropout: float = 0.0, scale: float = 20.0) -> "DoRALinear":
+        out_dims, in_dims = linear.weight.shape
+        if isinstance(linear, nn.QuantizedLinear):
+            in_dims *= 32 // linear.bits
+        layer = DoRALinear(in_dims, out_dims, r=r, dropout=dropout, scale=scale)
+        layer.set_linear(linear)  # m: the base's row norms
+        return layer
+
+    def __call__(self, x: mx.array) -> mx.array:
+        bias = self.linear.get("bias")
+        y = self.linear(x) if bias is None else self.linear(x) - bias
+        z = (self.dropout(x) @ self.lora_a) @ self.lora_b
+        adapted = self._dequantized_weight() + (self.scale * self.lora_b.T) @ self.lora_a.T
+        norm = mx.stop_gradient(mx.linalg.norm(adapted, axis=1))
+        out = (self.m / norm).astype(x.dtype) * (y + (self.scale * z).astype(x.dtype))
+        return out if bias is None else out + bias
+
+
+ADAPTED = (LoRALinear, dora.DoRALinear)  # the layers an adapter wraps (ours is mlx-lm's DoRA)
 
 
 def _matches(path: str, targets: list[str]) -> bool:
@@ -54,12 +93,16 @@ def target_paths(model: nn.Module, targets: list[str]) -> list[str]:
     ]
 
 
-def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
-    """Wrap the target linears of the base model in LoRA; freeze all but adapters and head."""
+def apply_lora(
+    model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float, use_dora: bool = False
+) -> list[str]:
+    """Wrap the target linears of the base model in LoRA (or DoRA); freeze all but the adapters,
+    DoRA's magnitudes and the head."""
     heads = tuple(model.head_modules)
     modules = dict(model.named_modules())
+    layer = DoRALinear if use_dora else LoRALinear
     found = [
-        (path, LoRALinear.from_base(modules[path], r=rank, dropout=dropout, scale=alpha / rank))
+        (path, layer.from_base(modules[path], r=rank, dropout=dropout, scale=alpha / rank))
         for path in target_paths(model, targets)
     ]
     if not found:
@@ -68,7 +111,8 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
         )
     model.freeze()
     model.update_modules(tree_unflatten(found))
-    model.unfreeze(keys=["lora_a", "lora_b"], strict=False)
+    for _, m in found:
+        m.unfreeze(recurse=False, keys=["lora_a", "lora_b", "m"], strict=False)
     for h in heads:
         if h in model:  # a tied causal LM has no lm_head module
             model[h].unfreeze()
@@ -76,8 +120,9 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
 
 
 def fuse_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by base + scale * B A (dequantized to a dense linear)."""
-    fused = [(p, m.fuse(dequantize=True)) for p, m in model.named_modules() if isinstance(m, LoRALinear)]
+    """Replace every adapted linear by base + scale * B A (DoRA: each row then rescaled to its
+    magnitude), dequantized to a dense linear."""
+    fused = [(p, m.fuse(dequantize=True)) for p, m in model.named_modules() if isinstance(m, ADAPTED)]
     model.update_modules(tree_unflatten(fused))
     return model
 
@@ -85,7 +130,7 @@ def fuse_lora(model: nn.Module) -> nn.Module:
 # ---- the adapter a LoRA model carries, as the adapter formats read and write it ----------------
 # For each wrapped linear, ``<path>.lora_a`` (in, r) and ``<path>.lora_b`` (r, out) in mlx-lm's
 # ``LoRALinear`` layout (the update is ``scale * x @ lora_a @ lora_b``), under our (= HF) module
-# names, plus the task head trained in full.
+# names, DoRA's ``<path>.m`` (out,), plus the task head trained in full.
 
 
 @dataclass
@@ -95,6 +140,11 @@ class Adapter:
     dropout: float
     lora: dict[str, tuple[mx.array, mx.array]]  # module path -> (lora_a (in, r), lora_b (r, out))
     heads: dict[str, mx.array]  # task-head weights trained in full (PEFT's modules_to_save)
+    magnitudes: dict[str, mx.array] = field(default_factory=dict)  # DoRA: module path -> m (out,)
+
+    @property
+    def dora(self) -> bool:
+        return bool(self.magnitudes)
 
     @property
     def alpha(self) -> float:
@@ -107,6 +157,7 @@ class Adapter:
     def weights(self) -> dict[str, mx.array]:
         """Flat weights as a LoRA model holds them."""
         flat = {f"{p}.lora_a": a for p, (a, _) in self.lora.items()}
+        flat |= {f"{p}.m": m for p, m in self.magnitudes.items()}
         return flat | {f"{p}.lora_b": b for p, (_, b) in self.lora.items()} | self.heads
 
 
@@ -128,12 +179,13 @@ def setting_problems(settings: dict[str, tuple[Any, str]]) -> list[str]:
 
 
 def from_model(model: nn.Module, dropout: float) -> Adapter:
-    """The adapters and trained head of a LoRA model (one rank and scale, as apply_lora makes)."""
-    lora = {p: m for p, m in model.named_modules() if isinstance(m, LoRALinear)}
+    """The adapters and trained head of a LoRA or DoRA model (one rank and scale, as apply_lora makes)."""
+    lora = {p: m for p, m in model.named_modules() if isinstance(m, ADAPTED)}
     if not lora:
         raise ConfigError("the model has no LoRA adapters; export it with --to hf instead")
     (rank,), (scale,) = {m.lora_a.shape[1] for m in lora.values()}, {m.scale for m in lora.values()}
     trainable = dict(tree_flatten(model.trainable_parameters()))
-    heads = {k: v for k, v in trainable.items() if not k.endswith((".lora_a", ".lora_b"))}
+    heads = {k: v for k, v in trainable.items() if k.rsplit(".", 1)[0] not in lora}
     pairs = {p: (m.lora_a, m.lora_b) for p, m in lora.items()}
-    return Adapter(rank, float(scale), dropout, pairs, heads)
+    magnitudes = {p: m.m for p, m in lora.items() if isinstance(m, dora.DoRALinear)}
+    return Adapter(rank, float(scale), dropout, pairs, heads, magnitudes)

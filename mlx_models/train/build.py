@@ -52,7 +52,7 @@ def build(cfg: TrainConfig, num_labels: int, texts: list[str] | None = None) -> 
         # (MLX initialises each quantized layer before its weights are loaded), and the adapters,
         # then the dropout masks, must not depend on how the base is stored.
         mx.random.seed(cfg.seed)
-        apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, dropout)
+        apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, dropout, use_dora=cfg.dora)
     if cfg.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -154,17 +154,22 @@ def total_steps(cfg: TrainConfig, n_train: int, group: int) -> tuple[int, int]:
 
 def import_adapter(cfg: TrainConfig, num_labels: int) -> tuple[TrainConfig, Adapter]:
     """Read ``cfg.adapter`` and check it against the base model; returns the training config with
-    the adapter's LoRA settings (rank, alpha, dropout, wrapped modules) and the adapter, renamed to
+    the adapter's settings (LoRA or DoRA, rank, alpha, dropout, wrapped modules) and the adapter, renamed to
     the model's module paths. Nothing is loaded yet: see ``load_into``."""
     adapter = read_adapter(cfg.adapter)
+    if cfg.dora and not adapter.dora:
+        raise ConfigError(
+            f"{cfg.adapter} is a LoRA adapter, not DoRA: drop --dora (the adapter's kind decides)"
+        )
     config = read_config(resolve_once(cfg))
     overrides = {"num_labels": cfg.num_labels or num_labels} if cfg.task == "classify" else {}
     model = build_model({**config, **overrides}, cfg.task)  # lazy: names and shapes only
     rename = add_or_strip_prefix([*adapter.lora, *adapter.heads], model)
     adapter.lora = {rename[p]: w for p, w in adapter.lora.items()}
     adapter.heads = {rename[k]: w for k, w in adapter.heads.items()}
+    adapter.magnitudes = {rename[p]: m for p, m in adapter.magnitudes.items()}
     check_against(adapter, model, cfg.adapter)
     short = sorted({p.rsplit(".", 1)[-1] for p in adapter.lora})  # q_proj, value, ...
     targets = short if target_paths(model, short) == adapter.modules else adapter.modules
     settings = {"lora_rank": adapter.rank, "lora_alpha": adapter.alpha, "lora_dropout": adapter.dropout}
-    return dataclasses.replace(cfg, lora=True, lora_targets=targets, **settings), adapter
+    return dataclasses.replace(cfg, lora=True, dora=adapter.dora, lora_targets=targets, **settings), adapter

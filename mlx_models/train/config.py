@@ -29,7 +29,8 @@ LR_SCHEDULES = ("linear", "cosine", "constant")
 RUN_STAMP = "MLX_MODELS_RUN_STAMP"
 # The learning rate when no layer sets one: transformers' Trainer examples for full finetuning,
 # PEFT's and mlx-lm's LoRA range (SmolLM2 LoRA on IMDB: 0.61 test accuracy at 2e-5, 0.71 at 1e-4).
-METHOD_LEARNING_RATE = {"full": 2e-5, "lora": 1e-4}
+# DoRA: the LoRA rate (Liu et al. 2024 and peft's examples use LoRA's).
+METHOD_LEARNING_RATE = {"full": 2e-5, "lora": 1e-4, "dora": 1e-4}
 INT_MAX = 2**31 - 1  # the largest count an option takes unless its field says otherwise
 CLI_ONLY = {"out", "resume", "eval_only"}  # one invocation's, never shared defaults
 NOT_IN_PROFILE = CLI_ONLY | {"model", "profile"}
@@ -59,6 +60,11 @@ class TrainConfig:
     task: str = _f("classify", "classify (sequence classification), mlm or lm (causal)", choices=TASKS)
     data_dir: str | None = _f(None, "directory with train/validation/test .json/.jsonl/.csv/.parquet files")
     lora: bool = _f(False, "train LoRA adapters (plus the task head) instead of all weights")
+    dora: bool = _f(
+        False,
+        "DoRA: LoRA plus a trained magnitude per output feature (peft use_dora, mlx-lm fine_tune_type "
+        "dora); implies --lora and takes its lora_* settings, on a 4-bit base too",
+    )
     lora_rank: int = _f(8, "LoRA rank r", min=1, max=4096)
     lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is scaled by alpha / rank", above=0)
     lora_dropout: float = _f(0.05, "dropout on the LoRA input", min=0, below=1)
@@ -68,8 +74,8 @@ class TrainConfig:
     )
     adapter: str | None = _f(
         None,
-        "start from a LoRA adapter directory (PEFT or mlx-lm) for this base model; implies --lora, and "
-        "its rank, alpha, dropout and target modules replace the lora_* settings",
+        "start from a LoRA or DoRA adapter directory (PEFT or mlx-lm) for this base model; implies --lora, "
+        "and its kind (--dora), rank, alpha, dropout and target modules replace the lora_* settings",
     )
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits (QLoRA)", choices=(4, 8))
     num_labels: int | None = _f(
@@ -103,7 +109,7 @@ class TrainConfig:
     global_batch_size: int | None = _f(None, "examples per optimizer step; sets grad_accum", min=1)
     learning_rate: float | None = _f(
         None,
-        "peak learning rate (AdamW); none: the method's (2e-5 in full, 1e-4 with --lora)",
+        "peak learning rate (AdamW); none: the method's (2e-5 in full, 1e-4 with --lora or --dora)",
         above=0,
         max=10,
     )
@@ -133,6 +139,11 @@ class TrainConfig:
         600.0, "mlx.launch runs: seconds a rank waits for the others before it stops", above=0
     )
 
+    @property
+    def method(self) -> str:
+        """full, lora or dora (a 4-bit base is QLoRA: lora or dora on it)."""
+        return "dora" if self.dora else "lora" if self.lora else "full"
+
     def __post_init__(self) -> None:
         problems = []
         for f in dataclasses.fields(self):
@@ -142,13 +153,17 @@ class TrainConfig:
                 problems.append(f"{f.name}: {e}")
                 continue
             problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
-        self.lora = self.lora or self.adapter is not None  # an imported adapter is a LoRA run
+        # An imported adapter, and DoRA, are LoRA runs.
+        self.lora = self.lora or self.dora or self.adapter is not None
         if self.learning_rate is None:  # the method's rate: adapters learn far less at a full one's
-            self.learning_rate = METHOD_LEARNING_RATE["lora" if self.lora else "full"]
+            self.learning_rate = METHOD_LEARNING_RATE[self.method]
         problems += self._batch_problems()
         checks = [
             (not self.lora_targets, "lora_targets must name at least one projection"),
-            (self.from_scratch and self.lora, "--from-scratch trains every weight: drop --lora"),
+            (
+                self.from_scratch and self.lora,
+                "--from-scratch trains every weight: drop --lora/--dora/--adapter",
+            ),
             (
                 bool(self.model_config or self.tokenizer) and not self.from_scratch,
                 "--model-config and --tokenizer only apply with --from-scratch",
@@ -157,6 +172,10 @@ class TrainConfig:
             (self.quantize and not self.lora, f"quantize={self.quantize} needs lora=true; pass --lora"),
             (self.resume and self.eval_only, "resume and eval_only cannot be combined"),
             (self.model == "tfidf" and self.task != "classify", "the tfidf baseline only does task=classify"),
+            (
+                self.model == "tfidf" and self.lora,
+                "the tfidf baseline has no layers to adapt: drop --lora/--dora/--adapter",
+            ),
         ]
         problems += [what for wrong, what in checks if wrong]
         if problems:

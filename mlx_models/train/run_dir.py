@@ -142,7 +142,13 @@ def save_checkpoint(
         save_safetensors(tmp / "rng.safetensors", {"key": mx.random.state[0]})
         atomic_write_json(tmp / STATE, dataclasses.asdict(state))
         save_train_config(cfg, tmp / "train_config.json")
-        lora = {"lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}}
+        settings = {
+            "rank": cfg.lora_rank,
+            "alpha": cfg.lora_alpha,
+            "targets": cfg.lora_targets,
+            "dora": cfg.dora,
+        }
+        lora = {"lora": settings}
         config = model_config(base, model, cfg.task, base_model=str(base), **(lora if cfg.lora else {}))
         atomic_write_json(tmp / CONFIG, config)
         tokenizer.save_pretrained(str(tmp))
