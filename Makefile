@@ -49,10 +49,10 @@ test: setup lint
 	@$(MAKE) --no-print-directory test-builtin
 
 # The path a Mac's GPU (and CUDA) takes, MLX's built-ins, on this CPU (MLX_MODELS_BUILTIN=1): the
-# parity suite, the attribution, export and LoRA/QLoRA training-step tests a second time. The
+# parity suite, the attribution, export and LoRA/QLoRA/DoRA training-step tests a second time. The
 # real-checkpoint exports and the long training tests run once, above.
 BUILTIN_TESTS := tests/test_builtin_path.py tests/test_parity.py tests/test_attribution.py \
-	tests/test_mistral.py tests/test_export.py tests/test_train.py
+	tests/test_mistral.py tests/test_export.py tests/test_train.py tests/test_dora.py
 BUILTIN_SKIP := not overfit and not sigkill and not oom and not learns and not (test_export and (minilm or smollm2))
 test-builtin: setup
 	MLX_MODELS_BUILTIN=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(BUILTIN_TESTS) -k "$(BUILTIN_SKIP)"

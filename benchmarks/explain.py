@@ -30,14 +30,14 @@ import numpy as np
 
 from mlx_models import load_model, load_tokenizer
 from mlx_models.train.config import TrainConfig
-from mlx_models.train.data import SPLIT_SEED, _pick, load_splits
+from mlx_models.train.data import SPLIT_SEED, load_splits, pick_stratified
 from mlx_models.explain.runner import Example, MLXScorer, Options
 from mlx_models.interop.loading import resolve
 
 
 def reviews(n: int) -> list[Example]:
     test = load_splits(TrainConfig(max_samples=None)).test
-    test = test.take(_pick(test.labels, len(test), n, SPLIT_SEED)[1])
+    test = test.take(pick_stratified(test.labels, len(test), n, SPLIT_SEED)[1])
     return [Example(t, y) for t, y in zip(test.texts, test.labels, strict=True)]
 
 
