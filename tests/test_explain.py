@@ -17,9 +17,11 @@ from hf_fixtures import SENTENCES, padded_batch
 from mlx_models import load_model
 from mlx_models.cli import run_cli
 from mlx_models.explain.cli import main, open_run
+from mlx_models.explain.faithfulness import aopc
 from mlx_models.explain.gradients import baseline_ids, integrated_gradients
-from mlx_models.explain.perturbation import Shap
-from mlx_models.explain.runner import Options, scorer_for
+from mlx_models.explain.perturbation import Shap, occlusion
+from mlx_models.explain.runner import Example, Options, explain_examples, scorer_for
+from mlx_models.explain.words import join_words, keep_tokens
 from mlx_models.export.fuse import fuse
 from mlx_models.interop.loading import read_config
 from mlx_models.io import OUTPUT_MARKER
@@ -157,6 +159,36 @@ def test_shap_values_add_up(runs):
         assert values.sum() + base == pytest.approx(model.proba_texts([text])[0, 1], abs=1e-5), name
         masked = " ".join([model.mask_token] * 8)
         assert base == pytest.approx(model.proba_texts([masked])[0, 1], abs=1e-5), name
+
+
+def one_text_at_a_time(scorer, e, o):
+    """``proba_kept`` of one example through the model (or pipeline) itself, one variant at a time."""
+
+    def proba_kept(keep):
+        if hasattr(scorer, "pipeline"):
+            return scorer.proba_texts([join_words(e.text, e.spans, k) for k in keep])
+        seqs = [keep_tokens(o.tokens.ids, o.tokens.token_word, k) for k in keep]
+        logits = [scorer.model(mx.array([s]))[0] for s in seqs]  # no padding
+        return np.array(mx.softmax(mx.stack(logits).astype(mx.float32), axis=-1))
+
+    return proba_kept
+
+
+def test_batched_occlusion_and_deletions_equal_one_text_at_a_time(runs):
+    """Occlusion and the faithfulness deletions score every text's variants in one batched,
+    compiled pass; the scores equal each text scored alone through the model itself."""
+    texts = ["What a wonderful film, truly wonderful!", "Dull.", "A long, slow and rather boring story."]
+    examples = [Example(t, None) for t in texts]
+    for name in ("bert", "tfidf"):
+        scorer = scorer_for(load_trained(open_run(runs[name], "best").checkpoints[0][1]), Options())
+        out = explain_examples(scorer, examples, ["occlusion"], "pred", Options(random_draws=2))
+        for e, o in zip(examples, out, strict=True):
+            alone, p = one_text_at_a_time(scorer, e, o), o.proba[o.target]
+            want = occlusion(alone, o.seen, o.target, p)
+            assert np.isfinite(want[o.seen]).all() and np.abs(want[o.seen]).max() > 0, name
+            np.testing.assert_allclose(o.scores["occlusion"], want, atol=1e-5, err_msg=name)
+            comp, suff = aopc(alone, [o.scores["occlusion"]], o.seen, o.target, p)[0]
+            assert o.faithfulness["occlusion"] == pytest.approx((comp, suff), abs=1e-5), name
 
 
 def test_texts_file_with_gold_labels(runs, tmp_path):

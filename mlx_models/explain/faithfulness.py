@@ -29,6 +29,17 @@ def top_k_masks(scores: np.ndarray, seen: np.ndarray, ks=K_PERCENT) -> tuple[np.
     return without, only
 
 
+def aopc_masks(rankings: list[np.ndarray], seen: np.ndarray, ks=K_PERCENT) -> np.ndarray:
+    """(len(rankings) x 2 x len(ks), W) keep masks: without, then only, the top words of each."""
+    return np.concatenate([np.concatenate(top_k_masks(r, seen, ks)) for r in rankings])
+
+
+def aopc_scores(p_kept: np.ndarray, p_full: float, ks=K_PERCENT) -> np.ndarray:
+    """(rankings, 2): comprehensiveness and sufficiency AOPC from ``p_kept``, the target's
+    probability under each of ``aopc_masks``."""
+    return (p_full - p_kept.reshape(-1, 2, len(ks))).mean(-1)  # (rankings, without/only, k) -> mean
+
+
 def aopc(
     proba_kept: ProbaKept,
     rankings: list[np.ndarray],
@@ -39,9 +50,7 @@ def aopc(
 ) -> np.ndarray:
     """(len(rankings), 2): comprehensiveness and sufficiency AOPC of one example under each word
     ranking (attribution scores), with one model call for all of them."""
-    keep = np.concatenate([np.concatenate(top_k_masks(r, seen, ks)) for r in rankings])
-    p = proba_kept(keep)[:, target].reshape(len(rankings), 2, len(ks))  # (rankings, without/only, k)
-    return (p_full - p).mean(-1)
+    return aopc_scores(proba_kept(aopc_masks(rankings, seen, ks))[:, target], p_full, ks)
 
 
 def random_rankings(seen: np.ndarray, rng: np.random.Generator, draws: int) -> list[np.ndarray]:

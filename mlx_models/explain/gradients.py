@@ -12,6 +12,7 @@ Its completeness gap |sum IG - (f(x) - f(b))| measures the quadrature error.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -52,6 +53,11 @@ def embed(model: nn.Module, ids: mx.array) -> mx.array:
     return word_embeddings(model)(ids).astype(mx.float32)  # (B, L, D)
 
 
+def class_probabilities(model: nn.Module, ids: mx.array, mask: mx.array) -> mx.array:
+    """(B, C) softmax probabilities of the token ids."""
+    return mx.softmax(model(ids, attention_mask=mask).astype(mx.float32), axis=-1, precise=True)
+
+
 def target_probability(
     model: nn.Module, ids: mx.array, mask: mx.array, target: mx.array, embeds: mx.array
 ) -> mx.array:
@@ -74,6 +80,20 @@ def probability_and_gradient(
     return p, grad
 
 
+class Graphs:
+    """``class_probabilities``, ``target_probability`` and ``probability_and_gradient`` of one
+    model, compiled (one graph per input shape, the model's weights an input: a model that loads
+    another checkpoint's weights stays right). A scorer keeps one for all its batches."""
+
+    def __init__(self, model: nn.Module, compile: bool = True):
+        self.model = model
+        fns = partial(class_probabilities, model), partial(target_probability, model)
+        fns += (partial(probability_and_gradient, model),)
+        if compile:
+            fns = tuple(mx.compile(f, inputs=[model.state]) for f in fns)
+        self.classes, self.probability, self.gradient = fns
+
+
 @dataclass
 class Attribution:
     per_dim: np.ndarray  # (B, L, D): attribution of every embedding coordinate
@@ -90,9 +110,12 @@ class Attribution:
         return np.abs(self.per_dim.sum((1, 2)) - (self.f_input - self.f_baseline))
 
 
-def gradient_x_input(model: nn.Module, ids: mx.array, mask: mx.array, target: mx.array) -> Attribution:
+def gradient_x_input(
+    model: nn.Module, ids: mx.array, mask: mx.array, target: mx.array, graphs: Graphs | None = None
+) -> Attribution:
+    graphs = graphs or Graphs(model)
     x = embed(model, ids)
-    f, grad = probability_and_gradient(model, ids, mask, target, x)
+    f, grad = graphs.gradient(ids, mask, target, x)
     return Attribution(np.array(x * grad), np.array(f))
 
 
@@ -106,9 +129,11 @@ def integrated_gradients(
     steps: int = 50,
     rule: str = "gauss-legendre",
     rows: int = 64,
+    graphs: Graphs | None = None,
 ) -> Attribution:
     """IG of ``target``'s probability from the baseline's word embeddings to the input's, with
     ``steps`` quadrature points; at most ``rows`` (examples x points) go through one pass."""
+    graphs = graphs or Graphs(model)
     x, b = embed(model, ids), embed(model, baseline_ids)
     alphas, weights = quadrature(steps, rule)
     B = ids.shape[0]
@@ -119,12 +144,12 @@ def integrated_gradients(
         w = mx.array(weights[i : i + chunk], mx.float32)[:, None, None, None]
         n = a.shape[0]
         path = (b + a * (x - b)).reshape(n * B, *x.shape[1:])  # (n*B, L, D), point-major
-        _, grad = probability_and_gradient(model, _repeat(ids, n), _repeat(mask, n), _repeat(target, n), path)
+        _, grad = graphs.gradient(_repeat(ids, n), _repeat(mask, n), _repeat(target, n), path)
         total = total + (w * grad.reshape(n, *x.shape)).sum(0)
         mx.eval(total)
-    f_x = target_probability(model, ids, mask, target, x)
-    f_b = target_probability(model, ids, mask, target, b)
-    return Attribution(np.array((x - b) * total), np.array(f_x), np.array(f_b))
+    # f(x) and f(b) for the completeness gap: one forward pass of both
+    ends = graphs.probability(_repeat(ids, 2), _repeat(mask, 2), _repeat(target, 2), mx.concatenate([x, b]))
+    return Attribution(np.array((x - b) * total), np.array(ends[:B]), np.array(ends[B:]))
 
 
 def _repeat(a: mx.array, n: int) -> mx.array:

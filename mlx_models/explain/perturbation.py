@@ -15,14 +15,25 @@ ProbaKept = Callable[[np.ndarray], np.ndarray]
 ProbaTexts = Callable[[list[str]], np.ndarray]
 
 
-def occlusion(proba_kept: ProbaKept, seen: np.ndarray, target: int, p_full: float) -> np.ndarray:
-    """(W,) f(x) - f(x without word w) for every seen word; NaN for the words not seen."""
+def occlusion_masks(seen: np.ndarray) -> np.ndarray:
+    """(seen words, W) keep masks: the seen words less one, for each of them."""
     idx = np.flatnonzero(seen)
     keep = np.repeat(seen[None], len(idx), axis=0)
     keep[np.arange(len(idx)), idx] = False
+    return keep
+
+
+def occlusion_scores(p_without: np.ndarray, seen: np.ndarray, p_full: float) -> np.ndarray:
+    """(W,) f(x) - f(x without word w) from ``p_without`` (the target's probability under each of
+    ``occlusion_masks(seen)``); NaN for the words not seen."""
     scores = np.full(len(seen), np.nan)
-    scores[idx] = p_full - proba_kept(keep)[:, target]
+    scores[np.flatnonzero(seen)] = p_full - p_without
     return scores
+
+
+def occlusion(proba_kept: ProbaKept, seen: np.ndarray, target: int, p_full: float) -> np.ndarray:
+    """(W,) f(x) - f(x without word w) for every seen word; NaN for the words not seen."""
+    return occlusion_scores(proba_kept(occlusion_masks(seen))[:, target], seen, p_full)
 
 
 class WordTokenizer:

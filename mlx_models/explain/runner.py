@@ -3,25 +3,25 @@ completeness gap and ERASER faithfulness per method (next to random word ranking
 
 Two kinds of model answer the same questions: `MLXScorer` (a BERT, RoBERTa or Llama checkpoint:
 gradient methods on the word embeddings) and `TfidfScorer` (the TF-IDF baseline: its exact
-linear contributions). Occlusion, SHAP and faithfulness only call the model, so they are shared.
+linear contributions). Occlusion, SHAP and faithfulness only call the model, so they are shared;
+occlusion and the faithfulness deletions score the variants of every text in one batched pass.
 """
 
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from ..batching import batch_order, collate, encode, pad_id_for
+from ..batching import PAD_MULTIPLE, batch_order, collate, encode, pad_id_for
 from ..errors import ConfigError, WeightsError
 from ..interop.loading import load_tokenizer
 from ..train.trained import Checkpoint, TfidfTrained, Trained
 from . import tfidf as tfidf
-from .faithfulness import aopc, random_rankings
-from .gradients import baseline_ids, gradient_x_input, integrated_gradients
-from .perturbation import Shap, occlusion
+from .faithfulness import aopc_masks, aopc_scores, random_rankings
+from .gradients import Graphs, baseline_ids, gradient_x_input, integrated_gradients
+from .perturbation import Shap, occlusion_masks, occlusion_scores
 from .words import Tokenized, join_words, keep_tokens, seen_words, split_words, tokenize, word_scores
 
 METHODS = ("ig", "grad-input", "occlusion", "shap", "linear")
@@ -95,6 +95,7 @@ class MLXScorer:
         if options.baseline == "mask" and tokenizer.mask_token_id is None:
             raise ConfigError("this model's tokenizer has no mask token; use --baseline pad")
         self.baseline_id = tokenizer.mask_token_id if options.baseline == "mask" else self.pad_id
+        self.graphs = Graphs(model)
 
     def prepare(self, examples: list[Example]) -> list[Tokenized]:
         return tokenize(self.tokenizer, [e.text for e in examples], self.max_length)
@@ -102,16 +103,17 @@ class MLXScorer:
     def seen(self, example: Example, tok: Tokenized) -> np.ndarray:
         return seen_words(tok.token_word, len(example.spans))
 
-    def batches(self, seqs: list[list[int]]):
+    def batches(self, seqs: list[list[int]], multiple: int = 1):
+        """Length-sorted padded batches; a width rounded up to ``multiple`` (fewer compiled shapes)."""
         for idx in batch_order([len(s) for s in seqs], self.options.batch_size, 0, 0, shuffle=False):
-            ids, mask = collate([seqs[i] for i in idx], self.pad_id, self.padding_side)
+            ids, mask = collate([seqs[i] for i in idx], self.pad_id, self.padding_side, multiple)
             yield idx, ids, mask
 
-    def proba_ids(self, seqs: list[list[int]]) -> np.ndarray:
+    def proba_ids(self, seqs: list[list[int]], desc: str | None = None) -> np.ndarray:
         out = np.zeros((len(seqs), self.model.args.num_labels))
-        for idx, ids, mask in self.batches(seqs):
-            logits = self.model(mx.array(ids), attention_mask=mx.array(mask)).astype(mx.float32)
-            out[idx] = np.array(mx.softmax(logits, axis=-1, precise=True))
+        batches = list(self.batches(seqs, PAD_MULTIPLE))
+        for idx, ids, mask in tqdm(batches, desc=desc, file=sys.stderr, disable=desc is None):
+            out[idx] = np.array(self.graphs.classes(mx.array(ids), mx.array(mask)))
         return out
 
     def proba_examples(self, examples: list[Example], toks: list[Tokenized]) -> np.ndarray:
@@ -120,8 +122,10 @@ class MLXScorer:
     def proba_texts(self, texts: list[str]) -> np.ndarray:
         return self.proba_ids(encode(self.tokenizer, texts, self.max_length))
 
-    def proba_kept(self, example: Example, tok: Tokenized, keep: np.ndarray) -> np.ndarray:
-        return self.proba_ids([keep_tokens(tok.ids, tok.token_word, k) for k in keep])
+    def proba_kept(self, kept: list[tuple[Example, Tokenized, np.ndarray]], desc: str) -> list[np.ndarray]:
+        """Per (example, its tokens, keep masks (M, W)): (M, C) probabilities with only the kept words."""
+        seqs = [keep_tokens(tok.ids, tok.token_word, k) for _, tok, masks in kept for k in masks]
+        return split_rows(self.proba_ids(seqs, desc), kept)
 
     def gradient(self, method: str, toks: list[Tokenized], targets: np.ndarray) -> list[tuple]:
         """Per example: (token scores (L,), IG completeness record or None)."""
@@ -134,9 +138,11 @@ class MLXScorer:
             args = (self.model, mx.array(ids), mx.array(mask), mx.array(targets[idx]))
             if method == "ig":
                 base = mx.array(baseline_ids(ids, keep.astype(bool), self.baseline_id))
-                a = integrated_gradients(*args, base, steps=o.steps, rule=o.rule, rows=o.rows)
+                a = integrated_gradients(
+                    *args, base, steps=o.steps, rule=o.rule, rows=o.rows, graphs=self.graphs
+                )
             else:
-                a = gradient_x_input(*args)
+                a = gradient_x_input(*args, graphs=self.graphs)
             tokens = a.tokens
             for row, i in enumerate(idx):
                 record = None
@@ -179,8 +185,9 @@ class TfidfScorer:
     def proba_texts(self, texts: list[str]) -> np.ndarray:
         return self.pipeline.predict_proba(list(texts))
 
-    def proba_kept(self, example: Example, tok: Tokenized, keep: np.ndarray) -> np.ndarray:
-        return self.proba_texts([join_words(example.text, example.spans, k) for k in keep])
+    def proba_kept(self, kept: list[tuple[Example, Tokenized, np.ndarray]], desc: str) -> list[np.ndarray]:
+        texts = [join_words(e.text, e.spans, k) for e, _, masks in kept for k in masks]
+        return split_rows(self.proba_texts(texts), kept)
 
     def linear(self, example: Example, target: int) -> np.ndarray:
         return tfidf.word_contributions(self.pipeline, example.text, example.spans, target)
@@ -218,14 +225,29 @@ def explain_examples(
     ]
     for method in methods:
         score(scorer, method, examples, out, options)
+    faithfulness(scorer, examples, out, methods, options)
+    return out
+
+
+def split_rows(p: np.ndarray, kept: list[tuple[Example, Tokenized, np.ndarray]]) -> list[np.ndarray]:
+    """The rows of ``p`` back per example: as many as its keep masks."""
+    return np.split(p, np.cumsum([len(masks) for *_, masks in kept])[:-1])
+
+
+def faithfulness(scorer, examples: list[Example], out: list[Explained], methods: list[str], options: Options):
+    """Each method's comprehensiveness and sufficiency AOPC, and random rankings' (their mean)."""
     rng = np.random.default_rng(options.seed)
-    for e, o in zip(examples, out, strict=True):
-        rankings = [o.scores[m] for m in methods] + random_rankings(o.seen, rng, options.random_draws)
-        kept = partial(scorer.proba_kept, e, o.tokens)
-        result = aopc(kept, rankings, o.seen, o.target, o.proba[o.target])
+    rankings = [
+        [o.scores[m] for m in methods] + random_rankings(o.seen, rng, options.random_draws) for o in out
+    ]
+    masks = [aopc_masks(r, o.seen) for r, o in zip(rankings, out, strict=True)]
+    probas = scorer.proba_kept(
+        list(zip(examples, [o.tokens for o in out], masks, strict=True)), "faithfulness"
+    )
+    for o, p in zip(out, probas, strict=True):
+        result = aopc_scores(p[:, o.target], o.proba[o.target])
         o.faithfulness = {m: tuple(map(float, r)) for m, r in zip(methods, result, strict=False)}
         o.faithfulness["random"] = tuple(map(float, result[len(methods) :].mean(0)))
-    return out
 
 
 def score(scorer, method: str, examples: list[Example], out: list[Explained], options: Options) -> None:
@@ -237,14 +259,16 @@ def score(scorer, method: str, examples: list[Example], out: list[Explained], op
             o.scores[method] = word_scores(tokens, o.tokens.token_word, len(e.spans))
             o.completeness = record or o.completeness
         return
+    if method == "occlusion":
+        kept = [(e, o.tokens, occlusion_masks(o.seen)) for e, o in zip(examples, out, strict=True)]
+        for o, p in zip(out, scorer.proba_kept(kept, method), strict=True):
+            o.scores[method] = occlusion_scores(p[:, o.target], o.seen, o.proba[o.target])
+        return
     if method == "shap":
         shap = Shap(scorer.proba_texts, scorer.mask_token, options.shap_evals, options.batch_size)
     for e, o in tqdm(list(zip(examples, out, strict=True)), desc=method, file=sys.stderr):
         if method == "linear":
             o.scores[method] = scorer.linear(e, o.target)
-        elif method == "occlusion":
-            kept = partial(scorer.proba_kept, e, o.tokens)
-            o.scores[method] = occlusion(kept, o.seen, o.target, o.proba[o.target])
         else:
             o.scores[method] = shap_scores(shap, e, o)
 
