@@ -88,14 +88,14 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(D, D)
         self.dropout_p = args.attention_probs_dropout_prob
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
-        B, L, D = x.shape
-        q, k, v = (
-            proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, n_heads, L, head_dim)
-            for proj in (self.query, self.key, self.value)
-        )
+    def __call__(self, x: mx.array, mask: mx.array | None, queries: mx.array | None = None) -> mx.array:
+        """Attention of ``queries`` (default: every row of ``x``; (B, Q, D)) over the rows of ``x``."""
+        queries = x if queries is None else queries
+        B, Q, D = queries.shape
+        heads = lambda h: h.reshape(B, h.shape[1], self.n_heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
+        q, k, v = heads(self.query(queries)), heads(self.key(x)), heads(self.value(x))  # (B, heads, ., d)
         out = cpu_ops.attention(q, k, v, self.scale, mask, self.dropout_p if self.training else 0.0)
-        return out.transpose(0, 2, 1, 3).reshape(B, L, D)
+        return out.transpose(0, 2, 1, 3).reshape(B, Q, D)
 
 
 class BertSelfOutput(nn.Module):
@@ -115,8 +115,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(args)
         self.output = BertSelfOutput(args, args.hidden_size)
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
-        return self.output(self.self(x, mask), x)
+    def __call__(self, x: mx.array, mask: mx.array | None, queries: mx.array | None = None) -> mx.array:
+        queries = x if queries is None else queries
+        return self.output(self.self(x, mask, queries), queries)
 
 
 class BertIntermediate(nn.Module):
@@ -136,8 +137,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(args)
         self.output = BertSelfOutput(args, args.intermediate_size)
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
-        h = self.attention(x, mask)
+    def __call__(self, x: mx.array, mask: mx.array | None, first_only: bool = False) -> mx.array:
+        """(B, L, D), or (B, 1, D) for the first token alone (its output needs every key and value)."""
+        h = self.attention(x, mask, x[:, :1] if first_only else None)
         return self.output(self.intermediate(h), h)
 
 
@@ -146,9 +148,11 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = [BertLayer(args) for _ in range(args.num_hidden_layers)]
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
-        for layer in self.layer:
-            x = layer(x, mask)
+    def __call__(self, x: mx.array, mask: mx.array | None, first_only: bool = False) -> mx.array:
+        """``first_only``: the last layer computes the first token's output alone (B, 1, D): all a
+        sequence classifier reads, at 1/L of that layer's queries and feed-forward."""
+        for i, layer in enumerate(self.layer):
+            x = layer(x, mask, first_only and i == len(self.layer) - 1)
         return x
 
 
@@ -162,7 +166,8 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder. Returns (last hidden state (B, L, D), pooled first token (B, D) or None)."""
+    """The encoder. Returns (last hidden state (B, L, D), pooled first token (B, D) or None);
+    ``first_only``: the last hidden state of the first token alone, (B, 1, D)."""
 
     embeddings_class = BertEmbeddings
     base_model_prefix, task, head_modules = "bert", "base", ()
@@ -182,9 +187,10 @@ class BertModel(nn.Module):
         attention_mask: mx.array | None = None,
         token_type_ids: mx.array | None = None,
         inputs_embeds: mx.array | None = None,
+        first_only: bool = False,
     ) -> tuple[mx.array, mx.array | None]:
         h = self.embeddings(input_ids, token_type_ids, inputs_embeds)
-        h = self.encoder(h, padding_mask(attention_mask))
+        h = self.encoder(h, padding_mask(attention_mask), first_only)
         return h, (self.pooler(h) if "pooler" in self else None)
 
     @property
@@ -230,12 +236,16 @@ def classifier_dropout(args: ModelArgs) -> nn.Dropout:
 
 class EncoderTaskModel(TaskModel):
     """The encoder under a head: ``head(hidden states (B, L, D), pooled (B, D) or None)``.
-    ``positions`` (flat indices into B x L) runs a token head on those rows only: (K, D) -> (K, V)."""
+    ``positions`` (flat indices into B x L) runs a token head on those rows only: (K, D) -> (K, V).
+    A head that reads the first token alone (``first_token_head``) gets (B, 1, D) hidden states."""
+
+    first_token_head = False
 
     def __call__(
         self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, positions=None
     ) -> mx.array:
-        h, pooled = self[self.base_model_prefix](input_ids, attention_mask, token_type_ids, inputs_embeds)
+        base = self[self.base_model_prefix]
+        h, pooled = base(input_ids, attention_mask, token_type_ids, inputs_embeds, self.first_token_head)
         if positions is not None:
             h = h.reshape(-1, h.shape[-1])[positions]
         return self.head(h, pooled)
@@ -250,7 +260,7 @@ class BertForMaskedLM(EncoderTaskModel):
 
 
 class BertForSequenceClassification(EncoderTaskModel):
-    base_class, base_model_prefix, task = BertModel, "bert", "classify"
+    base_class, base_model_prefix, task, first_token_head = BertModel, "bert", "classify", True
     heads = {"classifier": lambda a: nn.Linear(a.hidden_size, a.num_labels), "dropout": classifier_dropout}
 
     def head(self, h: mx.array, pooled: mx.array) -> mx.array:

@@ -76,7 +76,7 @@ class RobertaForMaskedLM(bert.EncoderTaskModel):
 
 
 class RobertaForSequenceClassification(bert.EncoderTaskModel):
-    base_class, base_model_prefix, task = RobertaModel, "roberta", "classify"
+    base_class, base_model_prefix, task, first_token_head = RobertaModel, "roberta", "classify", True
     base_kwargs, heads = {"add_pooling_layer": False}, {"classifier": RobertaClassificationHead}
 
     def head(self, h: mx.array, pooled: None) -> mx.array:
