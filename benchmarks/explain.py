@@ -1,4 +1,5 @@
-"""Integrated Gradients, ours (MLX) vs captum (PyTorch), on the same inputs in the same run.
+"""Integrated Gradients, ours (MLX) vs captum (PyTorch), on the same inputs in the same run; and
+occlusion and the faithfulness deletions against evaluation's tokens/s.
 
     python benchmarks/explain.py [--n 100] [--steps 50] [--max-length 128] [--quick] [--out FILE]
 
@@ -9,19 +10,24 @@ batches of 16 texts sorted by length, at most 64 rows (texts x steps) per pass o
 Ours is `MLXScorer.gradient`, the CLI's own path (it also runs f(x) and f(baseline): 2 forward
 passes per batch more than captum). captum's LayerIntegratedGradients runs in a child process
 (captum_peer.py) on the very same padded batches. The attributions are compared too.
+Occlusion (every text less one word) and the ERASER deletions (top-k% removed or kept, for
+random rankings) are timed on the same reviews as tokens scored per second, next to the
+trainer's compiled evaluation (train.evaluation) of the reviews themselves.
 Writes --out (default benchmarks/explain.md; --quick writes nothing unless --out is given).
 """
 
-# ruff: noqa: I001  (run.py imports mlx_models, which loads OpenBLAS, before any mlx.core import)
-import mlx_models  # noqa: F401, I001  (OpenBLAS before MLX)
+# ruff: noqa: I001, E402  (mlx_models loads OpenBLAS before any mlx.core import)
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlx_models  # noqa: F401  (OpenBLAS before MLX)
 
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 from run import load, machine
 
@@ -31,7 +37,8 @@ import numpy as np
 from mlx_models import load_model, load_tokenizer
 from mlx_models.train.config import TrainConfig
 from mlx_models.train.data import SPLIT_SEED, load_splits, pick_stratified
-from mlx_models.explain.runner import Example, MLXScorer, Options
+from mlx_models.explain.runner import Example, MLXScorer, Options, explain_examples, score
+from mlx_models.train.evaluation import Evaluator, evaluate
 from mlx_models.interop.loading import resolve
 
 
@@ -59,6 +66,46 @@ def captum_inputs(work: Path, scorer: MLXScorer, toks, targets, directory: Path,
         **arrays,
     )
     return order
+
+
+class Counted:
+    """Tokens the scorer's forward passes score, and their seconds."""
+
+    def __init__(self, scorer: MLXScorer):
+        self.tokens, self.seconds, self.forward = 0, 0.0, scorer.proba_ids
+        scorer.proba_ids = self
+
+    def __call__(self, seqs, desc=None):
+        tic = time.perf_counter()
+        out = self.forward(seqs, desc)
+        self.tokens, self.seconds = (
+            self.tokens + sum(map(len, seqs)),
+            self.seconds + time.perf_counter() - tic,
+        )
+        return out
+
+
+def perturbation_rows(scorer: MLXScorer, examples: list[Example], toks) -> str:
+    """Evaluation, occlusion and the deletions of 4 random rankings, as tokens scored per second."""
+    encoded, labels = [t.ids for t in toks], [e.label for e in examples]
+    ev = evaluate(Evaluator(scorer.model, "classify"), encoded, labels, batch_size=16, pad_id=scorer.pad_id)
+    options = Options(random_draws=4)
+    warm = explain_examples(scorer, examples[:2], [], "pred", options)  # compiles, not timed
+    score(scorer, "occlusion", examples[:2], warm, options)
+    counted = Counted(scorer)
+    out = explain_examples(scorer, examples, [], "pred", options)  # the deletions of random rankings
+    deletions = counted.tokens / counted.seconds
+    counted.tokens, counted.seconds = 0, 0.0
+    score(scorer, "occlusion", examples, out, options)
+    occlusion = counted.tokens / counted.seconds
+    scorer.proba_ids = counted.forward
+    speed = ev["tokens_per_s"]
+    return (
+        "| forward passes, batches of 16 | tokens/s | vs evaluation |\n|---|---:|---:|\n"
+        f"| evaluation (`train.evaluation.evaluate`, compiled) of the reviews | {speed:.0f} | 1.00× |\n"
+        f"| occlusion: every review less one word | {occlusion:.0f} | {occlusion / speed:.2f}× |\n"
+        f"| deletions (top 1–50% removed or kept) | {deletions:.0f} | {deletions / speed:.2f}× |\n"
+    )
 
 
 def run(n: int, steps: int, max_length: int) -> str:
@@ -89,6 +136,7 @@ def run(n: int, steps: int, max_length: int) -> str:
                 worst = max(worst, float(np.abs(ours[i][0] - ref).max() / np.abs(ref).max()))
     captum_s = sum(result["times"])
     tokens = sum(len(t.ids) for t in toks)
+    perturbation = perturbation_rows(scorer, examples, toks)
     return (
         f"{n} IMDB test reviews, {tokens} tokens in all (≤ {max_length} per review), {steps} Gauss-Legendre "
         f"steps, batches of 16 texts, 64 rows per pass; PyTorch with {result['threads']} threads.\n\n"
@@ -97,7 +145,8 @@ def run(n: int, steps: int, max_length: int) -> str:
         f"| {captum_s / ours_s:.2f}× |\n"
         f"| captum `LayerIntegratedGradients`, transformers, PyTorch CPU | {captum_s:.1f} "
         f"| {n / captum_s:.2f} | 1.00× |\n\n"
-        f"Agreement: max over reviews of max |ours − captum| / max |captum| per review = {worst:.1e}.\n"
+        f"Agreement: max over reviews of max |ours − captum| / max |captum| per review = {worst:.1e}.\n\n"
+        f"{perturbation}"
     )
 
 
