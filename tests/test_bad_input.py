@@ -218,6 +218,8 @@ CASES = {
     "train ranks 0": ("train", [*T, "--ranks", "0"], "--ranks '0': expected 1..64 processes on this machine"),
     "train ranks not a number": ("train", [*T, "--ranks=two"], "--ranks 'two': expected 1..64"),
     "train ranks without a value": ("train", [*T, "--ranks"], "--ranks '': expected 1..64"),
+    "train report-to unknown": ("train", [*T, "--report-to", "mlflow"], "report_to: unknown 'mlflow'; allowed: none, all, tensorboard, wandb"),
+    "train report-to none and a logger": ("train", [*T, "report_to=none,wandb"], "report_to: none and all stand alone"),
     "train not key=value": ("train", ["--model", "{model}", "roberta"], "is not key=value"),
     "train bool flag with value": ("train", ["--model", "{model}", "--lora=yes"], "--lora/--no-lora"),
     "train flag without value": ("train", ["--model", "{model}", "--epochs"], "expected one argument"),
