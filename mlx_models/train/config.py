@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..io import atomic_write_json, read_json
 from ..registry import config_file, dataset_registry, read_config_yaml
+from . import reporting
 
 TASKS = ("classify", "mlm", "lm")  # the trained heads (models.TASKS less "base")
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -43,8 +44,19 @@ RESUME_OVERRIDES = (
     "save_minutes",
     "memory_limit",
     "dist_timeout",
+    "report_to",
+    "report_to_optional",
 )
-EVAL_ONLY_OVERRIDES = ("dataset", "data_dir", "batch_size", "eval_batch_size", "max_samples", "memory_limit")
+EVAL_ONLY_OVERRIDES = (
+    "dataset",
+    "data_dir",
+    "batch_size",
+    "eval_batch_size",
+    "max_samples",
+    "memory_limit",
+    "report_to",
+    "report_to_optional",
+)
 
 
 def _f(default: Any, help: str, **bounds: Any) -> Any:
@@ -138,6 +150,17 @@ class TrainConfig:
     dist_timeout: float = _f(
         600.0, "mlx.launch runs: seconds a rank waits for the others before it stops", above=0
     )
+    report_to: list[str] | None = _f(
+        None,
+        "also log every metrics.jsonl record and the resolved config to tensorboard (RUN/tensorboard/), "
+        "wandb (project $WANDB_PROJECT or mlx_models; WANDB_MODE=offline needs no network), both "
+        "(tensorboard,wandb) or all (those installed); rank 0 logs",
+    )
+    report_to_optional: bool = _f(
+        False,
+        "a --report-to logger that cannot start or write (W&B unreachable) is dropped with a warning "
+        "instead of stopping the run",
+    )
 
     @property
     def method(self) -> str:
@@ -153,6 +176,9 @@ class TrainConfig:
                 problems.append(f"{f.name}: {e}")
                 continue
             problems += bound_problems(f.name, getattr(self, f.name), **f.metadata.get("bounds", {}))
+        if isinstance(self.report_to, list):  # transformers' names: lower case
+            self.report_to = [name.lower() for name in self.report_to] or None
+            problems += reporting.value_problems(self.report_to)
         # An imported adapter, and DoRA, are LoRA runs.
         self.lora = self.lora or self.dora or self.adapter is not None
         if self.learning_rate is None:  # the method's rate: adapters learn far less at a full one's
@@ -424,6 +450,7 @@ def load_train_config(argv: list[str] | None, config_path: str | os.PathLike | N
     run_dir = cli.get("resume") or cli.get("eval_only")
     cfg = _from_run_dir(cli, run_dir) if run_dir else TrainConfig(**_merge_layers(cli, config_path))
     _check_model_and_data(cfg, config_path)
+    cfg.report_to = reporting.resolve(cfg.report_to)  # a missing package fails here, before any writing
     if not run_dir and Path(cfg.out).exists():
         raise ConfigError(
             f"output directory {cfg.out} already exists; choose another --out, "

@@ -19,6 +19,7 @@ from .data import Splits
 from .distributed import World, world
 from .evaluation import Evaluator, evaluate
 from .metrics import append_metrics, plot_curves
+from .reporting import reporting
 from .tasks import Masking
 
 
@@ -80,5 +81,6 @@ def evaluate_run(cfg: TrainConfig) -> dict:
             "evaluate it on data with the labels it was trained on"
         )
     model, tokenizer, _ = build(cfg, head)
-    with rd.one_writer(run_dir, world().main):  # from here it writes (metrics.jsonl, curves.png)
+    main = world().main
+    with rd.one_writer(run_dir, main), reporting(cfg, run_dir, main=main):  # from here it writes
         return test_and_report(cfg, run_dir, model, splits, tokenizer)

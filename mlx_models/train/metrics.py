@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..io import atomic_write_bytes
+from . import reporting
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -33,12 +34,14 @@ def classification_metrics(y_true: list[int], y_pred: list[int], num_labels: int
 
 
 def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
+    """Append ``record`` to metrics.jsonl, and hand it to the run's --report-to loggers."""
     # fsync per record: after a crash metrics.jsonl still holds every finished evaluation.
     path = Path(run_dir) / METRICS_FILE
     with path.open("a") as f:
         f.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    reporting.forward(run_dir, record)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

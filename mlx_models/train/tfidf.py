@@ -22,6 +22,7 @@ from . import run_dir as rd
 from .config import TrainConfig, default_run_dir, resolve_model_alias, save_train_config
 from .data import Split, Splits, load_splits
 from .metrics import append_metrics, classification_metrics, plot_curves
+from .reporting import reporting
 from .run_dir import TFIDF_MODEL
 
 # Overridden by `params:` of the model's entry in config.yaml.
@@ -64,8 +65,9 @@ def run_tfidf(
     records[0]["fit_seconds"] = round(time.perf_counter() - start, 3)
     print(f"tfidf: fitted on {len(splits.train)} examples from {splits.source} -> {run_dir}", file=sys.stderr)
 
-    with atomic_dir(run_dir) as tmp:
-        save_train_config(dataclasses.replace(cfg, out=str(run_dir)), tmp / "config.json")
+    cfg = dataclasses.replace(cfg, out=str(run_dir))
+    with atomic_dir(run_dir) as tmp, reporting(cfg, tmp, name=run_dir.name):
+        save_train_config(cfg, tmp / "config.json")
         for record in records:
             append_metrics(tmp, record)
         plot_curves(tmp, title=f"{run_dir.name} ({splits.source})")
@@ -92,7 +94,7 @@ def evaluate_tfidf(cfg: TrainConfig, config_path: str | os.PathLike) -> dict[str
         )
     record = score(trained.pipeline, "test", splits.test, trained.num_labels)
     record["checkpoint"] = trained.path.name
-    with rd.one_writer(run_dir):
+    with rd.one_writer(run_dir), reporting(cfg, run_dir):
         append_metrics(run_dir, record)
         plot_curves(run_dir, title=f"{run_dir.name} ({splits.source})")
     print(json.dumps(record, sort_keys=True))

@@ -39,6 +39,7 @@ from .distributed import World, world
 from .evaluation import Evaluator, evaluate
 from .final_eval import TrainingError, curve_axis, evaluate_run, masking_for, test_and_report
 from .metrics import append_metrics, plot_curves, truncate_metrics
+from .reporting import reporting
 from .step import TrainStep, make_optimizer
 from .tasks import LOSSES, Masking, make_batch
 
@@ -209,6 +210,26 @@ def train_and_test(run: Run, fault: Fault | None) -> dict:
     run.scorer = Evaluator(run.model, cfg.task, compile=cfg.compile)
     if cfg.memory_limit:
         mx.set_memory_limit(int(cfg.memory_limit * 1024**3))
+    redo = state.step + 1 if cfg.resume else None  # TensorBoard drops what a resumed run redoes
+    try:
+        with reporting(cfg, run.dir, main=run.world.main, purge_from=redo):
+            announce(run)
+            if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
+                run.save("last", state)
+                run.world.barrier("the starting checkpoint")
+            else:
+                train_loop(run, state, fault)
+            return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer, run.world)
+    except BaseException:
+        new = not cfg.resume and run.world.main
+        if new and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
+
+
+def announce(run: Run) -> None:
+    """The run's first line on stderr (rank 0's): what trains on what, and where it goes."""
+    cfg = run.cfg
     kind = ("LoRA" if cfg.lora else "full") + (f", {cfg.quantize}-bit base" if cfg.quantize else "")
     ranks = f", {run.world.size} ranks x {cfg.batch_size} x {run.accum}" if run.world.size > 1 else ""
     if run.world.main:
@@ -217,18 +238,6 @@ def train_and_test(run: Run, fault: Fault | None) -> dict:
             f"{run.splits.source}: {run.total_steps} steps -> {run.dir}",
             file=sys.stderr,
         )
-    try:
-        if run.total_steps == 0:  # --max-steps 0: score the starting weights (an imported --adapter)
-            run.save("last", state)
-            run.world.barrier("the starting checkpoint")
-        else:
-            train_loop(run, state, fault)
-    except BaseException:
-        new = not cfg.resume and run.world.main
-        if new and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
-            shutil.rmtree(run.dir, ignore_errors=True)
-        raise
-    return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer, run.world)
 
 
 def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
@@ -377,7 +386,8 @@ def record_evaluation(
     """metrics.jsonl, curves.png and a line on stderr: the training probe and validation scores."""
     mem = {"active_gb": mx.get_active_memory() / 1e9, "peak_gb": mx.get_peak_memory() / 1e9}
     common = {"step": state.step, "epoch": round(epoch, 4), "tokens": state.tokens}
-    append_metrics(run.dir, {"split": "train", **common, **tr, "tokens_per_s": round(speed, 1), **mem})
+    lr = {"learning_rate": float(run.optimizer.learning_rate)}  # of the last step
+    append_metrics(run.dir, {"split": "train", **common, **tr, **lr, "tokens_per_s": round(speed, 1), **mem})
     append_metrics(run.dir, {"split": "validation", **common, **val})
     plot_curves(run.dir, title=f"{run.dir.name} ({run.splits.source})", x=curve_axis(run.cfg))
     tqdm.write(
