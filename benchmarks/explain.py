@@ -38,6 +38,7 @@ from mlx_models import load_model, load_tokenizer
 from mlx_models.train.config import TrainConfig
 from mlx_models.train.data import SPLIT_SEED, load_splits, pick_stratified
 from mlx_models.explain.runner import Example, MLXScorer, Options, explain_examples, score
+from mlx_models.explain.words import keep_tokens
 from mlx_models.train.evaluation import Evaluator, evaluate
 from mlx_models.interop.loading import resolve
 
@@ -69,19 +70,17 @@ def captum_inputs(work: Path, scorer: MLXScorer, toks, targets, directory: Path,
 
 
 class Counted:
-    """Tokens the scorer's forward passes score, and their seconds."""
+    """Tokens of the perturbed texts the scorer scores (``proba_kept``), and their seconds."""
 
     def __init__(self, scorer: MLXScorer):
-        self.tokens, self.seconds, self.forward = 0, 0.0, scorer.proba_ids
-        scorer.proba_ids = self
+        self.tokens, self.seconds, self.scorer, self.proba_kept = 0, 0.0, scorer, scorer.proba_kept
+        scorer.proba_kept = self
 
-    def __call__(self, seqs, desc=None):
+    def __call__(self, kept):
         tic = time.perf_counter()
-        out = self.forward(seqs, desc)
-        self.tokens, self.seconds = (
-            self.tokens + sum(map(len, seqs)),
-            self.seconds + time.perf_counter() - tic,
-        )
+        out = self.proba_kept(kept)
+        self.seconds += time.perf_counter() - tic
+        self.tokens += sum(len(keep_tokens(t.ids, t.token_word, k)) for _, t, masks in kept for k in masks)
         return out
 
 
@@ -98,7 +97,7 @@ def perturbation_rows(scorer: MLXScorer, examples: list[Example], toks) -> str:
     counted.tokens, counted.seconds = 0, 0.0
     score(scorer, "occlusion", examples, out, options)
     occlusion = counted.tokens / counted.seconds
-    scorer.proba_ids = counted.forward
+    scorer.proba_kept = counted.proba_kept
     speed = ev["tokens_per_s"]
     return (
         "| forward passes, batches of 16 | tokens/s | vs evaluation |\n|---|---:|---:|\n"

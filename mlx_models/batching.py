@@ -61,15 +61,22 @@ def pad_id_for(tokenizer: Any) -> int:
 
 
 def collate(
-    seqs: list[list[int]], pad_id: int, padding_side: str = "right", pad_to_multiple_of: int = 1
+    seqs: list[list[int]],
+    pad_id: int,
+    padding_side: str = "right",
+    pad_to_multiple_of: int = 1,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask), both int32 (B, L). Llama has no pad token, so the caller picks
     pad_id; models pool by the mask, so its value does not matter. Rounding L up to a multiple
-    keeps the number of distinct shapes (and so of mx.compile traces) small."""
+    keeps the number of distinct shapes (and so of mx.compile traces) small; never past ``limit``
+    (the model's positions) when the sequences fit it."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
     longest = max((len(s) for s in seqs), default=0)
     width = max(1, -(-longest // pad_to_multiple_of) * pad_to_multiple_of)
+    if limit and longest <= limit:
+        width = max(1, min(width, limit))
     ids = np.full((len(seqs), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(seqs), width), dtype=np.int32)
     for i, s in enumerate(seqs):

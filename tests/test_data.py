@@ -250,6 +250,13 @@ def test_batch_order():
     assert lengths[ev[0][0]] == lengths.max() and len(ev) == 101
 
 
+def test_collate_rounds_up_but_never_past_the_limit():
+    assert collate([[5] * 40], 0, pad_to_multiple_of=16)[0].shape == (1, 48)
+    assert collate([[5] * 40], 0, pad_to_multiple_of=16, limit=40)[0].shape == (1, 40)  # positions
+    assert collate([[5] * 33], 0, pad_to_multiple_of=16, limit=40)[0].shape == (1, 40)
+    assert collate([[5] * 30], 0, pad_to_multiple_of=16, limit=40)[0].shape == (1, 32)
+
+
 def test_collate_right_and_left():
     ids, mask = collate([[5, 6, 7], [8]], pad_id=0)
     assert ids.dtype == np.int32 and mask.dtype == np.int32

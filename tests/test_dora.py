@@ -84,6 +84,64 @@ def test_dora_layer_output_and_gradients_equal_peft(quantized):
         np.testing.assert_allclose(got, g.numpy(), rtol=1e-4, atol=1e-5 * np.abs(g.numpy()).max(), err_msg=k)
 
 
+class FixedMask(nn.Module):
+    """Dropout with a given mask (scaled by 1 / (1 - p)): the same draw on both sides."""
+
+    def __init__(self, keep: np.ndarray, p: float):
+        super().__init__()
+        self.factor = lambda: mx.array(keep / (1 - p))  # not a parameter
+
+    def __call__(self, x):
+        return x * self.factor()
+
+
+class TorchFixedMask(torch.nn.Module):
+    def __init__(self, keep: np.ndarray, p: float):
+        super().__init__()
+        self.factor = torch.from_numpy(keep / (1 - p))
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_dora_with_dropout_trains_as_peft_does():
+    """In training with dropout, peft's DoRA keeps the base product undropped and rescales the
+    dropped one: y = base(x) + (s - 1) W drop(x) + s scale B A drop(x); ours too (mlx-lm's layer
+    would rescale the undropped base product instead)."""
+    p = 0.3
+    ours, theirs = layers(False)
+    x = np.random.default_rng(0).standard_normal((3, 5, IN)).astype(np.float32)
+    keep = (np.random.default_rng(2).random(x.shape) > p).astype(np.float32)
+    ours.dropout, ours.dropout_p = FixedMask(keep, p), p
+    theirs.lora_dropout["default"] = TorchFixedMask(keep, p)
+    ours.train()
+    theirs.train()
+
+    def loss(params):
+        ours.update(params)
+        return ours(mx.array(x)).sum()
+
+    trainable = {k: getattr(ours, k) for k in ("lora_a", "lora_b", "m")}
+    out, grads = ours(mx.array(x)), mx.grad(loss)(trainable)
+    ty = theirs(torch.from_numpy(x))
+    ty.sum().backward()
+    np.testing.assert_allclose(np.array(out), ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    g = theirs.lora_magnitude_vector["default"].weight.grad.numpy()
+    np.testing.assert_allclose(np.array(grads["m"]), g, rtol=1e-4, atol=1e-5 * np.abs(g).max())
+    ours.eval()
+    assert np.abs(np.array(ours(mx.array(x))) - np.array(out)).max() > 1e-2  # the mask mattered
+
+
+def test_fused_dora_keeps_the_base_dtype():
+    mx.random.seed(0)
+    base = nn.Linear(IN, OUT)
+    base.set_dtype(mx.float16)
+    layer = DoRALinear.from_base(base, r=R, scale=ALPHA / R)
+    layer.lora_b = 0.1 * mx.random.normal((R, OUT))
+    fused = layer.fuse()
+    assert fused.weight.dtype == mx.float16 and fused.bias.dtype == mx.float16
+
+
 @pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "4-bit"])
 def test_fused_dora_layer_equals_the_layer(quantized):
     ours, _ = layers(quantized)

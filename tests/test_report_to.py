@@ -7,6 +7,7 @@ import json
 import struct
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,15 @@ def wandb_run(path: Path) -> dict:
     return out
 
 
-def wandb_runs(run_dir: Path) -> list[dict]:
-    return [wandb_run(p) for p in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))]
+def wandb_runs(run_dir: Path, wait: float = 30.0) -> list[dict]:
+    """Every W&B run of ``run_dir``. wandb-core writes the file from its own process and may still
+    be flushing it when finish() returns on a loaded machine: read until each has its exit record."""
+    deadline = time.monotonic() + wait
+    while True:
+        runs = [wandb_run(p) for p in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))]
+        if all(r["exit_code"] is not None and "name" in r for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
 
 
 def history_of(records: list[dict]) -> list[dict]:
@@ -314,6 +322,20 @@ def test_unreachable_wandb_stops_before_training_unless_optional(model, data, tm
     records = read_metrics(out)
     assert len(records) == 5
     check_tensorboard(out, records)  # the other logger carries on
+
+
+def test_a_refused_eval_only_leaves_no_logger_files(model, data, tmp_path, capsys, monkeypatch):
+    """--eval-only (or --resume) of a run that never logged, with W&B unreachable: one line, exit
+    2, and the run directory as it was (TensorBoard, opened first, leaves no event file)."""
+    import wandb
+
+    out = tmp_path / "run"
+    trainer.run(load_train_config(argv(model, data, out)))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    monkeypatch.setattr(wandb, "init", unreachable)
+    line = refused(["--eval-only", str(out), "--report-to", "tensorboard,wandb"], capsys)
+    assert "W&B could not start" in line
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 # ---- units: the option, rank 0 -----------------------------------------------------------------

@@ -147,8 +147,11 @@ def integrated_gradients(
         _, grad = graphs.gradient(_repeat(ids, n), _repeat(mask, n), _repeat(target, n), path)
         total = total + (w * grad.reshape(n, *x.shape)).sum(0)
         mx.eval(total)
-    # f(x) and f(b) for the completeness gap: one forward pass of both
-    ends = graphs.probability(_repeat(ids, 2), _repeat(mask, 2), _repeat(target, 2), mx.concatenate([x, b]))
+    # f(x) and f(b) for the completeness gap: forward passes of both, at most ``rows`` rows each
+    both = (_repeat(ids, 2), _repeat(mask, 2), _repeat(target, 2), mx.concatenate([x, b]))
+    ends = mx.concatenate(
+        [graphs.probability(*(a[i : i + rows] for a in both)) for i in range(0, 2 * B, rows)]
+    )
     return Attribution(np.array((x - b) * total), np.array(ends[:B]), np.array(ends[B:]))
 
 

@@ -104,15 +104,16 @@ class MLXScorer:
         return seen_words(tok.token_word, len(example.spans))
 
     def batches(self, seqs: list[list[int]], multiple: int = 1):
-        """Length-sorted padded batches; a width rounded up to ``multiple`` (fewer compiled shapes)."""
+        """Length-sorted padded batches; a width rounded up to ``multiple`` (fewer compiled shapes),
+        never past the model's positions."""
+        limit = self.model.args.max_positions
         for idx in batch_order([len(s) for s in seqs], self.options.batch_size, 0, 0, shuffle=False):
-            ids, mask = collate([seqs[i] for i in idx], self.pad_id, self.padding_side, multiple)
+            ids, mask = collate([seqs[i] for i in idx], self.pad_id, self.padding_side, multiple, limit)
             yield idx, ids, mask
 
-    def proba_ids(self, seqs: list[list[int]], desc: str | None = None) -> np.ndarray:
+    def proba_ids(self, seqs: list[list[int]]) -> np.ndarray:
         out = np.zeros((len(seqs), self.model.args.num_labels))
-        batches = list(self.batches(seqs, PAD_MULTIPLE))
-        for idx, ids, mask in tqdm(batches, desc=desc, file=sys.stderr, disable=desc is None):
+        for idx, ids, mask in self.batches(seqs, PAD_MULTIPLE):
             out[idx] = np.array(self.graphs.classes(mx.array(ids), mx.array(mask)))
         return out
 
@@ -122,10 +123,10 @@ class MLXScorer:
     def proba_texts(self, texts: list[str]) -> np.ndarray:
         return self.proba_ids(encode(self.tokenizer, texts, self.max_length))
 
-    def proba_kept(self, kept: list[tuple[Example, Tokenized, np.ndarray]], desc: str) -> list[np.ndarray]:
+    def proba_kept(self, kept: list[tuple[Example, Tokenized, np.ndarray]]) -> list[np.ndarray]:
         """Per (example, its tokens, keep masks (M, W)): (M, C) probabilities with only the kept words."""
         seqs = [keep_tokens(tok.ids, tok.token_word, k) for _, tok, masks in kept for k in masks]
-        return split_rows(self.proba_ids(seqs, desc), kept)
+        return split_rows(self.proba_ids(seqs), kept)
 
     def gradient(self, method: str, toks: list[Tokenized], targets: np.ndarray) -> list[tuple]:
         """Per example: (token scores (L,), IG completeness record or None)."""
@@ -185,7 +186,7 @@ class TfidfScorer:
     def proba_texts(self, texts: list[str]) -> np.ndarray:
         return self.pipeline.predict_proba(list(texts))
 
-    def proba_kept(self, kept: list[tuple[Example, Tokenized, np.ndarray]], desc: str) -> list[np.ndarray]:
+    def proba_kept(self, kept: list[tuple[Example, Tokenized, np.ndarray]]) -> list[np.ndarray]:
         texts = [join_words(e.text, e.spans, k) for e, _, masks in kept for k in masks]
         return split_rows(self.proba_texts(texts), kept)
 
@@ -229,6 +230,21 @@ def explain_examples(
     return out
 
 
+CHUNK = 64  # texts whose perturbed variants are scored together: batches fill, memory stays bounded
+
+
+def kept_probabilities(scorer, examples: list[Example], out: list[Explained], masks_of, desc: str):
+    """(explained, (M, C) probabilities under its keep masks ``masks_of(explained)``) per example,
+    the variants of CHUNK texts at a time sorted by length into the same batches."""
+    bar = tqdm(total=len(out), desc=desc, file=sys.stderr)
+    for i in range(0, len(out), CHUNK):
+        part = out[i : i + CHUNK]
+        kept = [(e, o.tokens, masks_of(o)) for e, o in zip(examples[i : i + CHUNK], part, strict=True)]
+        yield from zip(part, scorer.proba_kept(kept), strict=True)
+        bar.update(len(part))
+    bar.close()
+
+
 def split_rows(p: np.ndarray, kept: list[tuple[Example, Tokenized, np.ndarray]]) -> list[np.ndarray]:
     """The rows of ``p`` back per example: as many as its keep masks."""
     return np.split(p, np.cumsum([len(masks) for *_, masks in kept])[:-1])
@@ -236,15 +252,13 @@ def split_rows(p: np.ndarray, kept: list[tuple[Example, Tokenized, np.ndarray]])
 
 def faithfulness(scorer, examples: list[Example], out: list[Explained], methods: list[str], options: Options):
     """Each method's comprehensiveness and sufficiency AOPC, and random rankings' (their mean)."""
-    rng = np.random.default_rng(options.seed)
-    rankings = [
-        [o.scores[m] for m in methods] + random_rankings(o.seen, rng, options.random_draws) for o in out
-    ]
-    masks = [aopc_masks(r, o.seen) for r, o in zip(rankings, out, strict=True)]
-    probas = scorer.proba_kept(
-        list(zip(examples, [o.tokens for o in out], masks, strict=True)), "faithfulness"
-    )
-    for o, p in zip(out, probas, strict=True):
+    rng = np.random.default_rng(options.seed)  # drawn example by example, in order
+
+    def masks_of(o: Explained) -> np.ndarray:
+        rankings = [o.scores[m] for m in methods] + random_rankings(o.seen, rng, options.random_draws)
+        return aopc_masks(rankings, o.seen)
+
+    for o, p in kept_probabilities(scorer, examples, out, masks_of, "faithfulness"):
         result = aopc_scores(p[:, o.target], o.proba[o.target])
         o.faithfulness = {m: tuple(map(float, r)) for m, r in zip(methods, result, strict=False)}
         o.faithfulness["random"] = tuple(map(float, result[len(methods) :].mean(0)))
@@ -260,8 +274,7 @@ def score(scorer, method: str, examples: list[Example], out: list[Explained], op
             o.completeness = record or o.completeness
         return
     if method == "occlusion":
-        kept = [(e, o.tokens, occlusion_masks(o.seen)) for e, o in zip(examples, out, strict=True)]
-        for o, p in zip(out, scorer.proba_kept(kept, method), strict=True):
+        for o, p in kept_probabilities(scorer, examples, out, lambda o: occlusion_masks(o.seen), method):
             o.scores[method] = occlusion_scores(p[:, o.target], o.seen, o.proba[o.target])
         return
     if method == "shap":

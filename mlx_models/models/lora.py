@@ -44,10 +44,21 @@ __all__ = [
 
 
 class DoRALinear(dora.DoRALinear):
-    """mlx-lm's DoRA layer (Liu et al. 2024; peft's ``use_dora``): the LoRA output rescaled per
-    output feature to the trained magnitude ``m`` over the norm of the adapted weight's row (a
-    constant for the backward, as in the paper and peft). The base product goes through the base
-    layer itself, so a 4-bit base keeps its own path and no dense weight lives for the backward."""
+    """DoRA (Liu et al. 2024) as peft's ``use_dora`` computes it, on mlx-lm's layer (its weights and
+    names): with s = m / |W + scale B A| per output feature (the norm a constant for the backward),
+
+        y = base(x) + (s - 1) * W drop(x) + s * scale * B A drop(x)
+
+    which is s * (W x + scale B A x) + bias without dropout (mlx-lm's form, and exactly the base at
+    initialisation); with dropout, the base's own product is not dropped, as in peft. The products
+    go through the base layer itself, so a 4-bit base keeps its own path and no dense weight lives
+    for the backward."""
+
+    def __init__(
+        self, input_dims: int, output_dims: int, r: int = 8, dropout: float = 0.0, scale: float = 20.0
+    ):
+        super().__init__(input_dims, output_dims, r=r, dropout=dropout, scale=scale)
+        self.dropout_p = dropout
 
     @staticmethod
     def from_base(linear: nn.Module, r: int = 8, dropout: float = 0.0, scale: float = 20.0) -> "DoRALinear":
@@ -60,12 +71,29 @@ class DoRALinear(dora.DoRALinear):
 
     def __call__(self, x: mx.array) -> mx.array:
         bias = self.linear.get("bias")
-        y = self.linear(x) if bias is None else self.linear(x) - bias
-        z = (self.dropout(x) @ self.lora_a) @ self.lora_b
+        y = self.linear(x)
+        dropped = self.dropout(x) if self.training and self.dropout_p else x
+        w_dropped = self.linear(dropped) if dropped is not x else y
+        if bias is not None:
+            w_dropped = w_dropped - bias
+        z = (dropped @ self.lora_a) @ self.lora_b
         adapted = self._dequantized_weight() + (self.scale * self.lora_b.T) @ self.lora_a.T
-        norm = mx.stop_gradient(mx.linalg.norm(adapted, axis=1))
-        out = (self.m / norm).astype(x.dtype) * (y + (self.scale * z).astype(x.dtype))
-        return out if bias is None else out + bias
+        s = (self.m / mx.stop_gradient(mx.linalg.norm(adapted, axis=1))).astype(x.dtype)
+        return y + (s - 1) * w_dropped + s * (self.scale * z).astype(x.dtype)
+
+    def fuse(self, dequantize: bool = False) -> nn.Module:
+        """mlx-lm's fuse, in the base's dtype (its magnitudes are float32)."""
+        weight = self._dequantized_weight()
+        adapted = weight + ((self.scale * self.lora_b.T) @ self.lora_a.T).astype(weight.dtype)
+        s = self.m / mx.linalg.norm(adapted.astype(mx.float32), axis=1)
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in self.linear)
+        fused.weight = (s[:, None] * adapted).astype(weight.dtype)
+        if "bias" in self.linear:
+            fused.bias = self.linear.bias
+        if self._is_quantized() and not dequantize:
+            q = self.linear
+            return nn.QuantizedLinear.from_linear(fused, group_size=q.group_size, bits=q.bits, mode=q.mode)
+        return fused
 
 
 ADAPTED = (LoRALinear, dora.DoRALinear)  # the layers an adapter wraps (ours is mlx-lm's DoRA)

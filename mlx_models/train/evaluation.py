@@ -72,6 +72,7 @@ def evaluate(
         batch = make_batch(
             task, [encoded[i] for i in idx], None if labels is None else [labels[i] for i in idx],
             pad_id=pad_id, padding_side=padding_side, masking=masking, rng=rng,
+            limit=scorer.model.args.max_positions,
         )  # fmt: skip
         batch_sums, predicted = scorer(batch)
         sums += [*batch_sums, sum(len(encoded[i]) for i in idx)]

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -135,14 +136,15 @@ class WandB:
 
         id_file = run_dir / WANDB_ID
         run_id = id_file.read_text().strip() if id_file.is_file() else ""
-        if not run_id:  # kept before init: a retry or a resume continues the same W&B run
-            run_id = secrets.token_hex(4)  # W&B's own ids: 8 characters of [a-z0-9]
-            id_file.parent.mkdir(exist_ok=True)
-            atomic_write_text(id_file, run_id + "\n")
+        new_id = not run_id
+        run_id = run_id or secrets.token_hex(4)  # W&B's own ids: 8 characters of [a-z0-9]
         project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.run = wandb.init(
             dir=run_dir, project=project, name=name, id=run_id, resume="allow", config=config
         )
+        if new_id:  # kept once W&B took it: a resume or --eval-only continues the same W&B run
+            id_file.parent.mkdir(exist_ok=True)
+            atomic_write_text(id_file, run_id + "\n")
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
 
@@ -207,11 +209,18 @@ def open_reporter(
     if not main:
         return reporter
     config = dataclasses.asdict(cfg)
-    for logger in resolve(cfg.report_to) or []:
-        try:
-            reporter.loggers[logger] = OPENERS[logger](run_dir, config, name or run_dir.name, purge_from)
-        except Exception as e:
-            reporter.failed(logger, "could not start", e)
+    names = resolve(cfg.report_to) or []
+    fresh = [d for d in (run_dir / TB_DIR, run_dir / WANDB_ID.parent) if not d.exists()]
+    try:
+        for logger in names:
+            try:
+                reporter.loggers[logger] = OPENERS[logger](run_dir, config, name or run_dir.name, purge_from)
+            except Exception as e:
+                reporter.failed(logger, "could not start", e)
+    except ReportError:  # the run stops: a resumed or re-scored run keeps nothing of this start
+        for d in fresh:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     return reporter
 
 

@@ -123,9 +123,11 @@ def make_batch(
     padding_side: str = "right",
     masking: Masking | None = None,
     rng: np.random.Generator | None = None,
+    limit: int | None = None,
 ) -> dict[str, mx.array]:
-    """Pad ``seqs`` and attach the targets of ``task`` (mlm masks with ``masking`` and ``rng``)."""
-    ids, mask = collate(seqs, pad_id, padding_side, PAD_MULTIPLE)
+    """Pad ``seqs`` (to a multiple of 16, at most ``limit``, the model's positions) and attach the
+    targets of ``task`` (mlm masks with ``masking`` and ``rng``)."""
+    ids, mask = collate(seqs, pad_id, padding_side, PAD_MULTIPLE, limit)
     if task == "classify":
         targets = np.asarray(labels, np.int32)
     elif task == "mlm":

@@ -1,4 +1,4 @@
-"""The MLX training loop: full finetuning or LoRA/QLoRA for classify, mlm and lm.
+"""The MLX training loop: full finetuning or LoRA/DoRA (on a 4-bit base too) for classify, mlm and lm.
 
     run(cfg) = set-up -> start or resume -> loop (step, evaluate, checkpoint) -> test report
 
@@ -230,7 +230,8 @@ def train_and_test(run: Run, fault: Fault | None) -> dict:
 def announce(run: Run) -> None:
     """The run's first line on stderr (rank 0's): what trains on what, and where it goes."""
     cfg = run.cfg
-    kind = ("LoRA" if cfg.lora else "full") + (f", {cfg.quantize}-bit base" if cfg.quantize else "")
+    kind = {"full": "full", "lora": "LoRA", "dora": "DoRA"}[cfg.method]
+    kind += f", {cfg.quantize}-bit base" if cfg.quantize else ""
     ranks = f", {run.world.size} ranks x {cfg.batch_size} x {run.accum}" if run.world.size > 1 else ""
     if run.world.main:
         print(
@@ -317,6 +318,7 @@ def micro_batches(run: Run, state: rd.TrainState, idx: list[int], b: int) -> lis
                 padding_side=cfg.padding_side,
                 masking=run.masking,
                 rng=rng,
+                limit=run.model.args.max_positions,
             )
         )
     return out
