@@ -117,3 +117,17 @@ def hold_lock():
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory) -> Path:
+    """The tiny sentiment task's train/validation/test files (tests/sentiment.py), written once."""
+    from sentiment import sentiment_splits, write_splits
+
+    return write_splits(tmp_path_factory.mktemp("data") / "sentiment", sentiment_splits())
+
+
+@pytest.fixture(scope="session")
+def bert_classifier(tiny) -> str:
+    """A tiny random BERT with a 2-label head, converted (its MLX directory)."""
+    return str(tiny("bert", "classify", num_labels=2)[1])

@@ -21,19 +21,18 @@ from mlx_models.train import run_dir as rd
 from mlx_models.train.config import load_train_config
 from mlx_models.train.metrics import read_metrics
 from mlx_models.train.trainer import run as train_run
-from sentiment import sentiment_splits, write_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_splits(tmp_path_factory.mktemp("data") / "sentiment", sentiment_splits())
+def data(sentiment) -> Path:
+    return sentiment
 
 
 @pytest.fixture(scope="module")
-def model(tiny) -> str:
-    return str(tiny("bert", "classify", num_labels=2)[1])
+def model(bert_classifier) -> str:
+    return bert_classifier
 
 
 @pytest.fixture(scope="module")

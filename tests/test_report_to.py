@@ -20,7 +20,6 @@ from mlx_models.train import reporting
 from mlx_models.train import run_dir as rd
 from mlx_models.train.config import TrainConfig, build_parser, load_train_config
 from mlx_models.train.metrics import append_metrics, read_metrics
-from sentiment import sentiment_splits, write_splits
 
 QUICK = ["--max-length", "32", "--batch-size", "8", "--max-steps", "4", "--eval-every", "2"]
 
@@ -41,16 +40,6 @@ def wandb_offline(tmp_path_factory):
         import wandb
 
         wandb.teardown()  # stops wandb's service process before the env goes back
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_splits(tmp_path_factory.mktemp("data") / "sentiment", sentiment_splits())
-
-
-@pytest.fixture(scope="module")
-def model(tiny) -> str:
-    return str(tiny("bert", "classify", num_labels=2)[1])
 
 
 def argv(model: str, data: Path, out: Path, *extra: str) -> list[str]:
@@ -161,9 +150,9 @@ def check_tensorboard(run_dir: Path, records: list[dict], **changed) -> None:
 # ---- the runs -------------------------------------------------------------------------------------
 
 
-def test_tensorboard_gets_every_record_and_the_config(model, data, tmp_path):
+def test_tensorboard_gets_every_record_and_the_config(bert_classifier, sentiment, tmp_path):
     out = tmp_path / "run"
-    test = trainer.run(load_train_config(argv(model, data, out, "--report-to", "tensorboard")))
+    test = trainer.run(load_train_config(argv(bert_classifier, sentiment, out, "--report-to", "tensorboard")))
     records = read_metrics(out)
     assert [(r["split"], r["step"]) for r in records] == [
         ("train", 2), ("validation", 2), ("train", 4), ("validation", 4), ("test", test["step"]),
@@ -176,9 +165,9 @@ def test_tensorboard_gets_every_record_and_the_config(model, data, tmp_path):
     assert not (out / "wandb").exists()
 
 
-def test_wandb_offline_gets_every_record_and_the_config(model, data, tmp_path, capsys):
+def test_wandb_offline_gets_every_record_and_the_config(bert_classifier, sentiment, tmp_path, capsys):
     out = tmp_path / "run"
-    test = trainer.run(load_train_config(argv(model, data, out, "--report-to", "wandb")))
+    test = trainer.run(load_train_config(argv(bert_classifier, sentiment, out, "--report-to", "wandb")))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == test  # stdout: one JSON line
     runs = wandb_runs(out)
     assert len(runs) == 1
@@ -190,7 +179,9 @@ def test_wandb_offline_gets_every_record_and_the_config(model, data, tmp_path, c
     assert not (out / "tensorboard").exists()
 
 
-def test_resume_continues_the_same_tensorboard_dir_and_wandb_run(model, data, tmp_path, monkeypatch):
+def test_resume_continues_the_same_tensorboard_dir_and_wandb_run(
+    bert_classifier, sentiment, tmp_path, monkeypatch
+):
     """A run killed after the records of step 6, before their checkpoint (its newest is step 4),
     then resumed: TensorBoard drops the events of the redone steps, W&B continues the same run
     id; both end equal to metrics.jsonl. The killed session's W&B run ends with a non-zero code."""
@@ -203,7 +194,7 @@ def test_resume_continues_the_same_tensorboard_dir_and_wandb_run(model, data, tm
         save(run, name, state)
 
     monkeypatch.setattr(trainer.Run, "save", killed_at_6)
-    args = argv(model, data, out, "--report-to", "tensorboard,wandb", "--save-every", "4")
+    args = argv(bert_classifier, sentiment, out, "--report-to", "tensorboard,wandb", "--save-every", "4")
     args[args.index("--max-steps") + 1] = "8"
     with pytest.raises(KeyboardInterrupt):
         trainer.run(load_train_config(args))
@@ -225,9 +216,9 @@ def test_resume_continues_the_same_tensorboard_dir_and_wandb_run(model, data, tm
     assert second["history"] == history_of([r for r in records if r["step"] > 4])
 
 
-def test_eval_only_logs_its_test_record_to_the_same_run(model, data, tmp_path):
+def test_eval_only_logs_its_test_record_to_the_same_run(bert_classifier, sentiment, tmp_path):
     out = tmp_path / "run"
-    trainer.run(load_train_config(argv(model, data, out, "--report-to", "tensorboard,wandb")))
+    trainer.run(load_train_config(argv(bert_classifier, sentiment, out, "--report-to", "tensorboard,wandb")))
     trainer.run(load_train_config(["--eval-only", str(out)]))
     tests = [r for r in read_metrics(out) if r["split"] == "test"]
     assert len(tests) == 2
@@ -237,11 +228,11 @@ def test_eval_only_logs_its_test_record_to_the_same_run(model, data, tmp_path):
     check_tensorboard(out, read_metrics(out), eval_only=str(out))  # both test records; the latest config
 
 
-def test_tfidf_baseline_reports_too(data, tmp_path):
+def test_tfidf_baseline_reports_too(sentiment, tmp_path):
     """The baseline writes its run directory atomically: the loggers write in the temp dir that
     becomes RUN, under RUN's name; its --eval-only continues them."""
     out = tmp_path / "tfidf"
-    args = ["--model", "tfidf", "--data-dir", str(data), "--out", str(out), "--report-to", "all"]
+    args = ["--model", "tfidf", "--data-dir", str(sentiment), "--out", str(out), "--report-to", "all"]
     assert run_cli(train.main, args) == 0
     records = read_metrics(out)
     check_tensorboard(out, records)
@@ -275,28 +266,32 @@ def refused(argv: list[str], capsys) -> str:
         ("all,wandb", "report_to: none and all stand alone"),
     ],
 )
-def test_bad_value_exits_2_before_anything_is_written(model, data, tmp_path, capsys, value, message):
+def test_bad_value_exits_2_before_anything_is_written(
+    bert_classifier, sentiment, tmp_path, capsys, value, message
+):
     out = tmp_path / "run"
-    assert message in refused(argv(model, data, out, "--report-to", value), capsys)
+    assert message in refused(argv(bert_classifier, sentiment, out, "--report-to", value), capsys)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
 def test_missing_package_exits_2_before_anything_is_written(
-    model, data, tmp_path, capsys, monkeypatch, logger
+    bert_classifier, sentiment, tmp_path, capsys, monkeypatch, logger
 ):
     monkeypatch.setitem(sys.modules, logger, None)  # `import` then fails as for a missing package
     out = tmp_path / "run"
-    line = refused(argv(model, data, out, "--report-to", f"tensorboard,{logger}"), capsys)
+    line = refused(argv(bert_classifier, sentiment, out, "--report-to", f"tensorboard,{logger}"), capsys)
     assert line == f"error: --report-to {logger} needs the {logger} package: pip install {logger}"
     assert not out.exists()
 
 
-def test_all_without_either_package_exits_2(model, data, tmp_path, capsys, monkeypatch):
+def test_all_without_either_package_exits_2(bert_classifier, sentiment, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.setitem(sys.modules, "wandb", None)
     out = tmp_path / "run"
-    assert "found neither package" in refused(argv(model, data, out, "--report-to", "all"), capsys)
+    assert "found neither package" in refused(
+        argv(bert_classifier, sentiment, out, "--report-to", "all"), capsys
+    )
     assert not out.exists()
 
 
@@ -306,16 +301,18 @@ def unreachable(*args, **kwargs):
     raise wandb.errors.CommError("Run initialization has timed out after 90.0 sec.\nPlease try again.")
 
 
-def test_unreachable_wandb_stops_before_training_unless_optional(model, data, tmp_path, capsys, monkeypatch):
+def test_unreachable_wandb_stops_before_training_unless_optional(
+    bert_classifier, sentiment, tmp_path, capsys, monkeypatch
+):
     import wandb
 
     monkeypatch.setattr(wandb, "init", unreachable)
     out = tmp_path / "run"
-    line = refused(argv(model, data, out, "--report-to", "tensorboard,wandb"), capsys)
+    line = refused(argv(bert_classifier, sentiment, out, "--report-to", "tensorboard,wandb"), capsys)
     assert "W&B could not start (CommError: Run initialization has timed out" in line
     assert "--report-to-optional" in line and not out.exists()
 
-    args = argv(model, data, out, "--report-to", "tensorboard,wandb", "--report-to-optional")
+    args = argv(bert_classifier, sentiment, out, "--report-to", "tensorboard,wandb", "--report-to-optional")
     assert run_cli(train.main, args) == 0
     err = capsys.readouterr().err
     assert "warning: W&B could not start (CommError" in err and "going on without it" in err
@@ -324,13 +321,15 @@ def test_unreachable_wandb_stops_before_training_unless_optional(model, data, tm
     check_tensorboard(out, records)  # the other logger carries on
 
 
-def test_a_refused_eval_only_leaves_no_logger_files(model, data, tmp_path, capsys, monkeypatch):
+def test_a_refused_eval_only_leaves_no_logger_files(
+    bert_classifier, sentiment, tmp_path, capsys, monkeypatch
+):
     """--eval-only (or --resume) of a run that never logged, with W&B unreachable: one line, exit
     2, and the run directory as it was (TensorBoard, opened first, leaves no event file)."""
     import wandb
 
     out = tmp_path / "run"
-    trainer.run(load_train_config(argv(model, data, out)))
+    trainer.run(load_train_config(argv(bert_classifier, sentiment, out)))
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     monkeypatch.setattr(wandb, "init", unreachable)
     line = refused(["--eval-only", str(out), "--report-to", "tensorboard,wandb"], capsys)

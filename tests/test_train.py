@@ -42,11 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def sentiment(tmp_path_factory) -> Path:
-    return write_splits(tmp_path_factory.mktemp("data") / "sentiment", sentiment_splits())
-
-
-@pytest.fixture(scope="module")
 def noisy(tmp_path_factory) -> Path:
     """The same sentences, but the training labels are a random (balanced) permutation."""
     splits = sentiment_splits()
