@@ -100,7 +100,8 @@ def perturbation_rows(scorer: MLXScorer, examples: list[Example], toks) -> str:
     scorer.proba_kept = counted.proba_kept
     speed = ev["tokens_per_s"]
     return (
-        "| forward passes, batches of 16 | tokens/s | vs evaluation |\n|---|---:|---:|\n"
+        "| forward passes (explain: batches of 16 x max-length tokens) | tokens/s | vs evaluation |\n"
+        "|---|---:|---:|\n"
         f"| evaluation (`train.evaluation.evaluate`, compiled) of the reviews | {speed:.0f} | 1.00× |\n"
         f"| occlusion: every review less one word | {occlusion:.0f} | {occlusion / speed:.2f}× |\n"
         f"| deletions (top 1–50% removed or kept) | {deletions:.0f} | {deletions / speed:.2f}× |\n"

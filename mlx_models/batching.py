@@ -53,6 +53,22 @@ def batch_order(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def token_budget_batches(
+    lengths: "list[int] | np.ndarray", tokens: int, multiple: int = 1
+) -> list[list[int]]:
+    """Inference batches, longest first, each of at most ``tokens`` padded tokens (widths rounded up
+    to ``multiple``): short sequences go many to a batch, so a pass costs what a full one does and
+    the number of distinct shapes stays small."""
+    lengths = np.asarray(lengths)
+    order, batches, i = np.argsort(-lengths, kind="stable"), [], 0
+    while i < len(order):
+        width = max(1, -(-int(lengths[order[i]]) // multiple) * multiple)
+        rows = max(1, tokens // width)
+        batches.append(order[i : i + rows].tolist())
+        i += rows
+    return batches
+
+
 def pad_id_for(tokenizer: Any) -> int:
     """Llama has no pad token: pad with eos (any id works; padding is masked everywhere)."""
     if tokenizer.pad_token_id is not None:

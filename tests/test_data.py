@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlx_models import hub
-from mlx_models.batching import batch_order, collate, encode
+from mlx_models.batching import batch_order, collate, encode, token_budget_batches
 from mlx_models.errors import DataError
 from mlx_models.train.config import TrainConfig
 from mlx_models.train.data import load_splits
@@ -248,6 +248,17 @@ def test_batch_order():
     ev = batch_order(lengths, 10, seed=0, epoch=0, shuffle=False)
     assert sorted(i for b in ev for i in b) == list(range(1003))
     assert lengths[ev[0][0]] == lengths.max() and len(ev) == 101
+
+
+def test_token_budget_batches_fill_passes_with_short_sequences():
+    lengths = [100, 3, 128, 20, 5, 17, 2]
+    batches = token_budget_batches(lengths, 256, 16)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each once
+    assert batches[0] == [2, 0]  # longest first: 2 rows of width 128
+    for b in batches:  # never more padded tokens than the budget (or one row)
+        width = -(-max(lengths[i] for i in b) // 16) * 16
+        assert len(b) == 1 or len(b) * width <= 256
+    assert batches[1] == [3, 5, 4, 1, 6]  # 20, 17, 5, 3, 2 tokens: one pass of 5 x 32, not five
 
 
 def test_collate_rounds_up_but_never_past_the_limit():

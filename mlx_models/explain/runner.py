@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from ..batching import PAD_MULTIPLE, batch_order, collate, encode, pad_id_for
+from ..batching import PAD_MULTIPLE, batch_order, collate, encode, pad_id_for, token_budget_batches
 from ..errors import ConfigError, WeightsError
 from ..interop.loading import load_tokenizer
 from ..train.trained import Checkpoint, TfidfTrained, Trained
@@ -112,8 +112,12 @@ class MLXScorer:
             yield idx, ids, mask
 
     def proba_ids(self, seqs: list[list[int]]) -> np.ndarray:
+        """Class probabilities; batches of batch_size x max_length tokens (short texts, like the
+        words an explanation keeps, go many to a pass)."""
         out = np.zeros((len(seqs), self.model.args.num_labels))
-        for idx, ids, mask in self.batches(seqs, PAD_MULTIPLE):
+        budget, limit = self.options.batch_size * self.max_length, self.model.args.max_positions
+        for idx in token_budget_batches([len(s) for s in seqs], budget, PAD_MULTIPLE):
+            ids, mask = collate([seqs[i] for i in idx], self.pad_id, self.padding_side, PAD_MULTIPLE, limit)
             out[idx] = np.array(self.graphs.classes(mx.array(ids), mx.array(mask)))
         return out
 
