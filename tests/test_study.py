@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # As tests/test_train.py's resume test: 32 steps of 4, checkpoints and evaluations every 4 steps.
 TRAIN = {"max_length": 32, "batch_size": 4, "max_steps": 32, "eval_every": 4, "save_every": 4}
 TRAIN |= {"learning_rate": 1e-3}
+ANALYSIS = {"probe": 8, "members": 32, "steps": 4}  # every checkpoint on 8 of the 32 test texts
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,11 @@ def project(tiny, tmp_path_factory):
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     grid = {"models": [str(model), "bag-of-words-tfidf"], "datasets": [str(data["sent"]), str(data["sent2"])]}
     config["model_selection"]["studies"] = {
-        "grid": grid | {"overrides": TRAIN},
-        "killed": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN},
-        "stopped": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN},
-        "broken": {"models": ["tfidf"], "datasets": [str(data["bad"]), str(data["sent"])]},
-        "restart": {"models": ["tfidf"], "datasets": [str(data["sent"])]},
+        "grid": grid | {"overrides": TRAIN, "analysis": ANALYSIS},
+        "killed": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN, "analysis": False},
+        "stopped": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN, "analysis": False},
+        "broken": {"models": ["tfidf"], "datasets": [str(data["bad"]), str(data["sent"])], "analysis": ANALYSIS},
+        "restart": {"models": ["tfidf"], "datasets": [str(data["sent"])], "analysis": False},
         "no-models": {"models": [], "datasets": ["imdb"]},
         "no-datasets": {"models": ["tfidf"], "datasets": []},
         "unknown-model": {"models": ["tfidf", "no-such-model"], "datasets": ["imdb"]},

@@ -11,10 +11,12 @@ arguments of each.
           profile: overfit
           overrides: {max_samples: 200}         # training keys for every cell
           model_overrides: {smollm2-135m: {quantize: 4}}
+          analysis: {methods: [ig], probe: 100, members: 500, steps: 20}   # or false: none
 
 A model named in the selection is an alias of `models:`, the hub id in an alias's `source`
 (meta-llama/Llama-2-7b-hf -> llama-2-7b), a name in `aliases:`, or a local model directory.
-Precedence in a cell: profile < overrides < model_overrides < the command line.
+Precedence in a cell: profile < overrides < model_overrides < the command line. A cell that sets
+neither save_every nor save_points saves ANALYSIS_POINTS checkpoints for the analysis to read.
 """
 
 import difflib
@@ -25,12 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..explain.runner import METHODS
 from ..registry import config_file, dataset_registry, read_config_yaml
 from ..train.config import CLI_ONLY, check_keys, load_train_config, resolve_model_alias
 
 # Training keys a study sets itself, per cell: never in overrides or on the study's command line.
 STUDY_SETS = CLI_ONLY | {"model", "dataset", "data_dir", "profile"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The analysis of every checkpoint (study/analysis.py): its settings and their defaults.
+ANALYSIS = {"methods": ["ig"], "probe": 100, "members": 500, "steps": 20, "random_draws": 3}
+ANALYSIS_MIN = {"probe": 1, "members": 1, "steps": 2, "random_draws": 1}
+ANALYSIS_POINTS = 5
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Plan:
     datasets: list[str]
     profile: str | None
     cells: list[Cell]
+    analysis: dict | None = None  # ANALYSIS's keys; None: the study analyses nothing
 
     def describe(self) -> dict:
         """What identifies the study on disk (plan.json): a re-run must match it."""
@@ -67,6 +75,7 @@ class Plan:
             "datasets": self.datasets,
             "profile": self.profile,
             "cells": {cell.id: list(cell.args) for cell in self.cells},
+            "analysis": self.analysis,
         }
 
 
@@ -101,6 +110,8 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
         )
     common = check_keys(entry.get("overrides") or {}, f"{where} overrides", STUDY_SETS)
     per_model = _model_overrides(entry.get("model_overrides") or {}, models, aliases, config_path, where)
+    analysis = analysis_settings(entry.get("analysis", {}), f"model_selection.studies.{name}.analysis")
+    points = {"save_points": ANALYSIS_POINTS} if analysis else {}
     cells = []
     for alias in aliases:
         short = resolve_model_alias(alias, config_path)["name"]
@@ -108,9 +119,33 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
             args = ["--model", alias, "--dataset", dataset]
             args += ["--data-dir", data_dir] if data_dir else []
             args += ["--profile", profile] if profile else []
-            cells.append(Cell(alias, short, dataset, tuple(args + as_args(common | per_model[alias] | cli))))
-    _check_cells(name, cells, config_path)
-    return Plan(name, models, datasets, profile, cells)
+            keys = common | per_model[alias] | cli
+            if not {"save_every", "save_points"} & keys.keys():
+                keys = points | keys
+            cells.append(Cell(alias, short, dataset, tuple(args + as_args(keys))))
+    _check_cells(name, cells, config_path, analysis)
+    return Plan(name, models, datasets, profile, cells, analysis)
+
+
+def analysis_settings(value: Any, where: str) -> dict | None:
+    """A study entry's ``analysis:`` (a mapping of ANALYSIS's keys, or false) with the defaults."""
+    if value is False:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must map {', '.join(ANALYSIS)} to values, or be false")
+    if unknown := sorted(set(value) - set(ANALYSIS)):
+        raise ConfigError(f"unknown key {unknown[0]!r} in {where}; known: {', '.join(ANALYSIS)}")
+    out = ANALYSIS | value
+    methods = [out["methods"]] if isinstance(out["methods"], str) else out["methods"]
+    if not methods or not isinstance(methods, list) or not set(methods) <= set(METHODS) - {"linear"}:
+        raise ConfigError(
+            f"{where}.methods must list methods of {', '.join(m for m in METHODS if m != 'linear')}; "
+            f"got {out['methods']!r}"
+        )
+    for key, low in ANALYSIS_MIN.items():
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise ConfigError(f"{where}.{key} must be an integer of at least {low}, got {out[key]!r}")
+    return out | {"methods": methods}
 
 
 def model_alias(name: str, config_path: str | os.PathLike, where: str) -> str:
@@ -220,9 +255,12 @@ def _model_overrides(
     return out
 
 
-def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) -> None:
-    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data)."""
-    seen = set()
+def _check_cells(
+    study: str, cells: list[Cell], config_path: str | os.PathLike, analysis: dict | None
+) -> None:
+    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data);
+    the analysis's probe fits every dataset's test split."""
+    seen, probed = set(), set()
     for cell in cells:
         if cell.id in seen:
             raise ConfigError(
@@ -231,6 +269,21 @@ def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) 
             )
         seen.add(cell.id)
         try:
-            load_train_config(list(cell.args), config_path)
+            cfg = load_train_config(list(cell.args), config_path)
         except ConfigError as e:
             raise ConfigError(f"study {study}, cell {cell.id}: {e}") from e
+        if analysis and cell.dataset not in probed:
+            probed.add(cell.dataset)
+            _check_probe(study, cfg, analysis["probe"], config_path)
+
+
+def _check_probe(study: str, cfg, probe: int, config_path: str | os.PathLike) -> None:
+    """The probe texts come from the test split: it must hold as many."""
+    from ..train.data import load_splits
+
+    size = len(load_splits(cfg, config_path).test)
+    if probe > size:
+        raise ConfigError(
+            f"study {study}: analysis.probe is {probe} but {cfg.dataset}'s test split has {size} texts; "
+            f"lower analysis.probe to at most {size}"
+        )
