@@ -47,9 +47,23 @@ def project(tiny, tmp_path_factory):
     grid = {"models": [str(model), "bag-of-words-tfidf"], "datasets": [str(data["sent"]), str(data["sent2"])]}
     config["model_selection"]["studies"] = {
         "grid": grid | {"overrides": TRAIN, "analysis": ANALYSIS},
-        "killed": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN, "analysis": False},
-        "stopped": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN, "analysis": False},
-        "broken": {"models": ["tfidf"], "datasets": [str(data["bad"]), str(data["sent"])], "analysis": ANALYSIS},
+        "killed": {
+            "models": [str(model)],
+            "datasets": [str(data["sent"])],
+            "overrides": TRAIN,
+            "analysis": False,
+        },
+        "stopped": {
+            "models": [str(model)],
+            "datasets": [str(data["sent"])],
+            "overrides": TRAIN,
+            "analysis": False,
+        },
+        "broken": {
+            "models": ["tfidf"],
+            "datasets": [str(data["bad"]), str(data["sent"])],
+            "analysis": ANALYSIS,
+        },
         "restart": {"models": ["tfidf"], "datasets": [str(data["sent"])], "analysis": False},
         "no-models": {"models": [], "datasets": ["imdb"]},
         "no-datasets": {"models": ["tfidf"], "datasets": []},
@@ -336,6 +350,31 @@ SELECTION_CASES = {
         lambda sel: sel.update(selected_models=[]) or sel["studies"].update(plan={"datasets": ["imdb"]}),
         "plan",
         "the study selects no models; list them in model_selection.selected_models in ",
+    ),
+    "an unknown analysis method": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"methods": ["ig", "lime"]}),
+        "grid",
+        "model_selection.studies.grid.analysis.methods must list methods of ig, grad-input, occlusion, shap",
+    ),
+    "an unknown analysis key": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"probes": 5}),
+        "grid",
+        "unknown key 'probes' in model_selection.studies.grid.analysis; known: methods, probe, members",
+    ),
+    "a probe larger than the test split": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"probe": 33}),
+        "grid",
+        "study grid: analysis.probe is 33 but sent's test split has 32 texts; lower analysis.probe to at most 32",
+    ),
+    "a probe of no texts": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"probe": 0}),
+        "grid",
+        "model_selection.studies.grid.analysis.probe must be an integer of at least 1, got 0",
+    ),
+    "an analysis that is not a mapping": (
+        lambda sel: sel["studies"]["grid"].update(analysis=3),
+        "grid",
+        "model_selection.studies.grid.analysis must map methods, probe, members, steps, random_draws",
     ),
     "a plan name mapped to no alias": (
         lambda sel: sel["aliases"].update({"bag-of-words-tfidf": "tf-idf"}),

@@ -141,9 +141,9 @@ def drift_of(d: dict) -> dict:
 
 
 def data_map(a: CellAnalysis) -> tuple[dict, dict]:
-    """The data map of the cell's training examples over its checkpoints (one per step): its
-    report row, and the per-example points (memorization.data_map)."""
-    results = a.distinct()
+    """The data map of the cell's training examples over its trained checkpoints (one per step,
+    step 0 left out): its report row, and the per-example points (memorization.data_map)."""
+    results = [r for r in a.distinct() if r["step"] > 0] or a.distinct()
     labels = np.array(results[0]["members"]["labels"])
     proba = np.stack([np.array(r["members"]["proba"]) for r in results])  # (K, N, C)
     gold = proba[:, np.arange(len(labels)), labels]

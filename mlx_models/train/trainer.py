@@ -260,6 +260,8 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
         disable=not run.world.main,
     )  # fmt: skip
     running, tokens, tic = [], 0, time.perf_counter()
+    if run.cfg.save_points and state.step == 0:  # the starting point of the spaced checkpoints
+        run.save("iter-0", state)
     with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
