@@ -46,6 +46,8 @@ def synthetic_report() -> dict:
         _cell(HOSTILE, "sst2", **failed),
         _cell("tfidf-imdb", "imdb", **(metrics | {"test_f1": None, "analysis": "not run", "page": None})),
     ]
+    not_run = dict.fromkeys(metrics) | {"status": "not run", "analysis": "not run", "page": None}
+    cells.append(_cell("tfidf-sst2", "sst2", **not_run))  # no run directory: no link to one
     cells[2]["epochs_done"] = 3  # a number no column names: the page adds a column for it
     pretraining = {"model": "minilm-l6", "dataset": "imdb", "run": "pretrain/minilm-l6-imdb"}
     pretraining |= {"parameters": 22_713_216, "tokens": 1_048_576, "max_length": 128, "status": "finished"}
@@ -101,13 +103,12 @@ def write_study(study, report: dict) -> None:
     """Every file the report names: the PNGs, run directories and the cells' attribution pages."""
     png = _png()
     images = [f for d in report["figures"].values() for f in d.values() if f]
-    images += [r["figure"] for r in report["data_maps"]] + [
-        r["curves"] for r in report["cells"] if r["curves"]
-    ]
+    ran = [r for r in report["cells"] if r["status"] != "not run"]
+    images += [r["figure"] for r in report["data_maps"]] + [r["curves"] for r in ran if r["curves"]]
     for name in [*images, "comparison.png"]:
         (study / name).parent.mkdir(parents=True, exist_ok=True)
         (study / name).write_bytes(png)
-    for row in report["cells"] + report["pretraining"]:
+    for row in ran + report["pretraining"]:
         (study / row["run"]).mkdir(parents=True, exist_ok=True)
     for row in report["cells"]:
         if row["page"]:

@@ -272,6 +272,8 @@ def _is_number(value) -> bool:
 
 def _cell_links(row: dict) -> str:
     run, curves, page = row.get("run"), row.get("curves"), row.get("page")
+    if row.get("status") == "not run":  # report.py's word for a cell with no run directory
+        run = curves = None
     links = [_link(f"{run}/", "run") if run else "", _link(curves, "curves") if curves else ""]
     links.append(_link(page, "attributions") if page else "")
     return " ".join(link for link in links if link) or "–"
