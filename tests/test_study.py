@@ -364,7 +364,8 @@ SELECTION_CASES = {
     "a probe larger than the test split": (
         lambda sel: sel["studies"]["grid"].update(analysis={"probe": 33}),
         "grid",
-        "study grid: analysis.probe is 33 but sent's test split has 32 texts; lower analysis.probe to at most 32",
+        "study grid: analysis.probe is 33 but sent's test split has 32 texts; lower analysis.probe to at "
+        "most 32",
     ),
     "a probe of no texts": (
         lambda sel: sel["studies"]["grid"].update(analysis={"probe": 0}),

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from scipy import stats
 
+from browser import assert_page_matches
 from mlx_models.cli import run_cli
 from mlx_models.registry import SHIPPED_CONFIG
 from mlx_models.study import cli as study
@@ -120,6 +121,17 @@ def test_the_study_analyses_every_checkpoint(memo):
         assert (study_dir / report["figures"]["noisy"][name]).stat().st_size > 10_000
     for row in report["data_maps"]:
         assert (study_dir / row["figure"]).stat().st_size > 10_000
+
+
+def test_the_study_page_loads_in_a_browser_and_shows_report_json(memo):
+    """index.html in headless Chromium: no console error, every image and link (the cells'
+    attribution pages included) resolves, and every number shown is report.json's."""
+    _, _, _, study_dir = memo
+    report = json.loads((study_dir / "report.json").read_text())
+    check = assert_page_matches(study_dir / "index.html", report)
+    keys = {key for key, _, _ in check.values}
+    assert {"checkpoints.0.membership_auc", "data_maps.0.mean_variability", "agreement.0.spearman"} <= keys
+    assert any(link.href.endswith("analysis/tiny-bert-noisy/index.html") for link in check.links)
 
 
 def test_membership_auc_is_chance_at_step_0_and_high_once_memorised(memo):

@@ -51,6 +51,10 @@ def top_k_overlap(a: list[np.ndarray], b: list[np.ndarray], k: int) -> dict:
         both = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
         if len(both) < k:
             continue
-        top = lambda s: set(both[np.argsort(-s[both], kind="stable")[:k]].tolist())  # noqa: E731
-        shares.append(len(top(x) & top(y)) / k)
+        shares.append(len(_top(x, both, k) & _top(y, both, k)) / k)
     return {"top_k_overlap": float(np.mean(shares)) if shares else None, "k": k, "n": len(shares)}
+
+
+def _top(scores: np.ndarray, among: np.ndarray, k: int) -> set[int]:
+    """The indices in ``among`` of the k highest scores (ties: the earlier word)."""
+    return set(among[np.argsort(-scores[among], kind="stable")[:k]].tolist())

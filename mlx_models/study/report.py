@@ -7,6 +7,7 @@ a fixed train subset as large as validation, in eval mode, so both are measured 
 """
 
 import dataclasses
+import json
 import shlex
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ..train.metrics import read_metrics
 from . import figures
 from . import findings as f
 from .markdown import COLUMNS, markdown
+from .page import write_index
 from .plan import Cell, Plan
 
 
@@ -83,8 +85,10 @@ def write_report(study_dir: Path, plan: Plan) -> None:
         row |= analysis_status(study_dir, row["cell"], status.get(row["cell"]), row["cell"] in analyses)
     report = {"plan": plan.describe(), "cells": rows} | sections
     report["figures"] = write_figures(study_dir, plan, report, points)
+    report = json.loads(json.dumps(report))  # plain JSON values: what every reader of report.json sees
     atomic_write_json(study_dir / "report.json", report)
     atomic_write_text(study_dir / "report.md", markdown(plan, report))
+    write_index(study_dir, report)
 
 
 def analysis_status(study_dir: Path, cell: str, outcome: dict | None, found: bool) -> dict:
@@ -96,7 +100,7 @@ def analysis_status(study_dir: Path, cell: str, outcome: dict | None, found: boo
         "analysis": "done" if state == "finished" else state,
         "analysis_reason": ended.get("reason"),
         "page": f"analysis/{cell}/index.html" if page.is_file() else None,
-        "curves": f"runs/{cell}/curves.png",
+        "curves": f"runs/{cell}/curves.png" if (study_dir / "runs" / cell / "curves.png").is_file() else None,
     }
 
 
