@@ -114,7 +114,9 @@ def markdown(plan: Plan, report: dict) -> str:
 def cells_section(plan: Plan, rows: list[dict]) -> list[str]:
     names = {c.id: c.name for c in plan.cells}
     columns = [("name", "model", "{}"), ("dataset", "dataset", "{}"), ("status", "status", "{}"), *COLUMNS]
-    lines = table([r | {"name": names[r["cell"]]} for r in rows], columns)
+    columns.append(("link", "run", "{}"))
+    link = lambda r: f"[{r['run']}]({r['run']}/) ([curves]({r['run']}/curves.png))"  # noqa: E731
+    lines = table([r | {"name": names[r["cell"]], "link": link(r)} for r in rows], columns)
     lines += ["", NOTES["cells"], ""]
     failed = [r for r in rows if r["status"] == "failed" or r.get("analysis") == "failed"]
     if failed:
