@@ -265,3 +265,23 @@ def test_a_failed_analysis_is_recorded_and_the_report_still_written(memo, tmp_pa
     assert (row["analysis"], row["analysis_reason"]) == ("failed", status["reason"])
     assert "tiny-bert-noisy: analysed earlier, skipped" in err
     assert f"`tfidf-noisy`: analysis: {status['reason']}" in (done / "report.md").read_text()
+
+
+def test_other_analysis_settings_for_the_same_study_exit_2(memo, capsys):
+    """The cells as before, the analysis not: one line naming it, nothing changed."""
+    _, _, root, study_dir = memo
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["model_selection"]["studies"]["memo"]["analysis"] = ANALYSIS | {"steps": 6}
+    (root / "other.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = {p: p.stat().st_mtime_ns for p in study_dir.rglob("*")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        code = run_cli(lambda a: study.main(a, config_path=root / "other.yaml"), ["memo"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert (
+        "was run with a different selection: analysis {" in err
+        and "'steps': 4" in err
+        and "'steps': 6" in err
+    )
+    assert {p: p.stat().st_mtime_ns for p in study_dir.rglob("*")} == before

@@ -45,11 +45,12 @@ def mass_share(scores: list[np.ndarray], flagged: list[np.ndarray]) -> dict:
 
 def top_k_overlap(a: list[np.ndarray], b: list[np.ndarray], k: int) -> dict:
     """Mean share of the k highest-scored words (over the words both saw) that two explanations of
-    the same texts have in common; texts with fewer than k such words are left out."""
+    the same texts have in common; texts with fewer than k such words, or constant scores on one
+    side (no ranking; ties would count as agreement), are left out."""
     shares = []
     for x, y in zip(a, b, strict=True):
         both = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
-        if len(both) < k:
+        if len(both) < k or np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
             continue
         shares.append(len(_top(x, both, k) & _top(y, both, k)) / k)
     return {"top_k_overlap": float(np.mean(shares)) if shares else None, "k": k, "n": len(shares)}

@@ -21,8 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..cli import ArgumentParser, int_between, run_cli
 from ..errors import ConfigError
 from ..explain import report as explain_report
@@ -31,7 +29,6 @@ from ..explain.runner import (
     METHODS,
     Column,
     Example,
-    Explained,
     Options,
     TfidfScorer,
     explain_examples,
@@ -55,10 +52,14 @@ def probe_examples(path: Path, test, dataset: str, n: int) -> list[Example]:
         keep = stratified(test.labels, n)
         lines = [json.dumps({"text": test.texts[i], "label": int(test.labels[i])}) for i in keep]
         atomic_write_text(path, "\n".join(lines) + "\n")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    if len(rows) != n:
-        raise ConfigError(f"{path} holds {len(rows)} probe texts, the study asks for {n}; remove it")
-    return [Example(r["text"], r["label"]) for r in rows]
+    probe = read_probe(path)
+    if len(probe) != n:
+        raise ConfigError(f"{path} holds {len(probe)} probe texts, the study asks for {n}; remove it")
+    return probe
+
+
+def read_probe(path: Path) -> list[Example]:
+    return [Example(r["text"], r["label"]) for r in map(json.loads, path.read_text("utf-8").splitlines())]
 
 
 def stratified(labels: list[int], n: int) -> list[int]:
@@ -99,7 +100,7 @@ def analyse_checkpoint(
     out = {"methods": methods, "probe": records}
     for name, (texts, labels) in sets.items():
         proba = scorer.proba_texts(texts)
-        out[name] = {"labels": labels, "proba": np.round(proba, 7).tolist()}
+        out[name] = {"labels": labels, "proba": [[float(f"{p:.7g}") for p in row] for row in proba]}
     return out
 
 
@@ -108,7 +109,7 @@ def analyse_run(run: Run, out: Path, probe: list[Example], sets: dict, methods: 
     done, trained = {}, None
     for name, path, step in run.checkpoints:
         target = out / f"{name}.json"
-        if not target.is_file():
+        if not target.is_file() or read_json(target, ConfigError)["step"] != step:  # new, or a stale file
             same = next((f for f, s in done.items() if s["step"] == step), None)
             if same is not None:  # the same weights as a checkpoint analysed already
                 result = done[same] | {"checkpoint": name, "same_as": same}
@@ -124,22 +125,20 @@ def analyse_run(run: Run, out: Path, probe: list[Example], sets: dict, methods: 
     return done
 
 
-def explained_from(record: dict) -> Explained:
-    """A probe record back as what the attribution page draws."""
-    scores = {m: np.array([np.nan if v is None else v for v in s]) for m, s in record["scores"].items()}
-    faithfulness = {m: (f["comprehensiveness"], f["sufficiency"]) for m, f in record["faithfulness"].items()}
-    return Explained(
-        None, np.array(record["probabilities"]), record["target"], None, scores, {}, None, faithfulness
-    )
+def columns_of(run_name: str, results: dict[str, dict]) -> list[Column]:
+    """Analysis files (checkpoint name -> its result) as explain's report columns."""
+    return [
+        Column(
+            run_name, name, r["step"], r["methods"], [explain_report.explained_from(p) for p in r["probe"]]
+        )
+        for name, r in results.items()
+    ]
 
 
 def write_page(out: Path, run_name: str, probe: list[Example], results: dict, class_names: list[str]) -> None:
     """OUT_DIR/index.html: the probe texts coloured by attribution, a column per checkpoint."""
-    columns = [
-        Column(run_name, name, r["step"], r["methods"], [explained_from(p) for p in r["probe"]])
-        for name, r in results.items()
-    ]
-    atomic_write_text(out / "index.html", explain_report.html_page(probe, columns, class_names, len(probe)))
+    page = explain_report.html_page(probe, columns_of(run_name, results), class_names, len(probe))
+    atomic_write_text(out / "index.html", page)
 
 
 def build_parser() -> argparse.ArgumentParser:

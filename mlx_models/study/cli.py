@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, Terminated, stop_for
 from ..errors import ConfigError
-from ..io import LOCK, atomic_write_json, take_lock
+from ..io import LOCK, atomic_write_json, read_json, take_lock
 from ..registry import config_file
 from ..train import run_dir as rd
 from ..train.config import parse_command_line
@@ -174,9 +174,10 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
             for part in (gone and f"cells now left out {gone}", added and f"cells now added {added}")
             if part
         )
-    else:
-        cell = next(c for c in new if old[c] != new[c])
+    elif (cell := next((c for c in new if old[c] != new[c]), None)) is not None:
         what = f"cell {cell} as `{shlex.join(old[cell])}`; now `{shlex.join(new[cell])}`"
+    else:  # the same cells, other study settings (the analysis's)
+        what = "; ".join(f"{k} {before.get(k)!r}, now {now[k]!r}" for k in now if before.get(k) != now[k])
     raise ConfigError(
         f"study {plan.name} in {study_dir} was run with a different selection: {what}; "
         f"use the same selection and options, choose another study name, or remove {study_dir}"
@@ -210,6 +211,8 @@ def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
             f"{progress} {cell.id}: stopped before its first checkpoint; starting it again", file=sys.stderr
         )
         shutil.rmtree(run_dir)
+    if state != "resumable":  # an analysis of an earlier run of this cell is not this run's
+        shutil.rmtree(study_dir / "analysis" / cell.id, ignore_errors=True)
     args = ["--resume", str(run_dir)] if state == "resumable" else cell.train_args(run_dir)
     command = shlex.join(["python", "train.py", *args])
     verb = "resuming" if state == "resumable" else "training"
@@ -328,6 +331,10 @@ def analyse_cell(study_dir: Path, cell: Cell, settings: dict, progress: str, env
 
 
 def analysed(run_dir: Path, out: Path) -> bool:
-    """Every checkpoint of the run has its analysis file, and the cell's page is written."""
-    names = [p.name for p in rd.checkpoints(run_dir)]
-    return (out / "index.html").is_file() and all((out / f"{n}.json").is_file() for n in names)
+    """Every checkpoint of the run has its analysis file (of its step), and the cell's page is written."""
+    if not (out / "index.html").is_file():
+        return False
+    files = {p: out / f"{p.name}.json" for p in rd.checkpoints(run_dir)}
+    return all(
+        f.is_file() and read_json(f, ConfigError)["step"] == rd.checkpoint_step(p) for p, f in files.items()
+    )

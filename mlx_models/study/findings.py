@@ -4,7 +4,6 @@ models of a dataset (agreement of their attributions). Every number is computed 
 analysis files (study/analysis.py) and the runs' metrics.jsonl, nothing else.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +11,14 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..explain import report as explain_report
+from ..explain.cli import checkpoint_order
 from ..explain.drift import rank_agreement, top_k_overlap
+from ..explain.report import explained_from
 from ..explain.runner import Column, Example
 from ..io import read_json
 from ..train.metrics import read_metrics
 from . import memorization as mem
-from .analysis import explained_from
+from .analysis import columns_of
 
 STABLE = 0.8  # attributions are stable from the first iter-N whose Spearman rho with last stays >= it
 TOP_K = 5
@@ -38,34 +39,23 @@ class CellAnalysis:
         return [by_step[s] for s in sorted(by_step)]
 
     def columns(self) -> list[Column]:
-        return [
-            Column(self.cell, name, r["step"], r["methods"], [explained_from(p) for p in r["probe"]])
-            for name, r in self.results.items()
-        ]
+        return columns_of(self.cell, self.results)
 
     def scores(self, checkpoint: str) -> list[np.ndarray]:
         r = self.results[checkpoint]
         return [explained_from(p).scores[r["methods"][0]] for p in r["probe"]]
 
 
-def training_order(names: list[str], steps: dict[str, int]) -> list[str]:
-    """iter-N by step, then best, then last (explain's order)."""
-    return sorted(names, key=lambda n: (n in ("best", "last"), n == "last", steps[n]))
-
-
 def read_analysis(folder: Path, cell: str, dataset: str, probe: list[Example]) -> CellAnalysis | None:
-    """A cell's analysis files, or None when it has none."""
+    """A cell's complete analysis (its last checkpoint's included), or None: an analysis stopped
+    half-way is not compared (its drift would be measured against another checkpoint than last)."""
     files = {p.stem: p for p in folder.glob("*.json")} if folder.is_dir() else {}
     files = {n: p for n, p in files.items() if n in ("best", "last") or n.startswith("iter-")}
-    if not files:
+    if "last" not in files:
         return None
     results = {n: read_json(p, ConfigError, f"remove {p} and run the study again") for n, p in files.items()}
-    order = training_order(list(results), {n: r["step"] for n, r in results.items()})
+    order = sorted(results, key=lambda n: checkpoint_order((n, None, results[n]["step"])))
     return CellAnalysis(cell, dataset, {n: results[n] for n in order}, probe)
-
-
-def read_probe(path: Path) -> list[Example]:
-    return [Example(r["text"], r["label"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
 # ---- per checkpoint ---------------------------------------------------------------------------
@@ -162,8 +152,14 @@ def data_map(a: CellAnalysis) -> tuple[dict, dict]:
 
 def stability(a: CellAnalysis, rows: list[dict], run_dir: Path) -> dict:
     """The first iter-N step from which the attributions stay within STABLE of last's, next to the
-    step of the lowest validation loss."""
-    iters = [r for r in rows if r["checkpoint"].startswith("iter-") and r["method"] == rows[0]["method"]]
+    step of the lowest validation loss. An iter-N saved with last (rho 1 by definition) does not
+    count: a run that never settles has no stable step."""
+    end = a.results["last"]["step"]
+    iters = [
+        r
+        for r in rows
+        if r["checkpoint"].startswith("iter-") and r["method"] == rows[0]["method"] and r["step"] != end
+    ]
     stable = None
     for r in reversed(sorted(iters, key=lambda r: r["step"])):
         if r["drift_last"] is None or r["drift_last"] < STABLE:
@@ -190,14 +186,15 @@ def agreement(analyses: list[CellAnalysis]) -> list[dict]:
             rows.append(
                 {"dataset": a.dataset, "a": a.cell, "b": b.cell}
                 | {"method": f"{first_method(a)} / {first_method(b)}"}
-                | {"spearman": ranks["spearman"], "kendall": ranks["kendall"]}
-                | {"top_k_overlap": top["top_k_overlap"], "k": TOP_K, "texts": ranks["n"]}
+                | {"spearman": ranks["spearman"], "kendall": ranks["kendall"], "texts": ranks["n"]}
+                | {"top_k_overlap": top["top_k_overlap"], "k": TOP_K, "top_k_texts": top["n"]}
             )
     return rows
 
 
 def best_of(a: CellAnalysis) -> str:
-    return "best" if "best" in a.results else list(a.results)[-1]
+    """The checkpoint scored on test: best/ (a run without validation has only last/)."""
+    return "best" if "best" in a.results else "last"
 
 
 def first_result(a: CellAnalysis) -> dict:

@@ -20,6 +20,7 @@ COLUMNS = [  # (report.json key, report.md header, format)
 CHECKPOINT_COLUMNS = [
     ("cell", "cell", "{}"),
     ("checkpoint", "checkpoint", "{}"),
+    ("method", "method", "{}"),
     ("step", "step", "{}"),
     ("val_loss", "val loss", "{:.3f}"),
     ("gap", "gap", "{:+.3f}"),
@@ -66,8 +67,9 @@ NOTES = {
     "metrics.jsonl; max RSS: the cell process's peak resident memory; wall: the cell's train.py "
     "processes, as the study saw them end.",
     "checkpoints": "Every saved checkpoint on the dataset's probe texts (held out, the same for every "
-    "model), explained towards the gold label with the study's first method (TF-IDF: its exact "
-    "linear contributions). comp./suff.: ERASER AOPC over k = 1, 5, 10, 20, 50 % of the words, next "
+    "model), explained towards the gold label with each method of the study (TF-IDF: its exact "
+    "linear contributions; the figures show the first method). iter-0 is the starting point (no "
+    "evaluation there). comp./suff.: ERASER AOPC over k = 1, 5, 10, 20, 50 % of the words, next "
     "to random rankings. ρ: Spearman correlation of the word attributions with the previous "
     "checkpoint's and with last's. Non-predictive mass: the share of |attribution| on words the "
     "dataset's TF-IDF model finds non-predictive. Membership AUC: loss-threshold membership "
@@ -76,7 +78,8 @@ NOTES = {
     "agreement": "At each model's best checkpoint, on the same probe texts, over the words both see.",
     "data_maps": "Dataset cartography over the cell's checkpoints, per training example: confidence "
     "(mean probability of the gold label), variability (its standard deviation); ambiguous: "
-    "variability ≥ 0.2; else easy (confidence ≥ 0.5) or hard to learn. Shares of the examples.",
+    "variability ≥ 0.2; else easy (confidence ≥ 0.5) or hard to learn. Shares of the examples. "
+    "Step 0 is left out; TF-IDF has one fit, so no variability.",
 }
 
 
@@ -115,8 +118,7 @@ def cells_section(plan: Plan, rows: list[dict]) -> list[str]:
     names = {c.id: c.name for c in plan.cells}
     columns = [("name", "model", "{}"), ("dataset", "dataset", "{}"), ("status", "status", "{}"), *COLUMNS]
     columns.append(("link", "run", "{}"))
-    link = lambda r: f"[{r['run']}]({r['run']}/) ([curves]({r['run']}/curves.png))"  # noqa: E731
-    lines = table([r | {"name": names[r["cell"]], "link": link(r)} for r in rows], columns)
+    lines = table([r | {"name": names[r["cell"]], "link": run_link(r)} for r in rows], columns)
     lines += ["", NOTES["cells"], ""]
     failed = [r for r in rows if r["status"] == "failed" or r.get("analysis") == "failed"]
     if failed:
@@ -126,6 +128,14 @@ def cells_section(plan: Plan, rows: list[dict]) -> list[str]:
         ]
         lines.append("")
     return [*lines, "![train and validation curves per dataset](comparison.png)", ""]
+
+
+def run_link(row: dict) -> str | None:
+    """The run directory and its curves, when they exist."""
+    if not row["run"]:
+        return None
+    curves = f" ([curves]({row['curves']}))" if row.get("curves") else ""
+    return f"[{row['run']}]({row['run']}/){curves}"
 
 
 def analysis_section(report: dict) -> list[str]:

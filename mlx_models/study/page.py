@@ -54,6 +54,7 @@ PRETRAINING = [
 ]
 FIT = [
     ("checkpoint", "checkpoint", None),
+    ("method", "method", None),
     ("step", "step", "{}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("val_loss", "val loss", "{:.4f}"),
@@ -66,6 +67,7 @@ FIT = [
 ]
 EXPLANATIONS = [
     ("checkpoint", "checkpoint", None),
+    ("method", "method", None),
     ("step", "step", "{}"),
     ("comprehensiveness", "comprehensiveness", "{:.4f}"),
     ("sufficiency", "sufficiency", "{:.4f}"),
@@ -103,7 +105,7 @@ CELL = ("cell", "cell", None)
 DATASET_TABLES = [  # (title, section, columns, columns of another table of the same rows)
     ("Checkpoints: fit and memorisation", "checkpoints", [CELL, *FIT], EXPLANATIONS),
     ("Checkpoints: explanations", "checkpoints", [CELL, *EXPLANATIONS], None),
-    ("Agreement between attribution methods", "agreement", AGREEMENT, []),
+    ("Agreement of the models' attributions", "agreement", AGREEMENT, []),
     ("Stability", "stability", [CELL, *STABILITY], []),
     ("Data maps", "data_maps", [CELL, *DATA_MAPS], []),
 ]

@@ -19,6 +19,7 @@ Precedence in a cell: profile < overrides < model_overrides < the command line. 
 neither save_every nor save_points saves ANALYSIS_POINTS checkpoints for the analysis to read.
 """
 
+import dataclasses
 import difflib
 import os
 import re
@@ -111,7 +112,6 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
     common = check_keys(entry.get("overrides") or {}, f"{where} overrides", STUDY_SETS)
     per_model = _model_overrides(entry.get("model_overrides") or {}, models, aliases, config_path, where)
     analysis = analysis_settings(entry.get("analysis", {}), f"model_selection.studies.{name}.analysis")
-    points = {"save_points": ANALYSIS_POINTS} if analysis else {}
     cells = []
     for alias in aliases:
         short = resolve_model_alias(alias, config_path)["name"]
@@ -119,11 +119,8 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
             args = ["--model", alias, "--dataset", dataset]
             args += ["--data-dir", data_dir] if data_dir else []
             args += ["--profile", profile] if profile else []
-            keys = common | per_model[alias] | cli
-            if not {"save_every", "save_points"} & keys.keys():
-                keys = points | keys
-            cells.append(Cell(alias, short, dataset, tuple(args + as_args(keys))))
-    _check_cells(name, cells, config_path, analysis)
+            cells.append(Cell(alias, short, dataset, tuple(args + as_args(common | per_model[alias] | cli))))
+    cells = _check_cells(name, cells, config_path, analysis)
     return Plan(name, models, datasets, profile, cells, analysis)
 
 
@@ -257,10 +254,11 @@ def _model_overrides(
 
 def _check_cells(
     study: str, cells: list[Cell], config_path: str | os.PathLike, analysis: dict | None
-) -> None:
+) -> list[Cell]:
     """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data);
-    the analysis's probe fits every dataset's test split."""
-    seen, probed = set(), set()
+    with an analysis, a classifier whose probe fits every dataset's test split, and the cells that
+    set no checkpoint spacing get --save-points ANALYSIS_POINTS."""
+    seen, probed, out = set(), set(), []
     for cell in cells:
         if cell.id in seen:
             raise ConfigError(
@@ -272,9 +270,18 @@ def _check_cells(
             cfg = load_train_config(list(cell.args), config_path)
         except ConfigError as e:
             raise ConfigError(f"study {study}, cell {cell.id}: {e}") from e
+        if analysis and cfg.task != "classify":
+            raise ConfigError(
+                f"study {study}, cell {cell.id}: the analysis explains classifiers, not task {cfg.task}; "
+                f"set analysis: false in the study entry"
+            )
         if analysis and cell.dataset not in probed:
             probed.add(cell.dataset)
             _check_probe(study, cfg, analysis["probe"], config_path)
+        if analysis and cfg.save_every is None and cfg.save_points is None:
+            cell = dataclasses.replace(cell, args=(*cell.args, "--save-points", str(ANALYSIS_POINTS)))
+        out.append(cell)
+    return out
 
 
 def _check_probe(study: str, cfg, probe: int, config_path: str | os.PathLike) -> None:

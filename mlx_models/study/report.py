@@ -16,6 +16,7 @@ from ..io import atomic_write_json, atomic_write_text, read_json
 from ..train.metrics import read_metrics
 from . import figures
 from . import findings as f
+from .analysis import read_probe
 from .markdown import COLUMNS, markdown
 from .page import write_index
 from .plan import Cell, Plan
@@ -37,7 +38,8 @@ def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
     test = next((r for r in reversed(records) if r["split"] == "test"), None)
     val = [r for r in records if r["split"] == "validation"]
     train = {r["step"]: r for r in records if r["split"] == "train"}
-    row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": f"runs/{cell.id}"}
+    run = f"runs/{cell.id}" if run_dir.is_dir() else None
+    row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": run}
     row |= {"status": status_of(run_dir, test, outcome), "reason": (outcome or {}).get("reason")}
     row |= {"command": shlex.join(["python", "train.py", *cell.train_args(run_dir)])} | dict.fromkeys(
         k for k, _, _ in COLUMNS
@@ -111,7 +113,7 @@ def analysis_sections(study_dir: Path, plan: Plan) -> tuple[dict, dict, dict]:
     for cell in plan.cells:
         probe = study_dir / "probes" / f"{cell.dataset}.jsonl"
         found = probe.is_file() and f.read_analysis(
-            study_dir / "analysis" / cell.id, cell.id, cell.dataset, f.read_probe(probe)
+            study_dir / "analysis" / cell.id, cell.id, cell.dataset, read_probe(probe)
         )
         if found:
             analyses[cell.id] = found

@@ -138,7 +138,7 @@ class TrainConfig:
     eval_every: int | None = _f(None, "evaluate every N optimizer steps; none: once per epoch", min=1)
     save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps", min=1)
     save_points: int | None = _f(
-        None, "keep iter-0/ and about N evenly spaced checkpoints iter-<step>/, each evaluated", min=1
+        None, "keep iter-0/ (the start) and N evenly spaced checkpoints iter-<step>/, each evaluated", min=1
     )
     save_minutes: float | None = _f(
         5.0, "also write last/ when this many minutes passed since it was", above=0
