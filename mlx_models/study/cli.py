@@ -35,10 +35,9 @@ from ..io import LOCK, atomic_write_json, take_lock
 from ..registry import config_file
 from ..train.config import parse_command_line
 from ..train.metrics import read_metrics
-from .plan import Cell, Plan, load_plan, model_alias, study_names
+from .plan import STUDY_ROOT, Cell, Plan, load_plan, model_alias, study_names
 from .report import read_state, write_report
 
-STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
 TRAIN = ["-m", "mlx_models", "train"]  # train.py, as the installed package runs it
 OPTIONS = ("--study", "--only", "--datasets")
 
@@ -50,13 +49,13 @@ def main(argv: list[str] | None = None, config_path: str | os.PathLike | None = 
     cells = narrow(plan, opts.only, opts.datasets, config_path)
     study_dir = STUDY_ROOT / plan.name
     env = cell_environment(config_path)
-    failed = []
     with one_at_a_time(study_dir):
         check_same_plan(study_dir, plan)  # the last check: nothing but the lock is written before it
         atomic_write_json(study_dir / "plan.json", plan.describe())
         try:
-            for k, cell in enumerate(cells, 1):
-                if run_cell(study_dir, cell, f"[{k}/{len(cells)}]", env) == "failed":
+            todo, failed = run_pretraining(study_dir, plan, cells, env)
+            for k, cell in enumerate(todo, 1):
+                if run_cell(study_dir, cell, f"[{k}/{len(todo)}]", env) == "failed":
                     failed.append(cell.id)
         finally:
             write_report(study_dir, plan)
@@ -161,7 +160,7 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
     now = plan.describe()
     if before == now:
         return
-    old, new = before.get("cells", {}), now["cells"]
+    old, new = _runs(before), _runs(now)
     if old.keys() != new.keys():
         gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
         what = ", ".join(
@@ -176,6 +175,40 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
         f"study {plan.name} in {study_dir} was run with a different selection: {what}; "
         f"use the same selection and options, choose another study name, or remove {study_dir}"
     )
+
+
+def _runs(described: dict) -> dict[str, list[str]]:
+    """The runs of a plan.json and their arguments: the cells and the pretraining stages."""
+    stages = {f"pretrain/{id_}": args for id_, args in (described.get("pretraining") or {}).items()}
+    return stages | described.get("cells", {})
+
+
+# ---- pretraining stages --------------------------------------------------------------------------
+
+
+def run_pretraining(
+    study_dir: Path, plan: Plan, cells: list[Cell], env: dict
+) -> tuple[list[Cell], list[str]]:
+    """Run the pretraining stages that ``cells`` finetune, each as a cell is run; (the cells to run
+    now, the cells recorded failed because their stage failed)."""
+    stages = plan.stages_of(cells)
+    broken = {}
+    for k, stage in enumerate(stages, 1):
+        if run_cell(study_dir, stage, f"[pretrain {k}/{len(stages)}]", env) == "failed":
+            broken[stage.run] = (read_state(study_dir / "status.json") or {})[stage.key]["reason"]
+    for cell in (c for c in cells if c.pretrained in broken):
+        record_not_run(study_dir, cell, f"pretraining failed ({cell.pretrained}): {broken[cell.pretrained]}")
+    return [c for c in cells if c.pretrained not in broken], [c.id for c in cells if c.pretrained in broken]
+
+
+def record_not_run(study_dir: Path, cell: Cell, reason: str) -> None:
+    """A cell that could not start: failed, with why, in status.json; a re-run tries it again."""
+    status = read_state(study_dir / "status.json") or {}
+    before = status.get(cell.key, {})
+    status[cell.key] = {"status": "failed", "reason": reason, "exit_code": None, "wall_s": 0.0}
+    status[cell.key] |= {"max_rss_gb": 0.0, "attempts": before.get("attempts", 0), "command": None}
+    atomic_write_json(study_dir / "status.json", status)
+    print(f"{cell.key}: failed: {reason}", file=sys.stderr)
 
 
 # ---- one cell ------------------------------------------------------------------------------------
@@ -193,31 +226,31 @@ def cell_state(run_dir: Path) -> str:
 
 def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
     """Run (or skip, resume, restart) one cell; record its outcome in status.json."""
-    run_dir = study_dir / "runs" / cell.id
+    run_dir = study_dir / cell.run
     state = cell_state(run_dir)
     if state == "finished":
-        print(f"{progress} {cell.id}: finished earlier, skipped", file=sys.stderr)
+        print(f"{progress} {cell.key}: finished earlier, skipped", file=sys.stderr)
         return "finished"
     status = read_state(study_dir / "status.json") or {}
-    before = status.get(cell.id, {}) if state == "resumable" else {}
+    before = status.get(cell.key, {}) if state == "resumable" else {}
     if state == "restart":
         print(
-            f"{progress} {cell.id}: stopped before its first checkpoint; starting it again", file=sys.stderr
+            f"{progress} {cell.key}: stopped before its first checkpoint; starting it again", file=sys.stderr
         )
         shutil.rmtree(run_dir)
     args = ["--resume", str(run_dir)] if state == "resumable" else cell.train_args(run_dir)
     command = shlex.join(["python", "train.py", *args])
     verb = "resuming" if state == "resumable" else "training"
-    print(f"{progress} {cell.id}: {verb}: {command}", file=sys.stderr)
+    print(f"{progress} {cell.key}: {verb}: {command}", file=sys.stderr)
     outcome = run_child([sys.executable, *TRAIN, *args], env)
-    status[cell.id] = outcome | {
+    status[cell.key] = outcome | {
         "command": command,
         "attempts": before.get("attempts", 0) + 1,
         "wall_s": round(before.get("wall_s", 0.0) + outcome["wall_s"], 1),
         "max_rss_gb": max(before.get("max_rss_gb", 0.0), outcome["max_rss_gb"]),
     }
     atomic_write_json(study_dir / "status.json", status)
-    print(f"{progress} {cell.id}: {outcome['status']}" + _reason(outcome), file=sys.stderr)
+    print(f"{progress} {cell.key}: {outcome['status']}" + _reason(outcome), file=sys.stderr)
     if outcome["status"] == "interrupted":  # the study stops as the cell did
         raise stop_for(signal.SIGTERM if outcome["exit_code"] in STOPPED[signal.SIGTERM] else signal.SIGINT)
     return outcome["status"]

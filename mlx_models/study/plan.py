@@ -11,26 +11,33 @@ arguments of each.
           profile: overfit
           overrides: {max_samples: 200}         # training keys for every cell
           model_overrides: {smollm2-135m: {quantize: 4}}
+          pretrain: {roberta-mini: {max_length: 64, max_tokens: 6000000}}   # see pretrain.py
 
 A model named in the selection is an alias of `models:`, the hub id in an alias's `source`
 (meta-llama/Llama-2-7b-hf -> llama-2-7b), a name in `aliases:`, or a local model directory.
 Precedence in a cell: profile < overrides < model_overrides < the command line.
+
+A model under `pretrain:` is first pretrained from scratch with masked-LM on each dataset's
+training split, a stage of its own (`pretrain/<model>-<dataset>`: only the keys given there, no
+profile, overrides or command line); its cells finetune that stage's best/ checkpoint.
 """
 
 import difflib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..registry import config_file, dataset_registry, read_config_yaml
-from ..train.config import CLI_ONLY, check_keys, load_train_config, resolve_model_alias
+from ..train.config import CLI_ONLY, TrainConfig, check_keys, load_train_config, resolve_model_alias
+from . import pretrain
 
 # Training keys a study sets itself, per cell: never in overrides or on the study's command line.
 STUDY_SETS = CLI_ONLY | {"model", "dataset", "data_dir", "profile"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,22 @@ class Cell:
     name: str  # the model's short name, for the run directory
     dataset: str
     args: tuple[str, ...]  # train.py arguments, all but --out
+    folder: str = "runs"  # runs/ for a finetuning cell, pretrain/ for a pretraining stage
+    pretrained: str | None = None  # the stage (pretrain/<id>) whose best/ checkpoint the cell finetunes
 
     @property
     def id(self) -> str:
         return f"{self.name}-{self.dataset}"
+
+    @property
+    def run(self) -> str:
+        """The run directory, relative to the study's."""
+        return f"{self.folder}/{self.id}"
+
+    @property
+    def key(self) -> str:
+        """Its name in status.json and in the study's messages: <id> for a cell, pretrain/<id> for a stage."""
+        return self.id if self.folder == "runs" else self.run
 
     def train_args(self, out: Path) -> list[str]:
         """The cell's whole train.py command line, run directory included."""
@@ -58,16 +77,25 @@ class Plan:
     datasets: list[str]
     profile: str | None
     cells: list[Cell]
+    stages: list[Cell] = field(default_factory=list)  # pretraining, before the cells
 
     def describe(self) -> dict:
         """What identifies the study on disk (plan.json): a re-run must match it."""
-        return {
+        described = {
             "study": self.name,
             "models": self.models,
             "datasets": self.datasets,
             "profile": self.profile,
             "cells": {cell.id: list(cell.args) for cell in self.cells},
         }
+        if self.stages:  # only then: plan.json of a study without pretraining stays as it was
+            described["pretraining"] = {stage.id: list(stage.args) for stage in self.stages}
+        return described
+
+    def stages_of(self, cells: list[Cell]) -> list[Cell]:
+        """The pretraining stages that ``cells`` finetune, in the plan's order."""
+        wanted = {cell.pretrained for cell in cells}
+        return [stage for stage in self.stages if stage.run in wanted]
 
 
 def study_names(config_path: str | os.PathLike | None = None) -> list[str]:
@@ -100,17 +128,42 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
             f"(narrow the study with --only MODEL and --datasets NAME)"
         )
     common = check_keys(entry.get("overrides") or {}, f"{where} overrides", STUDY_SETS)
-    per_model = _model_overrides(entry.get("model_overrides") or {}, models, aliases, config_path, where)
-    cells = []
+    per_model = _per_model(entry, "model_overrides", models, aliases, config_path, where)
+    pretraining = _per_model(entry, "pretrain", models, aliases, config_path, where)
+    cells, stages = [], []
     for alias in aliases:
-        short = resolve_model_alias(alias, config_path)["name"]
-        for dataset, data_dir in data:
-            args = ["--model", alias, "--dataset", dataset]
-            args += ["--data-dir", data_dir] if data_dir else []
-            args += ["--profile", profile] if profile else []
-            cells.append(Cell(alias, short, dataset, tuple(args + as_args(common | per_model[alias] | cli))))
-    _check_cells(name, cells, config_path)
-    return Plan(name, models, datasets, profile, cells)
+        keys = common | per_model.get(alias, {}) | cli
+        more, before = _model_runs(name, alias, data, profile, keys, pretraining.get(alias), config_path)
+        cells, stages = cells + more, stages + before
+    finetune = _check_cells(name, cells, config_path)
+    _check_stages(name, stages, finetune, config_path)
+    return Plan(name, models, datasets, profile, cells, stages)
+
+
+def _model_runs(
+    study: str,
+    alias: str,
+    data: list[tuple[str, str | None]],
+    profile: str | None,
+    keys: dict,
+    pretraining: dict | None,
+    config_path: str | os.PathLike,
+) -> tuple[list[Cell], list[Cell]]:
+    """A model's cell on every dataset, and the pretraining stage before each when it has ``pretraining``
+    keys: its cell then finetunes the stage's best/ checkpoint."""
+    short = resolve_model_alias(alias, config_path)["name"]
+    cells, stages = [], []
+    for dataset, data_dir in data:
+        data_args = ["--dataset", dataset] + (["--data-dir", data_dir] if data_dir else [])
+        model, stage = alias, None
+        if pretraining is not None:
+            args = pretrain.stage_args(alias, data_args, as_args(pretraining))
+            stage = Cell(alias, short, dataset, tuple(args), folder="pretrain")
+            model = str(STUDY_ROOT / study / stage.run / "best")  # what the stage leaves
+            stages.append(stage)
+        args = ["--model", model, *data_args] + (["--profile", profile] if profile else []) + as_args(keys)
+        cells.append(Cell(alias, short, dataset, tuple(args), pretrained=stage and stage.run))
+    return cells, stages
 
 
 def model_alias(name: str, config_path: str | os.PathLike, where: str) -> str:
@@ -203,26 +256,32 @@ def _dataset(name: str, config_path: str | os.PathLike, where: str) -> tuple[str
     )
 
 
-def _model_overrides(
-    section: Any, models: list[str], aliases: list[str], config_path: str | os.PathLike, where: str
+def _per_model(
+    entry: dict, what: str, models: list[str], aliases: list[str], config_path: str | os.PathLike, where: str
 ) -> dict[str, dict]:
+    """model_overrides: or pretrain: -> {alias: checked training keys} for the models it names."""
+    section = entry.get(what) or {}
     if not isinstance(section, dict):
-        raise ConfigError(f"model_overrides in {where} must map model names to training keys")
-    out = {alias: {} for alias in aliases}
+        raise ConfigError(f"{what} in {where} must map model names to training keys")
+    out = {}
     for name, values in section.items():
-        alias = model_alias(str(name), config_path, f"{where} model_overrides")
-        if alias not in out:
+        alias = model_alias(str(name), config_path, f"{where} {what}")
+        if alias not in aliases:
             raise ConfigError(
-                f"model_overrides in {where} names {name!r}, which the study does not select "
-                f"({', '.join(models)})"
+                f"{what} in {where} names {name!r}, which the study does not select ({', '.join(models)})"
             )
-        out[alias] = check_keys(values or {}, f"{where} model_overrides.{name}", STUDY_SETS)
+        if what == "pretrain":
+            out[alias] = pretrain.checked_keys(alias, values, f"{where} pretrain.{name}", config_path)
+        else:
+            out[alias] = check_keys(values or {}, f"{where} {what}.{name}", STUDY_SETS)
     return out
 
 
-def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) -> None:
-    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data)."""
-    seen = set()
+def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) -> dict[str, TrainConfig]:
+    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data); a
+    cell that finetunes a pretraining stage is checked with its model's alias (the stage's best/
+    does not exist yet)."""
+    seen, configs = set(), {}
     for cell in cells:
         if cell.id in seen:
             raise ConfigError(
@@ -230,7 +289,26 @@ def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) 
                 f"with the same name); rename one"
             )
         seen.add(cell.id)
+        args = list(cell.args)
+        if cell.pretrained:
+            args[args.index("--model") + 1] = cell.model
         try:
-            load_train_config(list(cell.args), config_path)
+            configs[cell.id] = load_train_config(args, config_path)
         except ConfigError as e:
             raise ConfigError(f"study {study}, cell {cell.id}: {e}") from e
+    return configs
+
+
+def _check_stages(
+    study: str, stages: list[Cell], finetune: dict[str, TrainConfig], config_path: str | os.PathLike
+) -> None:
+    """Each pretraining stage's config, and its model: one masked-LM can pretrain, with positions
+    for the stage's and its cells' max_length."""
+    for stage in stages:
+        try:
+            cfg = load_train_config(list(stage.args), config_path)
+            config = pretrain.architecture(cfg.model, cfg.model_config, config_path)
+            lengths = {"pretraining": cfg.max_length, "finetuning": finetune[stage.id].max_length}
+            pretrain.check_positions(cfg.model, config, lengths)
+        except ConfigError as e:
+            raise ConfigError(f"study {study}, pretraining {stage.run}: {e}") from e

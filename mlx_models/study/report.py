@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..train.metrics import read_metrics
+from . import pretrain
 from .plan import Cell, Plan
 
 COLUMNS = [  # (report.json key, report.md header, format)
@@ -48,6 +49,7 @@ def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
     val = [r for r in records if r["split"] == "validation"]
     train = {r["step"]: r for r in records if r["split"] == "train"}
     row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": f"runs/{cell.id}"}
+    row |= {"pretrained_by_study": cell.pretrained}  # the stage (pretrain/<id>) it finetunes, if any
     row |= {"status": status_of(run_dir, test, outcome), "reason": (outcome or {}).get("reason")}
     row |= {"command": shlex.join(["python", "train.py", *cell.train_args(run_dir)])} | dict.fromkeys(
         k for k, _, _ in COLUMNS
@@ -89,14 +91,23 @@ def status_of(run_dir: Path, test: dict | None, outcome: dict | None) -> str:
 def write_report(study_dir: Path, plan: Plan) -> None:
     status = read_state(study_dir / "status.json") or {}
     rows = [cell_summary(study_dir, cell, status.get(cell.id)) for cell in plan.cells]
-    atomic_write_json(study_dir / "report.json", {"plan": plan.describe(), "cells": rows})
-    atomic_write_text(study_dir / "report.md", markdown(plan, rows))
+    stages = [stage_summary(study_dir, stage, status.get(stage.key)) for stage in plan.stages]
+    report = {"plan": plan.describe(), "cells": rows} | ({"pretraining": stages} if stages else {})
+    atomic_write_json(study_dir / "report.json", report)
+    atomic_write_text(study_dir / "report.md", markdown(plan, rows, stages))
     buf = io.BytesIO()
     comparison_figure(study_dir, plan).savefig(buf, format="png", dpi=90)
     atomic_write_bytes(study_dir / "comparison.png", buf.getvalue())
 
 
-def markdown(plan: Plan, rows: list[dict]) -> str:
+def stage_summary(study_dir: Path, stage: Cell, outcome: dict | None) -> dict:
+    """A pretraining stage's row (pretrain.summary), with its status as a cell's."""
+    run_dir = study_dir / stage.run
+    test = next((r for r in reversed(read_metrics(run_dir)) if r["split"] == "test"), None)
+    return pretrain.summary(run_dir, stage, status_of(run_dir, test, outcome), outcome)
+
+
+def markdown(plan: Plan, rows: list[dict], stages: list[dict] = ()) -> str:
     cells = {c.id: c for c in plan.cells}
     lines = [
         f"# Study `{plan.name}`",
@@ -111,7 +122,8 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
     for row in rows:
         values = [_fmt(row[key], fmt) for key, _, fmt in COLUMNS]
         link = f"[{row['run']}]({row['run']}/) ([curves]({row['run']}/curves.png))"
-        first = [cells[row["cell"]].name, row["dataset"], row["status"]]
+        name = cells[row["cell"]].name + (" (pretrained by this study)" if row["pretrained_by_study"] else "")
+        first = [name, row["dataset"], row["status"]]
         lines.append("| " + " | ".join([*first, *values, link]) + " |")
     lines += [
         "",
@@ -122,6 +134,7 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         "the highest peak_gb in metrics.jsonl; max RSS: the cell process's peak resident memory; "
         "wall: the cell's train.py processes, as the study saw them end.",
     ]
+    lines += pretrain.markdown_section(stages)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed cells", ""] + [f"- `{r['cell']}`: {r['reason']}" for r in failed]
