@@ -189,19 +189,22 @@ def _runs(described: dict) -> dict[str, list[str]]:
 def run_pretraining(
     study_dir: Path, plan: Plan, cells: list[Cell], env: dict
 ) -> tuple[list[Cell], list[str]]:
-    """Run the pretraining stages that ``cells`` finetune, each as a cell is run; (the cells to run
-    now, the cells recorded failed because their stage failed)."""
-    stages = plan.stages_of(cells)
-    broken = {}
+    """Run the pretraining stages that ``cells`` finetune, each as a cell is run (a phase after the
+    one before it); a run whose stage failed is recorded failed instead of run. Returns (the cells
+    to run now, the cells recorded failed)."""
+    stages, broken = plan.stages_of(cells), {}  # run -> why what goes on from it cannot run
     for k, stage in enumerate(stages, 1):
-        if run_cell(study_dir, stage, f"[pretrain {k}/{len(stages)}]", env) == "failed":
-            broken[stage.run] = (read_state(study_dir / "status.json") or {})[stage.key]["reason"]
+        if stage.pretrained in broken:
+            broken[stage.run] = record_not_run(study_dir, stage, broken[stage.pretrained])
+        elif run_cell(study_dir, stage, f"[pretrain {k}/{len(stages)}]", env) == "failed":
+            reason = (read_state(study_dir / "status.json") or {})[stage.key]["reason"]
+            broken[stage.run] = f"pretraining failed ({stage.key}): {reason}"
     for cell in (c for c in cells if c.pretrained in broken):
-        record_not_run(study_dir, cell, f"pretraining failed ({cell.pretrained}): {broken[cell.pretrained]}")
+        record_not_run(study_dir, cell, broken[cell.pretrained])
     return [c for c in cells if c.pretrained not in broken], [c.id for c in cells if c.pretrained in broken]
 
 
-def record_not_run(study_dir: Path, cell: Cell, reason: str) -> None:
+def record_not_run(study_dir: Path, cell: Cell, reason: str) -> str:
     """A cell that could not start: failed, with why, in status.json; a re-run tries it again."""
     status = read_state(study_dir / "status.json") or {}
     before = status.get(cell.key, {})
@@ -209,6 +212,7 @@ def record_not_run(study_dir: Path, cell: Cell, reason: str) -> None:
     status[cell.key] |= {"max_rss_gb": 0.0, "attempts": before.get("attempts", 0), "command": None}
     atomic_write_json(study_dir / "status.json", status)
     print(f"{cell.key}: failed: {reason}", file=sys.stderr)
+    return reason
 
 
 # ---- one cell ------------------------------------------------------------------------------------

@@ -44,16 +44,17 @@ STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as 
 class Cell:
     """One model on one dataset: a train.py run of its own."""
 
-    model: str  # what train.py --model gets: an alias or a local model path
+    model: str  # the selection's model as train.py --model takes it: an alias or a local model path
     name: str  # the model's short name, for the run directory
     dataset: str
     args: tuple[str, ...]  # train.py arguments, all but --out
     folder: str = "runs"  # runs/ for a finetuning cell, pretrain/ for a pretraining stage
-    pretrained: str | None = None  # the stage (pretrain/<id>) whose best/ checkpoint the cell finetunes
+    pretrained: str | None = None  # the stage (pretrain/<id>) whose best/ checkpoint this run goes on from
+    phase: int = 0  # a pretraining stage of several phases: its number (1, 2, ...)
 
     @property
     def id(self) -> str:
-        return f"{self.name}-{self.dataset}"
+        return f"{self.name}-{self.dataset}" + (f"-phase{self.phase}" if self.phase else "")
 
     @property
     def run(self) -> str:
@@ -93,8 +94,11 @@ class Plan:
         return described
 
     def stages_of(self, cells: list[Cell]) -> list[Cell]:
-        """The pretraining stages that ``cells`` finetune, in the plan's order."""
+        """The pretraining stages that ``cells`` finetune (all their phases), in the plan's order."""
         wanted = {cell.pretrained for cell in cells}
+        for stage in reversed(self.stages):  # a phase goes on from the one before it
+            if stage.run in wanted:
+                wanted.add(stage.pretrained)
         return [stage for stage in self.stages if stage.run in wanted]
 
 
@@ -133,7 +137,7 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
     cells, stages = [], []
     for alias in aliases:
         keys = common | per_model.get(alias, {}) | cli
-        more, before = _model_runs(name, alias, data, profile, keys, pretraining.get(alias), config_path)
+        more, before = _model_runs(name, alias, data, profile, keys, pretraining.get(alias, []), config_path)
         cells, stages = cells + more, stages + before
     finetune = _check_cells(name, cells, config_path)
     _check_stages(name, stages, finetune, config_path)
@@ -146,23 +150,25 @@ def _model_runs(
     data: list[tuple[str, str | None]],
     profile: str | None,
     keys: dict,
-    pretraining: dict | None,
+    phases: list[dict],
     config_path: str | os.PathLike,
 ) -> tuple[list[Cell], list[Cell]]:
-    """A model's cell on every dataset, and the pretraining stage before each when it has ``pretraining``
-    keys: its cell then finetunes the stage's best/ checkpoint."""
+    """A model's cell on every dataset, after its pretraining stage there when it has ``phases``
+    (the training keys of each): the first from scratch, each next one from the best/ checkpoint of
+    the one before, the cell from the last one's."""
     short = resolve_model_alias(alias, config_path)["name"]
     cells, stages = [], []
     for dataset, data_dir in data:
         data_args = ["--dataset", dataset] + (["--data-dir", data_dir] if data_dir else [])
-        model, stage = alias, None
-        if pretraining is not None:
-            args = pretrain.stage_args(alias, data_args, as_args(pretraining))
-            stage = Cell(alias, short, dataset, tuple(args), folder="pretrain")
-            model = str(STUDY_ROOT / study / stage.run / "best")  # what the stage leaves
-            stages.append(stage)
+        model, before = alias, None
+        for k, keys_k in enumerate(phases, 1):
+            args = pretrain.stage_args(model, data_args, as_args(keys_k), first=before is None)
+            phase = k if len(phases) > 1 else 0
+            before = Cell(alias, short, dataset, tuple(args), "pretrain", before and before.run, phase)
+            model = str(STUDY_ROOT / study / before.run / "best")  # what the stage leaves
+            stages.append(before)
         args = ["--model", model, *data_args] + (["--profile", profile] if profile else []) + as_args(keys)
-        cells.append(Cell(alias, short, dataset, tuple(args), pretrained=stage and stage.run))
+        cells.append(Cell(alias, short, dataset, tuple(args), pretrained=before and before.run))
     return cells, stages
 
 
@@ -271,13 +277,15 @@ def _per_model(
                 f"{what} in {where} names {name!r}, which the study does not select ({', '.join(models)})"
             )
         if what == "pretrain":
-            out[alias] = pretrain.checked_keys(alias, values, f"{where} pretrain.{name}", config_path)
+            out[alias] = pretrain.checked_phases(alias, values, f"{where} pretrain.{name}", config_path)
         else:
             out[alias] = check_keys(values or {}, f"{where} {what}.{name}", STUDY_SETS)
     return out
 
 
-def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) -> dict[str, TrainConfig]:
+def _check_cells(
+    study: str, cells: list[Cell], config_path: str | os.PathLike
+) -> dict[tuple[str, str], TrainConfig]:
     """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data); a
     cell that finetunes a pretraining stage is checked with its model's alias (the stage's best/
     does not exist yet)."""
@@ -289,26 +297,39 @@ def _check_cells(study: str, cells: list[Cell], config_path: str | os.PathLike) 
                 f"with the same name); rename one"
             )
         seen.add(cell.id)
-        args = list(cell.args)
-        if cell.pretrained:
-            args[args.index("--model") + 1] = cell.model
         try:
-            configs[cell.id] = load_train_config(args, config_path)
+            configs[cell.model, cell.dataset] = load_train_config(_checked_args(cell), config_path)
         except ConfigError as e:
             raise ConfigError(f"study {study}, cell {cell.id}: {e}") from e
     return configs
 
 
 def _check_stages(
-    study: str, stages: list[Cell], finetune: dict[str, TrainConfig], config_path: str | os.PathLike
+    study: str,
+    stages: list[Cell],
+    finetune: dict[tuple[str, str], TrainConfig],
+    config_path: str | os.PathLike,
 ) -> None:
     """Each pretraining stage's config, and its model: one masked-LM can pretrain, with positions
     for the stage's and its cells' max_length."""
     for stage in stages:
         try:
-            cfg = load_train_config(list(stage.args), config_path)
-            config = pretrain.architecture(cfg.model, cfg.model_config, config_path)
-            lengths = {"pretraining": cfg.max_length, "finetuning": finetune[stage.id].max_length}
+            cfg = load_train_config(_checked_args(stage), config_path)
+            if not stage.pretrained:  # the first phase: the architecture of every phase
+                config = pretrain.architecture(cfg.model, cfg.model_config, config_path)
+            lengths = {
+                "pretraining": cfg.max_length,
+                "finetuning": finetune[stage.model, stage.dataset].max_length,
+            }
             pretrain.check_positions(cfg.model, config, lengths)
         except ConfigError as e:
             raise ConfigError(f"study {study}, pretraining {stage.run}: {e}") from e
+
+
+def _checked_args(run: Cell) -> list[str]:
+    """The arguments to check a run's config with: a run that goes on from a pretraining stage is
+    checked with its model's alias (the stage's best/ does not exist yet)."""
+    args = list(run.args)
+    if run.pretrained:
+        args[args.index("--model") + 1] = run.model
+    return args

@@ -32,14 +32,31 @@ from ..train.metrics import read_metrics
 STAGE_SETS = CLI_ONLY | {"model", "dataset", "data_dir", "profile", "task", "from_scratch"}
 
 
-def stage_args(alias: str, data_args: list[str], keys: list[str]) -> list[str]:
-    """The stage's train.py arguments, all but --out."""
-    return ["--model", alias, "--from-scratch", "--task", "mlm", *data_args, *keys]
+def stage_args(model: str, data_args: list[str], keys: list[str], first: bool) -> list[str]:
+    """A stage's train.py arguments, all but --out: the first phase from scratch, a next one going
+    on from ``model`` (the best/ of the phase before)."""
+    start = ["--from-scratch"] if first else []
+    return ["--model", model, *start, "--task", "mlm", *data_args, *keys]
 
 
-def checked_keys(alias: str, values, where: str, config_path: str | os.PathLike) -> dict:
-    """A model's entry under pretrain: -> its checked training keys; the model must be one that
-    masked-LM can pretrain."""
+def checked_phases(alias: str, value, where: str, config_path: str | os.PathLike) -> list[dict]:
+    """A model's entry under pretrain: (training keys, or a list of them: phases run one after the
+    other) -> the checked keys of each phase; the model must be one masked-LM can pretrain."""
+    phases = value if isinstance(value, list) else [value]
+    if not phases:
+        raise ConfigError(f"{where} lists no phase; give training keys (max_tokens at least)")
+    checked = [
+        _checked_keys(alias, keys, f"{where}[{k}]" if len(phases) > 1 else where)
+        for k, keys in enumerate(phases)
+    ]
+    try:
+        architecture(alias, checked[0].get("model_config"), config_path)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    return checked
+
+
+def _checked_keys(alias: str, values, where: str) -> dict:
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{where} must map training keys to values, got {values!r}")
     given = {str(k).strip().lstrip("-").replace("-", "_") for k in values or {}}
@@ -51,10 +68,6 @@ def checked_keys(alias: str, values, where: str, config_path: str | os.PathLike)
     keys = check_keys(values or {}, where)
     if not keys.get("max_tokens"):
         raise ConfigError(f"{where} needs a token budget: set max_tokens (the tokens to pretrain on)")
-    try:
-        architecture(alias, keys.get("model_config"), config_path)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from e
     return keys
 
 
@@ -89,20 +102,42 @@ def check_positions(model: str, config: dict, lengths: dict[str, int]) -> None:
 
 
 def summary(run_dir: Path, stage, status: str, outcome: dict | None) -> dict:
-    """The report's row of a stage: what was pretrained, on how many tokens, how well."""
+    """A stage's (one phase's) numbers: tokens trained, how well, how it ended."""
     records = read_metrics(run_dir)
     val = [r for r in records if r["split"] == "validation"]
-    test = next((r for r in reversed(records) if r["split"] == "test"), None)
+    test = next((r for r in reversed(records) if r["split"] == "test"), None) or {}
     best = min(val, key=lambda r: r["loss"]) if val else {}  # the first minimum: best/
-    config, state = _read(run_dir / "best" / "config.json"), _read(run_dir / "last" / "trainer_state.json")
-    train_cfg = _read(run_dir / "config.json")
     row = {"model": stage.model, "dataset": stage.dataset, "run": stage.run, "status": status}
-    row |= {"reason": (outcome or {}).get("reason"), "parameters": parameters(run_dir / "best")}
-    row |= {"tokens": state.get("tokens"), "max_length": train_cfg.get("max_length")}
+    row |= {"reason": (outcome or {}).get("reason"), "wall_s": (outcome or {}).get("wall_s")}
+    row |= {"tokens": _read(run_dir / "last" / "trainer_state.json").get("tokens")}
+    row |= {"max_length": _read(run_dir / "config.json").get("max_length")}
     row |= {"mlm_val_loss": best.get("loss"), "mlm_val_accuracy": best.get("accuracy")}
-    row |= {"mlm_test_loss": (test or {}).get("loss"), "mlm_test_accuracy": (test or {}).get("accuracy")}
-    row |= {"wall_s": (outcome or {}).get("wall_s"), "description": describe(row, config)}
-    return row
+    return row | {"mlm_test_loss": test.get("loss"), "mlm_test_accuracy": test.get("accuracy")}
+
+
+def report_rows(study_dir: Path, phases: list[dict]) -> list[dict]:
+    """report.json's pretraining rows: one per model and dataset, its phases' rows (``summary``,
+    in order) under "phases", the last phase's checkpoint (the one its cells finetune) described."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in phases:
+        groups.setdefault((row["model"], row["dataset"]), []).append(row)
+    rows = []
+    for group in groups.values():
+        last = group[-1]
+        first_unfinished = next((r for r in group if r["status"] != "finished"), last)
+        tokens = [r["tokens"] for r in group]
+        row = {k: last[k] for k in ("model", "dataset", "run")}
+        row |= {"status": first_unfinished["status"], "reason": first_unfinished["reason"]}
+        row |= {"parameters": parameters(study_dir / last["run"] / "best")}
+        row |= {"tokens": None if None in tokens else sum(tokens), "max_length": last["max_length"]}
+        row |= {
+            k: last[k] for k in ("mlm_val_loss", "mlm_val_accuracy", "mlm_test_loss", "mlm_test_accuracy")
+        }
+        row |= {"wall_s": sum(r["wall_s"] or 0.0 for r in group), "phases": group}
+        rows.append(
+            row | {"description": describe(row, _read(study_dir / last["run"] / "best" / "config.json"))}
+        )
+    return rows
 
 
 def parameters(checkpoint: Path) -> int | None:
@@ -122,11 +157,16 @@ def describe(row: dict, config: dict) -> str | None:
     model_type = config.get("model_type", "?")
     # The family's name as its file's docstring opens ("RoBERTa (HF ``model_type: roberta``) ...").
     name = (MODULES[model_type].__doc__ or model_type).split()[0] if model_type in MODULES else model_type
+    tokens = f"{row['tokens'] / 1e6:.1f} M tokens"
+    if len(row["phases"]) == 1:
+        tokens += f" of {row['max_length']}-token blocks"
+    else:
+        blocks = [f"{p['tokens'] / 1e6:.1f} M of {p['max_length']}-token blocks" for p in row["phases"]]
+        tokens += f" ({', then '.join(blocks)})"
     return (
-        f"a {config.get('num_hidden_layers')}-layer, {config.get('hidden_size')}-hidden "
-        f"{name} ({row['parameters'] / 1e6:.1f} M parameters) pretrained "
-        f"from scratch by this study with masked-LM on {row['dataset']}'s training split: "
-        f"{row['tokens'] / 1e6:.1f} M tokens of {row['max_length']}-token blocks; not {model_type}-base"
+        f"a {config.get('num_hidden_layers')}-layer, {config.get('hidden_size')}-hidden {name} "
+        f"({row['parameters'] / 1e6:.1f} M parameters) pretrained from scratch by this study with "
+        f"masked-LM on {row['dataset']}'s training split: {tokens}; not {model_type}-base"
     )
 
 
@@ -137,20 +177,17 @@ def markdown_section(rows: list[dict]) -> list[str]:
     lines = ["", "## Pretrained by this study", ""]
     for row in rows:
         what = row["description"] or f"{row['model']} pretrained from scratch by this study (not trained yet)"
-        score = ""
         if row["mlm_val_loss"] is not None:
-            score = f"; masked-LM validation loss {row['mlm_val_loss']:.4f}"
-            score += (
-                f" ({row['mlm_val_accuracy']:.1%} of masked tokens right)" if row["mlm_val_accuracy"] else ""
-            )
+            what += f"; masked-LM validation loss {row['mlm_val_loss']:.4f}"
+            what += f" ({row['mlm_val_accuracy']:.1%} of the masked tokens right)"
+        runs = ", ".join(f"[{p['run']}]({p['run']}/)" for p in row["phases"])
         status = row["status"] + (f": {row['reason']}" if row["reason"] else "")
-        lines.append(
-            f"- `{row['model']}` on {row['dataset']}: {what}{score}. {status}; [{row['run']}]({row['run']}/)"
-        )
+        lines.append(f"- `{row['model']}` on {row['dataset']}: {what}. {status}; {runs}")
     lines += [
         "",
-        "Its cells finetune the stage's best checkpoint (lowest validation loss). The corpus is the "
-        "dataset's training split: the validation and test texts the cells are scored on are held out.",
+        "Its cells finetune the best checkpoint (lowest validation loss) of the last phase. The "
+        "corpus is the dataset's training split: the validation and test texts the cells are scored "
+        "on never enter pretraining.",
     ]
     return lines
 

@@ -91,7 +91,8 @@ def status_of(run_dir: Path, test: dict | None, outcome: dict | None) -> str:
 def write_report(study_dir: Path, plan: Plan) -> None:
     status = read_state(study_dir / "status.json") or {}
     rows = [cell_summary(study_dir, cell, status.get(cell.id)) for cell in plan.cells]
-    stages = [stage_summary(study_dir, stage, status.get(stage.key)) for stage in plan.stages]
+    phases = [stage_summary(study_dir, stage, status.get(stage.key)) for stage in plan.stages]
+    stages = pretrain.report_rows(study_dir, phases)
     report = {"plan": plan.describe(), "cells": rows} | ({"pretraining": stages} if stages else {})
     atomic_write_json(study_dir / "report.json", report)
     atomic_write_text(study_dir / "report.md", markdown(plan, rows, stages))
