@@ -13,6 +13,10 @@ writes its report and stops (130/143). train.py options given here apply to ever
 plan of the study (cells and their arguments) is kept in plan.json: a re-run must match it. Exit
 code 0 when every cell run finished, 1 when one failed (the report is still written), 2 for bad
 input (nothing written).
+
+A model the study pretrains (`pretrain:`, study/pretrain.py) has its pretraining stages run
+first, each as a cell is (`results/study/NAME/pretrain/...`, in plan.json and status.json too);
+its cells finetune the last stage's best/ checkpoint, and fail without running when a stage failed.
 """
 
 import argparse
@@ -91,8 +95,10 @@ def parse_args(argv: list[str], config_path: str | os.PathLike) -> tuple[argpars
     parser = ArgumentParser(
         prog="python -m mlx_models.study",
         description="Train every model x dataset of a study in config.yaml (model_selection.studies) "
-        "and write results/study/NAME/report.md, report.json and comparison.png.",
-        epilog="Any other option is a train.py option (python train.py --help) applied to every cell. "
+        "and write results/study/NAME/report.md, report.json and comparison.png. A model under the "
+        "study's pretrain: is first pretrained from scratch (masked-LM) on each dataset's training split.",
+        epilog="Any other option is a train.py option (python train.py --help) applied to every cell "
+        "(not to the pretraining, which takes only its own keys). "
         f"Studies in {config_path}: {', '.join(study_names(config_path)) or 'none yet'}.",
     )
     parser.add_argument("name", nargs="?", help="the study (or --study NAME)")

@@ -18,8 +18,8 @@ A model named in the selection is an alias of `models:`, the hub id in an alias'
 Precedence in a cell: profile < overrides < model_overrides < the command line.
 
 A model under `pretrain:` is first pretrained from scratch with masked-LM on each dataset's
-training split, a stage of its own (`pretrain/<model>-<dataset>`: only the keys given there, no
-profile, overrides or command line); its cells finetune that stage's best/ checkpoint.
+training split, in stages of their own (`pretrain/<model>-<dataset>[-phase<k>]`: only the keys
+given there, no profile, overrides or command line); its cells finetune the last stage's best/.
 """
 
 import difflib

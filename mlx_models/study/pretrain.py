@@ -4,17 +4,19 @@ dataset's training split before its cells finetune it, and what the report says 
     model_selection.studies.NAME:
       models: [minilm-l6, roberta-mini, ...]
       pretrain:
-        roberta-mini: {max_length: 64, max_tokens: 6000000, batch_size: 128, learning_rate: 2.0e-3}
+        roberta-mini: {max_length: 64, max_tokens: 6000000, batch_size: 128}     # one phase, or
+        roberta-mini: [{max_length: 32, max_tokens: ...}, {max_length: 64, ...}]  # phases in turn
 
-For every dataset D the stage is `python train.py --model roberta-mini --from-scratch --task mlm
---dataset D [--data-dir DIR] <the keys> --out results/study/NAME/pretrain/roberta-mini-D`, run,
-skipped, resumed or recorded as failed as a cell is; the model's cell on D then finetunes
-`results/study/NAME/pretrain/roberta-mini-D/best`. The architecture is the alias's `config:` in
-config.yaml (or a local directory's config.json), the tokenizer a byte-level BPE trained on D's
-training split, and masked-LM trains on that split alone: task mlm holds out the same validation
-and test texts as task classify (train/data.py), so the texts the finetuned cells are scored on
-never enter pretraining. The keys are the stage's own (no profile, overrides or command line of
-the study); max_tokens, the token budget, is required.
+For every dataset D a phase is `python train.py --model roberta-mini --from-scratch --task mlm
+--dataset D [--data-dir DIR] <its keys> --out results/study/NAME/pretrain/roberta-mini-D` (with
+several phases, `...-D-phase<k>`, each next one `--model <the one before>/best` instead of
+`--from-scratch`), run, skipped, resumed or recorded as failed as a cell is; the model's cell on D
+then finetunes the last phase's best/. The architecture is the alias's `config:` in config.yaml
+(or a local directory's config.json), the tokenizer a byte-level BPE trained on D's training split
+(kept by every later phase), and masked-LM trains on that split alone: task mlm holds out the same
+validation and test texts as task classify (train/data.py), so the texts the finetuned cells are
+scored on never enter pretraining. The keys are the phase's own (no profile, overrides or command
+line of the study); max_tokens, its token budget, is required.
 """
 
 import json
