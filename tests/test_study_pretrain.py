@@ -59,7 +59,7 @@ def project(tmp_path_factory):
     few = write_splits(root / "few", few)
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     config["models"] |= {"tiny-roberta": {"config": TINY_ROBERTA}, "tiny-llama": {"config": TINY_LLAMA}}
-    one = {"models": ["tiny-roberta"], "datasets": [str(sent)], "overrides": FINETUNE}
+    one = {"models": ["tiny-roberta"], "datasets": [str(sent)], "overrides": FINETUNE, "analysis": False}
     one["pretrain"] = {"tiny-roberta": PRETRAIN}
     config["model_selection"]["studies"] = {
         "pre": one | {"models": ["tiny-roberta", "bag-of-words-tfidf"]},

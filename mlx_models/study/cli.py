@@ -37,12 +37,14 @@ from ..cli import ArgumentParser, Terminated, stop_for
 from ..errors import ConfigError
 from ..io import LOCK, atomic_write_json, take_lock
 from ..registry import config_file
+from ..train import run_dir as rd
 from ..train.config import parse_command_line
 from ..train.metrics import read_metrics
 from .plan import STUDY_ROOT, Cell, Plan, load_plan, model_alias, study_names
 from .report import read_state, write_report
 
 TRAIN = ["-m", "mlx_models", "train"]  # train.py, as the installed package runs it
+ANALYSE = ["-m", "mlx_models.study.analysis"]
 OPTIONS = ("--study", "--only", "--datasets")
 
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None, config_path: str | os.PathLike | None = 
             for k, cell in enumerate(todo, 1):
                 if run_cell(study_dir, cell, f"[{k}/{len(todo)}]", env) == "failed":
                     failed.append(cell.id)
+            for k, cell in enumerate(cells if plan.analysis else [], 1):
+                if analyse_cell(study_dir, cell, plan.analysis, f"[{k}/{len(cells)}]", env) == "failed":
+                    failed.append(f"{cell.id} (analysis)")
         finally:
             write_report(study_dir, plan)
     print(
@@ -327,3 +332,45 @@ def failure_reason(code: int, stderr_tail: str) -> str:
         hint = " (the system's out-of-memory killer?)" if code == -signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {code}" + (f": {lines[-1]}" if lines else "")
+
+
+# ---- a cell's analysis ---------------------------------------------------------------------------
+
+
+def analyse_cell(study_dir: Path, cell: Cell, settings: dict, progress: str, env: dict) -> str:
+    """Analyse every checkpoint of a trained cell (study/analysis.py, a child process); record the
+    outcome in status.json under the cell's "analysis"."""
+    run_dir, out = study_dir / "runs" / cell.id, study_dir / "analysis" / cell.id
+    if cell_state(run_dir) != "finished":
+        return "not run"
+    if analysed(run_dir, out):
+        print(f"{progress} {cell.id}: analysed earlier, skipped", file=sys.stderr)
+        return "finished"
+    command = [
+        *ANALYSE,
+        str(run_dir),
+        str(out),
+        "--probe-file",
+        str(study_dir / "probes" / f"{cell.dataset}.jsonl"),
+    ]
+    for key in ("probe", "members", "steps", "random_draws"):
+        command += [f"--{key.replace('_', '-')}", str(settings[key])]
+    command += ["--methods", ",".join(settings["methods"])]
+    print(f"{progress} {cell.id}: analysing its checkpoints", file=sys.stderr)
+    outcome = run_child([sys.executable, *command], env)
+    status = read_state(study_dir / "status.json") or {}
+    before = status.get(cell.id, {}).get("analysis") or {}
+    wall = round(before.get("wall_s", 0.0) + outcome["wall_s"], 1)
+    keep = {k: outcome[k] for k in ("status", "reason", "exit_code", "max_rss_gb")}
+    status.setdefault(cell.id, {})["analysis"] = keep | {"wall_s": wall}
+    atomic_write_json(study_dir / "status.json", status)
+    print(f"{progress} {cell.id}: analysis {outcome['status']}" + _reason(outcome), file=sys.stderr)
+    if outcome["status"] == "interrupted":
+        raise stop_for(signal.SIGTERM if outcome["exit_code"] in STOPPED[signal.SIGTERM] else signal.SIGINT)
+    return outcome["status"]
+
+
+def analysed(run_dir: Path, out: Path) -> bool:
+    """Every checkpoint of the run has its analysis file, and the cell's page is written."""
+    names = [p.name for p in rd.checkpoints(run_dir)]
+    return (out / "index.html").is_file() and all((out / f"{n}.json").is_file() for n in names)

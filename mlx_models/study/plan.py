@@ -11,11 +11,13 @@ arguments of each.
           profile: overfit
           overrides: {max_samples: 200}         # training keys for every cell
           model_overrides: {smollm2-135m: {quantize: 4}}
+          analysis: {methods: [ig], probe: 100, members: 500, steps: 20}   # or false: none
           pretrain: {roberta-mini: {max_length: 64, max_tokens: 6000000}}   # see pretrain.py
 
 A model named in the selection is an alias of `models:`, the hub id in an alias's `source`
 (meta-llama/Llama-2-7b-hf -> llama-2-7b), a name in `aliases:`, or a local model directory.
-Precedence in a cell: profile < overrides < model_overrides < the command line.
+Precedence in a cell: profile < overrides < model_overrides < the command line. A cell that sets
+neither save_every nor save_points saves ANALYSIS_POINTS checkpoints for the analysis to read.
 
 A model under `pretrain:` is first pretrained from scratch with masked-LM on each dataset's
 training split, in stages of their own (`pretrain/<model>-<dataset>[-phase<k>]`: only the keys
@@ -29,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MLXModelsError
+from ..explain.runner import METHODS
 from ..registry import config_file, dataset_registry, read_config_yaml
 from ..train.config import CLI_ONLY, TrainConfig, check_keys, load_train_config, resolve_model_alias
 from . import pretrain
@@ -38,6 +41,10 @@ from . import pretrain
 STUDY_SETS = CLI_ONLY | {"model", "dataset", "data_dir", "profile"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
+# The analysis of every checkpoint (study/analysis.py): its settings and their defaults.
+ANALYSIS = {"methods": ["ig"], "probe": 100, "members": 500, "steps": 20, "random_draws": 3}
+ANALYSIS_MIN = {"probe": 1, "members": 1, "steps": 2, "random_draws": 1}
+ANALYSIS_POINTS = 5
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class Plan:
     datasets: list[str]
     profile: str | None
     cells: list[Cell]
+    analysis: dict | None = None  # ANALYSIS's keys; None: the study analyses nothing
     stages: list[Cell] = field(default_factory=list)  # pretraining, before the cells
 
     def describe(self) -> dict:
@@ -88,6 +96,7 @@ class Plan:
             "datasets": self.datasets,
             "profile": self.profile,
             "cells": {cell.id: list(cell.args) for cell in self.cells},
+            "analysis": self.analysis,
         }
         if self.stages:  # only then: plan.json of a study without pretraining stays as it was
             described["pretraining"] = {stage.id: list(stage.args) for stage in self.stages}
@@ -134,14 +143,18 @@ def load_plan(name: str, cli: dict, config_path: str | os.PathLike | None = None
     common = check_keys(entry.get("overrides") or {}, f"{where} overrides", STUDY_SETS)
     per_model = _per_model(entry, "model_overrides", models, aliases, config_path, where)
     pretraining = _per_model(entry, "pretrain", models, aliases, config_path, where)
+    analysis = analysis_settings(entry.get("analysis", {}), f"model_selection.studies.{name}.analysis")
+    points = {"save_points": ANALYSIS_POINTS} if analysis else {}
     cells, stages = [], []
     for alias in aliases:
         keys = common | per_model.get(alias, {}) | cli
+        if not {"save_every", "save_points"} & keys.keys():
+            keys = points | keys
         more, before = _model_runs(name, alias, data, profile, keys, pretraining.get(alias, []), config_path)
         cells, stages = cells + more, stages + before
-    finetune = _check_cells(name, cells, config_path)
+    finetune = _check_cells(name, cells, config_path, analysis)
     _check_stages(name, stages, finetune, config_path)
-    return Plan(name, models, datasets, profile, cells, stages)
+    return Plan(name, models, datasets, profile, cells, analysis, stages)
 
 
 def _model_runs(
@@ -170,6 +183,27 @@ def _model_runs(
         args = ["--model", model, *data_args] + (["--profile", profile] if profile else []) + as_args(keys)
         cells.append(Cell(alias, short, dataset, tuple(args), pretrained=before and before.run))
     return cells, stages
+
+
+def analysis_settings(value: Any, where: str) -> dict | None:
+    """A study entry's ``analysis:`` (a mapping of ANALYSIS's keys, or false) with the defaults."""
+    if value is False:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must map {', '.join(ANALYSIS)} to values, or be false")
+    if unknown := sorted(set(value) - set(ANALYSIS)):
+        raise ConfigError(f"unknown key {unknown[0]!r} in {where}; known: {', '.join(ANALYSIS)}")
+    out = ANALYSIS | value
+    methods = [out["methods"]] if isinstance(out["methods"], str) else out["methods"]
+    if not methods or not isinstance(methods, list) or not set(methods) <= set(METHODS) - {"linear"}:
+        raise ConfigError(
+            f"{where}.methods must list methods of {', '.join(m for m in METHODS if m != 'linear')}; "
+            f"got {out['methods']!r}"
+        )
+    for key, low in ANALYSIS_MIN.items():
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise ConfigError(f"{where}.{key} must be an integer of at least {low}, got {out[key]!r}")
+    return out | {"methods": methods}
 
 
 def model_alias(name: str, config_path: str | os.PathLike, where: str) -> str:
@@ -284,12 +318,12 @@ def _per_model(
 
 
 def _check_cells(
-    study: str, cells: list[Cell], config_path: str | os.PathLike
+    study: str, cells: list[Cell], config_path: str | os.PathLike, analysis: dict | None
 ) -> dict[tuple[str, str], TrainConfig]:
-    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data); a
-    cell that finetunes a pretraining stage is checked with its model's alias (the stage's best/
-    does not exist yet)."""
-    seen, configs = set(), {}
+    """Each cell's config resolved as train.py resolves it (unknown keys, bounds, profile, data);
+    the analysis's probe fits every dataset's test split. A cell that finetunes a pretraining
+    stage is checked with its model's alias (the stage's best/ does not exist yet)."""
+    seen, probed, configs = set(), set(), {}
     for cell in cells:
         if cell.id in seen:
             raise ConfigError(
@@ -298,9 +332,12 @@ def _check_cells(
             )
         seen.add(cell.id)
         try:
-            configs[cell.model, cell.dataset] = load_train_config(_checked_args(cell), config_path)
+            cfg = configs[cell.model, cell.dataset] = load_train_config(_checked_args(cell), config_path)
         except ConfigError as e:
             raise ConfigError(f"study {study}, cell {cell.id}: {e}") from e
+        if analysis and cell.dataset not in probed:
+            probed.add(cell.dataset)
+            _check_probe(study, cfg, analysis["probe"], config_path)
     return configs
 
 
@@ -333,3 +370,19 @@ def _checked_args(run: Cell) -> list[str]:
     if run.pretrained:
         args[args.index("--model") + 1] = run.model
     return args
+
+
+def _check_probe(study: str, cfg, probe: int, config_path: str | os.PathLike) -> None:
+    """The probe texts come from the test split: it must hold as many. Data that cannot be read
+    here (a hub dataset offline) is left to its cells, which fail with the reason."""
+    from ..train.data import load_splits
+
+    try:
+        size = len(load_splits(cfg, config_path).test)
+    except MLXModelsError:
+        return
+    if probe > size:
+        raise ConfigError(
+            f"study {study}: analysis.probe is {probe} but {cfg.dataset}'s test split has {size} texts; "
+            f"lower analysis.probe to at most {size}"
+        )

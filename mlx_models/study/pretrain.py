@@ -176,7 +176,7 @@ def markdown_section(rows: list[dict]) -> list[str]:
     """report.md's lines on the pretraining stages (none without stages)."""
     if not rows:
         return []
-    lines = ["", "## Pretrained by this study", ""]
+    lines = ["## Pretrained by this study", ""]
     for row in rows:
         what = row["description"] or f"{row['model']} pretrained from scratch by this study (not trained yet)"
         if row["mlm_val_loss"] is not None:
@@ -190,6 +190,7 @@ def markdown_section(rows: list[dict]) -> list[str]:
         "Its cells finetune the best checkpoint (lowest validation loss) of the last phase. The "
         "corpus is the dataset's training split: the validation and test texts the cells are scored "
         "on never enter pretraining.",
+        "",
     ]
     return lines
 

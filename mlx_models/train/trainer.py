@@ -72,6 +72,7 @@ class Run:
     optimizer: optim.Optimizer
     total_steps: int
     eval_every: int
+    save_every: int | None
     masking: Masking | None
     accum: int  # micro-batches per optimizer step, on each rank
     world: World
@@ -127,11 +128,20 @@ def setup(cfg: TrainConfig) -> Run:
     steps, per_epoch = total_steps(cfg, len(data["train"][0]), cfg.batch_size * accum * w.size)
     optimizer = make_optimizer(cfg, steps)
     optimizer.init(model.trainable_parameters())
-    eval_every, masking = cfg.eval_every or per_epoch, masking_for(cfg, tokenizer)
+    eval_every, save_every = spacing(cfg, steps, per_epoch)
     return Run(
-        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, masking,
-        accum, w,
+        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, save_every,
+        masking_for(cfg, tokenizer), accum, w,
     )  # fmt: skip
+
+
+def spacing(cfg: TrainConfig, steps: int, per_epoch: int) -> tuple[int, int | None]:
+    """(evaluate every, save iter-<step>/ every) in optimizer steps: --save-points N spreads N
+    checkpoints evenly over the run, each evaluated; else --eval-every (once per epoch) and --save-every."""
+    if cfg.save_points is None:
+        return cfg.eval_every or per_epoch, cfg.save_every
+    every = max(1, -(-steps // cfg.save_points))
+    return cfg.eval_every or every, every
 
 
 def data_digest(split) -> str:
@@ -250,6 +260,8 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
         disable=not run.world.main,
     )  # fmt: skip
     running, tokens, tic = [], 0, time.perf_counter()
+    if run.cfg.save_points and state.step == 0:  # the starting point of the spaced checkpoints
+        run.save("iter-0", state)
     with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
@@ -401,7 +413,7 @@ def record_evaluation(
 
 def save_periodic(run: Run, state: rd.TrainState, final: bool) -> None:
     """iter-<step>/ every save_every steps; last/ then, at the end, and every save_minutes."""
-    periodic = bool(run.cfg.save_every) and state.step % run.cfg.save_every == 0
+    periodic = bool(run.save_every) and state.step % run.save_every == 0
     minutes = run.cfg.save_minutes
     timed = minutes is not None and time.monotonic() - run.saved_at >= 60 * minutes
     if periodic:
