@@ -2,6 +2,7 @@
 
 import math
 
+from . import pretrain
 from .plan import Plan
 
 COLUMNS = [  # (report.json key, report.md header, format)
@@ -106,6 +107,7 @@ def markdown(plan: Plan, report: dict) -> str:
         "(commands below). Browse it all in [index.html](index.html).",
         "",
         *cells_section(plan, report["cells"]),
+        *pretrain.markdown_section(report.get("pretraining", [])),
         *analysis_section(report),
         "## Cells",
         "",
@@ -115,7 +117,7 @@ def markdown(plan: Plan, report: dict) -> str:
 
 
 def cells_section(plan: Plan, rows: list[dict]) -> list[str]:
-    names = {c.id: c.name for c in plan.cells}
+    names = {c.id: c.name + (" (pretrained by this study)" if c.pretrained else "") for c in plan.cells}
     columns = [("name", "model", "{}"), ("dataset", "dataset", "{}"), ("status", "status", "{}"), *COLUMNS]
     columns.append(("link", "run", "{}"))
     lines = table([r | {"name": names[r["cell"]], "link": run_link(r)} for r in rows], columns)

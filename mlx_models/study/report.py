@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..train.metrics import read_metrics
-from . import figures
+from . import figures, pretrain
 from . import findings as f
 from .analysis import read_probe
 from .markdown import COLUMNS, markdown
@@ -40,6 +40,7 @@ def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
     train = {r["step"]: r for r in records if r["split"] == "train"}
     run = f"runs/{cell.id}" if run_dir.is_dir() else None
     row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": run}
+    row |= {"pretrained_by_study": cell.pretrained}  # the stage (pretrain/<id>) it finetunes, if any
     row |= {"status": status_of(run_dir, test, outcome), "reason": (outcome or {}).get("reason")}
     row |= {"command": shlex.join(["python", "train.py", *cell.train_args(run_dir)])} | dict.fromkeys(
         k for k, _, _ in COLUMNS
@@ -85,12 +86,23 @@ def write_report(study_dir: Path, plan: Plan) -> None:
     sections, analyses, points = analysis_sections(study_dir, plan)
     for row in rows:
         row |= analysis_status(study_dir, row["cell"], status.get(row["cell"]), row["cell"] in analyses)
-    report = {"plan": plan.describe(), "cells": rows} | sections
+    report = {"plan": plan.describe(), "cells": rows} | sections | pretraining(study_dir, plan, status)
     report["figures"] = write_figures(study_dir, plan, report, points)
     report = json.loads(json.dumps(report))  # plain JSON values: what every reader of report.json sees
     atomic_write_json(study_dir / "report.json", report)
     atomic_write_text(study_dir / "report.md", markdown(plan, report))
     write_index(study_dir, report)
+
+
+def pretraining(study_dir: Path, plan: Plan, status: dict) -> dict:
+    """report.json's "pretraining" (study/pretrain.py), when the study pretrains a model."""
+    phases = []
+    for stage in plan.stages:
+        run_dir = study_dir / stage.run
+        test = next((r for r in reversed(read_metrics(run_dir)) if r["split"] == "test"), None)
+        outcome = status.get(stage.key)
+        phases.append(pretrain.summary(run_dir, stage, status_of(run_dir, test, outcome), outcome))
+    return {"pretraining": pretrain.report_rows(study_dir, phases)} if phases else {}
 
 
 def analysis_status(study_dir: Path, cell: str, outcome: dict | None, found: bool) -> dict:
