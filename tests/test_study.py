@@ -75,6 +75,18 @@ def project(tiny, tmp_path_factory):
     return root
 
 
+def step_reached(state: Path, step: int):
+    """For test_faults.wait_for: true once trainer_state.json ``state`` records ``step``."""
+
+    def reached():
+        try:
+            return json.loads(state.read_text())["step"] >= step or None
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    return reached
+
+
 def run_study(project: Path, argv: list[str], capsys) -> tuple[int, str]:
     """The study CLI in-process, in the project directory; (exit code, stderr)."""
     with pytest.MonkeyPatch.context() as mp:
@@ -195,14 +207,8 @@ def test_stopped_study_resumes_the_cell_to_the_same_metrics(grid, project, capsy
             start_new_session=True,  # its own process group: a SIGKILL reaches the cell too
         )
 
-    def checkpoint_at_8():
-        try:
-            return json.loads(state.read_text())["step"] >= 8 or None
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     try:
-        wait_for(proc, checkpoint_at_8)
+        wait_for(proc, step_reached(state, 8))
         if name == "killed":
             os.killpg(proc.pid, signal.SIGKILL)
         else:  # the study passes it on: the cell saves last/ and stops, the study reports and stops

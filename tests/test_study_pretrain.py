@@ -14,7 +14,7 @@ import mlx.core as mx
 import pytest
 import yaml
 from test_faults import wait_for
-from test_study import run_study, snapshot
+from test_study import run_study, snapshot, step_reached
 
 from mlx_models.batching import encode
 from mlx_models.cli import run_cli
@@ -208,14 +208,8 @@ def test_killed_stage_resumes_to_the_same_metrics(pre, project, capsys):
             cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
-    def checkpoint_at_8():
-        try:
-            return json.loads(state.read_text())["step"] >= 8 or None
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     try:
-        wait_for(proc, checkpoint_at_8)
+        wait_for(proc, step_reached(state, 8))
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
