@@ -2,64 +2,20 @@
 
 import math
 
+from . import columns as cols
 from . import pretrain
+from .columns import columns
+from .findings import STABLE
 from .plan import Plan
 
-COLUMNS = [  # (report.json key, report.md header, format)
-    ("test_accuracy", "test acc", "{:.4f}"),
-    ("test_f1", "test F1", "{:.4f}"),
-    ("best_val_loss", "best val loss", "{:.4f}"),
-    ("best_step", "best step", "{}"),
-    ("last_val_loss", "last val loss", "{:.4f}"),
-    ("gap_best", "gap at best", "{:+.4f}"),
-    ("gap_last", "gap at last", "{:+.4f}"),
-    ("tokens_per_s", "tokens/s", "{:.0f}"),
-    ("peak_gb", "MLX peak GB", "{:.2f}"),
-    ("max_rss_gb", "max RSS GB", "{:.2f}"),
-    ("wall_s", "wall", "{:.0f} s"),
-]
-CHECKPOINT_COLUMNS = [
-    ("cell", "cell", "{}"),
-    ("checkpoint", "checkpoint", "{}"),
-    ("method", "method", "{}"),
-    ("step", "step", "{}"),
-    ("val_loss", "val loss", "{:.3f}"),
-    ("gap", "gap", "{:+.3f}"),
-    ("probe_accuracy", "probe acc", "{:.3f}"),
-    ("comprehensiveness", "comp. ↑", "{:.3f}"),
-    ("random_comprehensiveness", "random comp.", "{:.3f}"),
-    ("sufficiency", "suff. ↓", "{:.3f}"),
-    ("random_sufficiency", "random suff.", "{:.3f}"),
-    ("drift_previous", "ρ vs previous", "{:.3f}"),
-    ("drift_last", "ρ vs last", "{:.3f}"),
-    ("non_predictive_share", "non-predictive mass", "{:.3f}"),
-    ("membership_auc", "membership AUC", "{:.3f}"),
-    ("ece", "ECE", "{:.3f}"),
-]
-AGREEMENT_COLUMNS = [
-    ("a", "model a", "{}"),
-    ("b", "model b", "{}"),
-    ("method", "methods", "{}"),
-    ("spearman", "Spearman ρ", "{:.3f}"),
-    ("kendall", "Kendall τ", "{:.3f}"),
-    ("top_k_overlap", "top-5 overlap", "{:.3f}"),
-    ("texts", "texts", "{}"),
-]
-STABILITY_COLUMNS = [
-    ("cell", "cell", "{}"),
-    ("stable_step", "attributions stable from step", "{}"),
-    ("best_val_step", "lowest validation loss at step", "{}"),
-]
-DATA_MAP_COLUMNS = [
-    ("cell", "cell", "{}"),
-    ("examples", "examples", "{}"),
-    ("checkpoints", "checkpoints", "{}"),
-    ("easy", "easy", "{:.2f}"),
-    ("ambiguous", "ambiguous", "{:.2f}"),
-    ("hard", "hard", "{:.2f}"),
-    ("mean_confidence", "mean confidence", "{:.3f}"),
-    ("mean_variability", "mean variability", "{:.3f}"),
-]
+# report.md's tables, as report.json keys (headers and formats: columns.py)
+COLUMNS = columns(["test_accuracy", "test_f1", "best_val_loss", "best_step", "last_val_loss", "gap_best"])
+COLUMNS += columns(["gap_last", "tokens_per_s", "peak_gb", "max_rss_gb", "wall_s"])
+CHECKPOINT_COLUMNS = columns(["cell", "checkpoint", "method", "step", "val_loss", "gap", "probe_accuracy"])
+CHECKPOINT_COLUMNS += columns([*cols.EXPLANATIONS[3:], "membership_auc", "ece"])  # comprehensiveness on
+AGREEMENT_COLUMNS = columns(["a", "b", "method", "spearman", "kendall", "top_k_overlap", "texts"])
+STABILITY_COLUMNS = columns(cols.STABILITY)
+DATA_MAP_COLUMNS = columns(cols.DATA_MAPS)
 NOTES = {
     "cells": "*gap* = validation loss − train loss at the same evaluation (train loss on a fixed train "
     "subset as large as validation, scored like it): the overfitting measure. *best* = the evaluation "
@@ -77,6 +33,9 @@ NOTES = {
     "inference, training examples against as many held-out ones (0.5 = chance). ECE: expected "
     "calibration error on the held-out examples (15 bins).",
     "agreement": "At each model's best checkpoint, on the same probe texts, over the words both see.",
+    "stability": "The first saved step from which every later checkpoint's attributions keep Spearman "
+    f"ρ ≥ {STABLE} with last's (the checkpoint saved with last does not count); –: none before the end, "
+    "or a single fit (TF-IDF).",
     "data_maps": "Dataset cartography over the cell's checkpoints, per training example: confidence "
     "(mean probability of the gold label), variability (its standard deviation); ambiguous: "
     "variability ≥ 0.2; else easy (confidence ≥ 0.5) or hard to learn. Shares of the examples. "
@@ -84,16 +43,16 @@ NOTES = {
 }
 
 
-def fmt(value, spec: str) -> str:
+def fmt(value, spec: str | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return spec.format(value)
+    return (spec or "{}").format(value)
 
 
-def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
+def table(rows: list[dict], columns: list[tuple[str, str, str | None]]) -> list[str]:
     """A markdown table; numbers right-aligned."""
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
-    lines.append("|" + "".join("---|" if f == "{}" and k != "step" else "---:|" for k, _, f in columns))
+    lines.append("|" + "".join("---|" if f is None else "---:|" for k, _, f in columns))
     lines += ["| " + " | ".join(fmt(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
     return lines
 
@@ -118,8 +77,7 @@ def markdown(plan: Plan, report: dict) -> str:
 
 def cells_section(plan: Plan, rows: list[dict]) -> list[str]:
     names = {c.id: c.name + (" (pretrained by this study)" if c.pretrained else "") for c in plan.cells}
-    columns = [("name", "model", "{}"), ("dataset", "dataset", "{}"), ("status", "status", "{}"), *COLUMNS]
-    columns.append(("link", "run", "{}"))
+    columns = [("name", "model", None), *cols.columns(["dataset", "status"]), *COLUMNS, ("link", "run", None)]
     lines = table([r | {"name": names[r["cell"]], "link": run_link(r)} for r in rows], columns)
     lines += ["", NOTES["cells"], ""]
     failed = [r for r in rows if r["status"] == "failed" or r.get("analysis") == "failed"]
@@ -170,7 +128,8 @@ def analysis_section(report: dict) -> list[str]:
             *table(agree, AGREEMENT_COLUMNS),
             "",
         ]
-    lines += ["## When attributions stabilise", "", *table(report["stability"], STABILITY_COLUMNS), ""]
+    lines += ["## When attributions stabilise", "", NOTES["stability"], ""]
+    lines += [*table(report["stability"], STABILITY_COLUMNS), ""]
     lines += ["## Data maps", "", NOTES["data_maps"], "", *table(report["data_maps"], DATA_MAP_COLUMNS), ""]
     lines += [f"![data map of {r['cell']}]({r['figure']})" for r in report["data_maps"]]
     return [*lines, ""]

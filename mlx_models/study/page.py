@@ -15,99 +15,23 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..io import atomic_write_text
+from . import columns as cols
+from .columns import columns
 
 INDEX_FILE = "index.html"
 TABLES = ("pretraining", "cells", "checkpoints", "data_maps", "agreement", "stability")
 
-# (report.json key, header, format); format None: text
-CELLS = [
-    ("status", "status", None),
-    ("reason", "why", None),
-    ("test_accuracy", "test acc", "{:.4f}"),
-    ("test_f1", "test F1", "{:.4f}"),
-    ("test_loss", "test loss", "{:.4f}"),
-    ("best_val_loss", "best val loss", "{:.4f}"),
-    ("best_step", "best step", "{}"),
-    ("last_val_loss", "last val loss", "{:.4f}"),
-    ("gap_best", "gap at best", "{:+.4f}"),
-    ("gap_last", "gap at last", "{:+.4f}"),
-    ("accuracy_gap_best", "acc gap at best", "{:+.4f}"),
-    ("accuracy_gap_last", "acc gap at last", "{:+.4f}"),
-    ("analysis", "analysis", None),
-    ("analysis_reason", "analysis: why", None),
-]
-RESOURCES = [
-    ("tokens_per_s", "tokens/s", "{:.0f}"),
-    ("peak_gb", "MLX peak GB", "{:.2f}"),
-    ("max_rss_gb", "max RSS GB", "{:.2f}"),
-    ("wall_s", "wall s", "{:.0f}"),
-    ("attempts", "attempts", "{}"),
-]
-PRETRAINING = [
-    ("model", "model", None),
-    ("dataset", "dataset", None),
-    ("status", "status", None),
-    ("parameters", "parameters", "{:,}"),
-    ("tokens", "tokens", "{:,}"),
-    ("max_length", "max length", "{}"),
-    ("mlm_val_loss", "MLM val loss", "{:.4f}"),
-]
-FIT = [
-    ("checkpoint", "checkpoint", None),
-    ("method", "method", None),
-    ("step", "step", "{}"),
-    ("train_loss", "train loss", "{:.4f}"),
-    ("val_loss", "val loss", "{:.4f}"),
-    ("gap", "gap", "{:+.4f}"),
-    ("probe_accuracy", "probe acc", "{:.4f}"),
-    ("ece", "ECE", "{:.4f}"),
-    ("member_loss", "member loss", "{:.4f}"),
-    ("heldout_loss", "held-out loss", "{:.4f}"),
-    ("membership_auc", "membership AUC", "{:.3f}"),
-]
-EXPLANATIONS = [
-    ("checkpoint", "checkpoint", None),
-    ("method", "method", None),
-    ("step", "step", "{}"),
-    ("comprehensiveness", "comprehensiveness", "{:.4f}"),
-    ("sufficiency", "sufficiency", "{:.4f}"),
-    ("random_comprehensiveness", "random comprehensiveness", "{:.4f}"),
-    ("random_sufficiency", "random sufficiency", "{:.4f}"),
-    ("drift_previous", "drift from previous", "{:.4f}"),
-    ("drift_last", "drift from last", "{:.4f}"),
-    ("non_predictive_share", "non-predictive share", "{:.3f}"),
-]
-AGREEMENT = [
-    ("a", "a", None),
-    ("b", "b", None),
-    ("method", "method", None),
-    ("spearman", "Spearman", "{:.3f}"),
-    ("kendall", "Kendall", "{:.3f}"),
-    ("top_k_overlap", "top-k overlap", "{:.3f}"),
-    ("k", "k", "{}"),
-    ("texts", "texts", "{}"),
-]
-STABILITY = [
-    ("stable_step", "stable from step", "{}"),
-    ("best_val_step", "best val step", "{}"),
-    ("threshold", "threshold", "{:.3f}"),
-]
-DATA_MAPS = [
-    ("examples", "examples", "{}"),
-    ("checkpoints", "checkpoints", "{}"),
-    ("easy", "easy", "{}"),
-    ("ambiguous", "ambiguous", "{}"),
-    ("hard", "hard", "{}"),
-    ("mean_confidence", "mean confidence", "{:.3f}"),
-    ("mean_variability", "mean variability", "{:.3f}"),
-]
-CELL = ("cell", "cell", None)
+CELL = columns(["cell"])
+CELLS = columns(["status", "reason", *cols.CELL_FIT, "analysis", "analysis_reason"])
+RESOURCES = columns(cols.RESOURCES)
+PRETRAINING = columns(cols.PRETRAINING)
+EXPLANATIONS = columns(cols.EXPLANATIONS)
 DATASET_TABLES = [  # (title, section, columns, columns of another table of the same rows)
-    ("Checkpoints: fit and memorisation", "checkpoints", [CELL, *FIT], EXPLANATIONS),
-    ("Checkpoints: explanations", "checkpoints", [CELL, *EXPLANATIONS], None),
-    ("Agreement of the models' attributions", "agreement", AGREEMENT, []),
-    ("Stability", "stability", [CELL, *STABILITY], []),
-    ("Data maps", "data_maps", [CELL, *DATA_MAPS], []),
+    ("Checkpoints: fit and memorisation", "checkpoints", CELL + columns(cols.FIT), EXPLANATIONS),
+    ("Checkpoints: explanations", "checkpoints", CELL + EXPLANATIONS, None),
+    ("Agreement of the models' attributions", "agreement", columns(cols.AGREEMENT), []),
+    ("Stability", "stability", columns(cols.STABILITY), []),
+    ("Data maps", "data_maps", columns(cols.DATA_MAPS), []),
 ]
 FIGURES = {"curves": "train and validation curves", "drift": "attribution drift"}
 FIGURES |= {"membership": "membership inference"}
@@ -182,7 +106,7 @@ def _pretraining(rows: list[dict]) -> str:
 
 def _cells(rows: list[dict]) -> str:
     indexed = list(enumerate(rows))
-    cell = [CELL, ("dataset", "dataset", None)]
+    cell = columns(["cell", "dataset"])
     return "\n".join(
         [
             '<h2 id="cells">Cells</h2>',
@@ -202,9 +126,9 @@ def _dataset(report: dict, n: int, dataset) -> str:
     parts = [f'<h2 id="dataset-{n}">Dataset <code>{_e(_show(dataset, None))}</code></h2>']
     for key in dict.fromkeys([*FIGURES, *figures]):
         parts.append(_figure(figures.get(key), f"{dataset}: {FIGURES.get(key, key)}"))
-    for title, section, columns, elsewhere in DATASET_TABLES:
+    for title, section, shown, elsewhere in DATASET_TABLES:
         rows = [(i, r) for i, r in enumerate(report.get(section) or []) if r.get("dataset") == dataset]
-        parts += [f"<h3>{_e(title)}</h3>", _table(section, rows, columns, elsewhere=elsewhere)]
+        parts += [f"<h3>{_e(title)}</h3>", _table(section, rows, shown, elsewhere=elsewhere)]
     parts += [_figure(r.get("figure"), f"data map of {r.get('cell')}") for _, r in maps]
     return "\n".join(parts)
 
