@@ -6,6 +6,7 @@ resolves, every number it shows is report.json's; and the checks catch a page th
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
@@ -208,3 +209,15 @@ def test_console_errors_and_dead_fragments_are_caught(tmp_path):
         "console error: bad",
         "link to nothing: #nowhere (None)",
     ]
+
+
+def test_committed_embedded_study_page_is_whole():
+    """docs/study/ (the embedded study as the README quotes it): its index.html loads clean, every
+    image renders, every link resolves (each cell's attribution page loads clean too) and every
+    number it shows is its report.json's."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "study"
+    report = json.loads((docs / "report.json").read_text())
+    check = assert_page_matches(docs / INDEX_FILE, report)
+    pages = [link.path for link in check.links if link.path and link.path.name == INDEX_FILE]
+    assert len(pages) == len(report["cells"]) == 4
+    assert len(check.values) > 300 and sum(width > 0 for _, width in check.images) == 8

@@ -133,7 +133,7 @@ def data_map_figure(points: dict, cell: str):
     ax.hlines(EASY, 0, AMBIGUOUS, color="gray", lw=1, ls="--")
     share = {r: np.mean(points["region"] == r) for r in ("easy", "ambiguous", "hard")}
     ax.set(
-        title=f"{cell}: data map ({', '.join(f'{r} {v:.0%}' for r, v in share.items())})",
+        title=f"{cell}: data map\n{', '.join(f'{r} {v:.0%}' for r, v in share.items())}",
         xlabel="variability (std of the gold probability)",
         ylabel="confidence (mean gold probability)",
         xlim=(0, max(0.5, float(np.max(points["variability"], initial=0)))),
