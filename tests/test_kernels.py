@@ -251,6 +251,22 @@ def test_dequantized_matmul_never_holds_the_whole_dequantized_weight():
         assert mx.get_peak_memory() - base <= 48 * 2**20 + 16 * 8192 * 4 + 2**20
 
 
+def test_dequantized_matmul_of_an_empty_weight_is_zeros():
+    """A weight with no rows or no columns: the products are empty sums, zeros (the block plan
+    divided by the weight's row or column size: the process died of SIGFPE)."""
+    no_rows = mx.quantize(mx.zeros((0, 128)), 64, 4)
+    no_cols = (mx.zeros((5, 0), mx.uint32), mx.zeros((5, 0), mx.float16), mx.zeros((5, 0), mx.float16))
+    cases = [
+        (mx.ones((3, 0)), no_rows, False, (3, 128)),
+        (mx.ones((3, 128)), no_rows, True, (3, 0)),
+        (mx.ones((3, 0)), no_cols, True, (3, 5)),
+        (mx.ones((3, 5)), no_cols, False, (3, 0)),
+    ]
+    for x, (q, s, b), transpose, shape in cases:
+        out = np.array(native.dequantized_matmul(x, q, s, b, 64, 4, transpose))
+        np.testing.assert_array_equal(out, np.zeros(shape, np.float32))
+
+
 def test_dequantized_matmul_inside_compile_and_refusals():
     q, s, b = quantized(96, 128, 64, 4)
     x = mx.random.normal((3, 128))
