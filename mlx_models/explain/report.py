@@ -47,6 +47,14 @@ def record(i: int, e: Example, c: Column, o: Explained) -> dict:
     }
 
 
+def explained_from(r: dict) -> Explained:
+    """A ``record`` back as what the tables and the page read (scores, probabilities, target,
+    faithfulness; not the tokens)."""
+    scores = {m: np.array([np.nan if v is None else v for v in s]) for m, s in r["scores"].items()}
+    faithfulness = {m: (f["comprehensiveness"], f["sufficiency"]) for m, f in r["faithfulness"].items()}
+    return Explained(None, np.array(r["probabilities"]), r["target"], None, scores, faithfulness=faithfulness)
+
+
 def _fmt(x, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
