@@ -1,33 +1,29 @@
-"""The peer of `python train.py` in `end_to_end.py`: what a user would otherwise run, transformers'
-`Trainer` (and peft's LoRA), in a clean process that never imports mlx_models.
+"""The peer of `python train.py` in `end_to_end.py`: transformers' `Trainer` (with peft's LoRA when
+the spec says so), in a process that never imports mlx_models.
 
     python benchmarks/e2e_trainer.py SPEC.json
 
-SPEC holds the model directory, the data file (the very texts and labels of train.py's loader:
-train, validation, the train probe, test), the recipe (batch sizes, learning rate, warm-up steps,
-weight decay, epochs, seed, max length, gradient clipping) and the LoRA settings or null. The
-script tokenizes, fine-tunes with evaluation and a checkpoint once per epoch (best by validation
-loss, loaded at the end), scores the test split, and prints one JSON line: test accuracy and loss,
-and wall-clock marks (time.time()) of its phases for the breakdown.
+SPEC (written by end_to_end.py) holds the HF model directory, the data file (the very texts and
+labels train.py's loader picks: train, validation, the train probe, test) and train.py's resolved
+recipe. The script tokenizes (datasets.map, as the HF tutorials do), fine-tunes with one evaluation
+and one checkpoint per epoch, loads the best checkpoint (validation loss), scores the test split and
+prints one JSON line: test accuracy and loss, and the time.time() of each phase's end (``marks``).
 """
 
 import json
+import os
 import sys
 import time
-from collections.abc import Callable
+
+MARKS: dict[str, float] = {}
 
 
-def marker() -> tuple[dict, Callable[[str], None]]:
-    marks: dict[str, float] = {}
-
-    def mark(name: str) -> None:
-        marks.setdefault(name, time.time())
-
-    return marks, mark
+def mark(name: str) -> None:
+    MARKS.setdefault(name, time.time())
 
 
-def tokenized(spec: dict, tokenizer, data: dict):
-    """One `datasets.Dataset` per split, tokenized as the HF tutorials do (``map``, batched)."""
+def tokenized(spec: dict, tokenizer, data: dict) -> dict:
+    """One `datasets.Dataset` per split, truncated to max_length, padded per batch by the collator."""
     import datasets
 
     def tokenize(batch):
@@ -41,26 +37,23 @@ def tokenized(spec: dict, tokenizer, data: dict):
 
 
 def model_for(spec: dict, tokenizer):
-    """AutoModelForSequenceClassification, wrapped in peft's LoRA when the spec says so."""
+    """AutoModelForSequenceClassification in float32, wrapped in peft's LoRA when asked (the
+    classification head trains in full, as train.py's)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
         spec["model"], num_labels=spec["num_labels"], dtype=torch.float32
     )
-    if model.config.pad_token_id is None:  # Llama: pool the last real token, pads are eos
+    if model.config.pad_token_id is None:  # Llama: the head pools the last token that is not a pad
         model.config.pad_token_id = tokenizer.pad_token_id
-    lora = spec.get("lora")
-    if lora:
+    if lora := spec["lora"]:
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
-            task_type="SEQ_CLS",  # the classification head trains in full, as ours
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
+            task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
             target_modules=lora["targets"],
-        )
+        )  # fmt: skip
         model = get_peft_model(model, config)
     return model
 
@@ -70,8 +63,8 @@ def arguments(spec: dict):
 
     return TrainingArguments(
         output_dir=spec["out"],
-        eval_strategy="epoch",  # train.py's default: one evaluation per epoch ...
-        save_strategy="epoch",  # ... and best/ written when validation loss improved
+        eval_strategy="epoch",  # train.py: one evaluation per epoch ...
+        save_strategy="epoch",  # ... and a checkpoint
         load_best_model_at_end=True,  # the test split is scored with the best checkpoint
         metric_for_best_model="validation_loss",
         greater_is_better=False,
@@ -91,8 +84,8 @@ def arguments(spec: dict):
     )
 
 
-def marks_callback(mark: Callable[[str], None]):
-    """A TrainerCallback that marks the first and last steps, the evaluation and the checkpoint."""
+def marks_callback():
+    """Marks the first and last optimizer steps, the evaluation and the checkpoint."""
     from transformers import TrainerCallback
 
     class Marks(TrainerCallback):
@@ -102,10 +95,10 @@ def marks_callback(mark: Callable[[str], None]):
                 mark("trained")
 
         def on_evaluate(self, args, state, control, **kwargs):
-            mark(f"evaluated_{state.global_step}")
+            mark("evaluated")
 
         def on_save(self, args, state, control, **kwargs):
-            mark(f"saved_{state.global_step}")
+            mark("saved")
 
     return Marks()
 
@@ -117,11 +110,11 @@ def accuracy(pred) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    marks, mark = marker()
-    mark("start")
+    import torch
     import transformers
     from transformers import AutoTokenizer, Trainer
 
+    torch.set_num_threads(os.cpu_count() or 1)  # every core, as MLX's OpenBLAS takes
     mark("imported")
     spec = json.loads(open(argv[0]).read())
     data = json.loads(open(spec["data"]).read())
@@ -132,28 +125,27 @@ def main(argv: list[str]) -> int:
     mark("tokenized")
     model = model_for(spec, tokenizer)
     mark("model")
-
     trainer = Trainer(
         model=model,
         args=arguments(spec),
         train_dataset=splits["train"],
         eval_dataset={"validation": splits["validation"], "train": splits["probe"]},
-        processing_class=tokenizer,  # DataCollatorWithPadding: dynamic padding, as ours
+        processing_class=tokenizer,  # DataCollatorWithPadding: padded per batch, as train.py's
         compute_metrics=accuracy,
-        callbacks=[marks_callback(mark)],
+        callbacks=[marks_callback()],
     )
-    mark("train_begin")
+    mark("set_up")
     trainer.train()
-    mark("train_end")
+    mark("best_loaded")
     test = trainer.evaluate(splits["test"], metric_key_prefix="test")
     mark("tested")
     record = {
         "accuracy": test["test_accuracy"],
         "loss": test["test_loss"],
         "steps": trainer.state.global_step,
-        "best": trainer.state.best_model_checkpoint,
+        "threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
-        "marks": marks,
+        "marks": MARKS,
     }
     print(json.dumps(record), flush=True)
     return 0
