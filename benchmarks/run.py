@@ -50,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes, few steps: a smoke run (< 2 min)")
     p.add_argument(
-        "--seven-b", action="store_true", help="also measure the 32-layer 7B step directly (~10 min more)"
+        "--seven-b",
+        action="store_true",
+        help="also measure the 32-layer 7B step directly and take its peak apart (~5 min more)",
     )
     p.add_argument(
         "--seven-b-layers",
         default="2,4",
-        help="layer counts measured for the 7B extrapolation (default 2,4)",
+        help="layer counts of the 7B steps measured as context, and lines through them (default 2,4)",
     )
     p.add_argument("--sections", default="1,2,3,4", help="which sections to run (default 1,2,3,4)")
     p.add_argument("--out", help="markdown file to write (default benchmarks/results.md, none with --quick)")

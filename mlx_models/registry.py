@@ -21,7 +21,7 @@ SECTIONS = ("models", "datasets", "profiles", "default_run", "model_selection")
 MODEL_KEYS = ("source", "quantize", "train", "params", "config")
 DATASET_KEYS = ("hub", "text", "label", "num_labels", "label_names", "embedded")
 SELECTION_KEYS = ("selected_models", "aliases", "studies")  # model_selection: (study/plan.py)
-STUDY_KEYS = ("models", "datasets", "profile", "overrides", "model_overrides")
+STUDY_KEYS = ("models", "datasets", "profile", "overrides", "model_overrides", "analysis", "pretrain")
 
 
 def config_file() -> Path:

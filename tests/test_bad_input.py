@@ -215,6 +215,8 @@ CASES = {
     "train dora on tfidf": ("train", ["--model", "tfidf", "--data-dir", "{data}", "--dora"], "the tfidf baseline has no layers to adapt"),
     "train dora with a value": ("train", [*T, "--dora=1"], "--dora/--no-dora"),
     "train dora rank 0": ("train", [*T, "--dora", "--lora-rank", "0"], "lora_rank must be >= 1"),
+    "train save points and save every": ("train", [*T, "--save-points", "3", "--save-every", "2"], "save_points sets save_every from the run's length; give only one of them"),
+    "train save points 0": ("train", [*T, "--save-points", "0"], "save_points must be >= 1"),
     "train task foo": ("train", [*T, "--task", "foo"], "task must be one of classify, mlm, lm"),
     "train schedule step": ("train", [*T, "--lr-schedule", "step"], "lr_schedule must be one of"),
     "train padding middle": ("train", [*T, "padding_side=middle"], "padding_side must be one of"),

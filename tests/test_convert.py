@@ -109,22 +109,25 @@ def test_cpu_dequantize_path_equals_fused_kernel():
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
-def test_cpu_dequantize_kernel_equals_mlx_dequantize(dtype, monkeypatch):
-    """The CPU path's dequantize by our kernel (where built) and by mx.dequantize: the same
-    output and input gradient, to the bit, with float32 and float16 scales."""
+@pytest.mark.parametrize("shape", [(128, 96), (4096, 4200)])  # one block; several (69 MB in float32)
+def test_cpu_dequantize_kernel_equals_mlx_dequantize(dtype, shape, monkeypatch):
+    """The CPU path's product by our kernel (where built: the weight dequantized block by block inside
+    the product, forward and backward) and by mx.dequantize and a matmul: the same output and input
+    gradient, to the bit, with float32 and float16 scales, eager and compiled."""
     if kernels.native is None:
         pytest.skip("mlx_models/kernels is not built (make kernels)")
-    layer = QuantizedLinear.from_linear(nn.Linear(128, 96), 64, 4)
+    (d_in, d_out), x = shape, mx.random.normal((3, 7, shape[0]))
+    layer = QuantizedLinear.from_linear(nn.Linear(d_in, d_out), 64, 4)
     layer.scales, layer.biases = layer.scales.astype(dtype), layer.biases.astype(dtype)
-    x = mx.random.normal((3, 7, 128))
-    run = lambda: mx.value_and_grad(lambda x: (layer(x) * mx.cos(x[..., :96])).sum())(x)  # noqa: E731
-    calls, dequantize = [], kernels.native.dequantize
-    monkeypatch.setattr(kernels.native, "dequantize", lambda *a: calls.append(a) or dequantize(*a))
-    ours = run()
-    assert len(calls) == 2  # forward, and again in the backward
+    step = mx.value_and_grad(lambda x: (layer(x) * mx.cos(x[..., :1])).sum())
+    calls, matmul = [], kernels.native.dequantized_matmul
+    monkeypatch.setattr(kernels.native, "dequantized_matmul", lambda *a: calls.append(a[-1]) or matmul(*a))
+    ours, compiled = step(x), mx.compile(step)(x)
+    assert calls == [True, False] * 2  # the forward product, its vjp's; eager, then traced by compile
     monkeypatch.setattr(kernels, "native", None)
-    for a, b in zip(ours, run(), strict=True):
+    for a, b, c in zip(ours, step(x), compiled, strict=True):
         np.testing.assert_array_equal(np.array(a), np.array(b))
+        np.testing.assert_array_equal(np.array(c), np.array(b))
 
 
 def test_load_converts_hf_dir_once_into_cache(tmp_path, capsys):

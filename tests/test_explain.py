@@ -305,3 +305,26 @@ def test_exit_code_of_the_module(runs, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: argument --method: unknown method")
     assert not out.exists()
+
+
+def test_page_shows_every_text_whole_with_each_unseen_run_in_one_grey_span():
+    import html
+    import re
+
+    from mlx_models.explain.report import _cell
+    from mlx_models.explain.runner import Explained
+
+    e = Example("Fine <film> & then truly a mess of a plot", 1)
+    assert e.words == ["Fine", "<", "film", ">", "&", "then", "truly", "a", "mess", "of", "a", "plot"]
+    nan = np.nan
+    scores = np.array([0.5, -1.0, nan, nan, 0.25, nan, nan, nan, 0.0, nan, nan, nan])
+    o = Explained(
+        tokens=None, proba=np.array([0.3, 0.7]), target=1, seen=~np.isnan(scores), scores={"ig": scores}
+    )
+    cell = _cell(e, o, "ig", ["neg", "pos"])
+    body = cell.split("</div>", 1)[1].removesuffix("</td>")
+    assert html.unescape(re.sub(r"<[^>]+>", "", body)) == e.text  # the text, whole and in order
+    unseen = re.findall(r'<span class="unseen">(.*?)</span>', body)
+    assert [html.unescape(u) for u in unseen] == ["film>", "then truly a", "of a plot"]
+    assert re.findall(r'title="([^"]+)"', body) == ["0.5", "-1", "0.25", "0"]
+    assert "rgba(178,24,43,1.00)" in body and "predicts pos (0.70); explains pos" in cell

@@ -2,6 +2,8 @@
 the threads, and the inputs they refuse. Their values and gradients inside the models' ops are
 tests/test_cpu_ops.py's."""
 
+import gc
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -198,3 +200,86 @@ def test_dequantize_refuses_what_it_cannot_do():
     for message, args in bad.items():
         with pytest.raises(ValueError, match=message):
             native.dequantize(*args)
+
+
+def quantized(rows: int, cols: int, group: int, bits: int, dtype=mx.float16, seed: int = 0):
+    mx.random.seed(seed)
+    q, s, b = mx.quantize(mx.random.normal((rows, cols)) * 0.02, group, bits)
+    return q, s.astype(dtype), b.astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "rows, cols, bits, dtype, group",
+    [
+        (4200, 4096, 4, mx.float16, 64),  # 69 MB in float32: blocks of rows (forward) and columns (vjp)
+        (1100, 16384, 8, mx.float32, 32),  # 72 MB
+        (4100, 4224, 2, mx.bfloat16, 128),  # 69 MB, the last blocks short
+        (96, 128, 4, mx.float16, 64),  # one block
+    ],
+)
+def test_dequantized_matmul_equals_the_dense_products_to_the_bit(rows, cols, bits, dtype, group):
+    """x @ dequantize(w).T and g @ dequantize(w) by blocks of the weight (48 MB at most: several
+    blocks for the big weights) equal the products with the whole dequantized weight, bit for bit:
+    each output element is one sgemm's whole dot product. Batch axes are kept, inputs in any layout."""
+    q, s, b = quantized(rows, cols, group, bits, dtype)
+    dense = native.dequantize(q, s, b, group, bits)
+    x, g = mx.random.normal((2, 3, cols)), mx.random.normal((5, rows))
+    forward = native.dequantized_matmul(x, q, s, b, group, bits, True)
+    vjp = native.dequantized_matmul(g, q, s, b, group, bits, False)
+    assert forward.shape == (2, 3, rows) and vjp.shape == (5, cols)
+    np.testing.assert_array_equal(np.array(forward), np.array(x @ dense.T))
+    np.testing.assert_array_equal(np.array(vjp), np.array(g @ dense))
+    xt = mx.random.normal((cols, 4)).T  # transposed: read as the contiguous copy
+    np.testing.assert_array_equal(
+        np.array(native.dequantized_matmul(xt, q, s, b, group, bits, True)),
+        np.array(mx.contiguous(xt) @ dense.T),
+    )
+
+
+def test_dequantized_matmul_never_holds_the_whole_dequantized_weight():
+    """A 8192 x 8192 weight is 268 MB in float32; its product takes the output and one block
+    (48 MB at most), in MLX's own memory count: QLoRA's memory stays that of the 4-bit weights."""
+    q, s, b = quantized(8192, 8192, 64, 4)
+    x, g = mx.random.normal((16, 8192)), mx.random.normal((16, 8192))
+    mx.eval(q, s, b, x, g)
+    for transpose, inp in ((True, x), (False, g)):
+        gc.collect()
+        mx.clear_cache()
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(native.dequantized_matmul(inp, q, s, b, 64, 4, transpose))
+        assert mx.get_peak_memory() - base <= 48 * 2**20 + 16 * 8192 * 4 + 2**20
+
+
+def test_dequantized_matmul_of_an_empty_weight_is_zeros():
+    """A weight with no rows or no columns: the products are empty sums, zeros (the block plan
+    divided by the weight's row or column size: the process died of SIGFPE)."""
+    no_rows = mx.quantize(mx.zeros((0, 128)), 64, 4)
+    no_cols = (mx.zeros((5, 0), mx.uint32), mx.zeros((5, 0), mx.float16), mx.zeros((5, 0), mx.float16))
+    cases = [
+        (mx.ones((3, 0)), no_rows, False, (3, 128)),
+        (mx.ones((3, 128)), no_rows, True, (3, 0)),
+        (mx.ones((3, 0)), no_cols, True, (3, 5)),
+        (mx.ones((3, 5)), no_cols, False, (3, 0)),
+    ]
+    for x, (q, s, b), transpose, shape in cases:
+        out = np.array(native.dequantized_matmul(x, q, s, b, 64, 4, transpose))
+        np.testing.assert_array_equal(out, np.zeros(shape, np.float32))
+
+
+def test_dequantized_matmul_inside_compile_and_refusals():
+    q, s, b = quantized(96, 128, 64, 4)
+    x = mx.random.normal((3, 128))
+    f = mx.compile(lambda x: native.dequantized_matmul(x, q, s, b, 64, 4, True) * 2)
+    np.testing.assert_array_equal(np.array(f(x)), np.array(x @ native.dequantize(q, s, b, 64, 4).T * 2))
+    assert np.array(native.dequantized_matmul(mx.zeros((0, 128)), q, s, b, 64, 4, True)).shape == (0, 96)
+    bad = {
+        "x must be float32": (x.astype(mx.float16), q, s, b, 64, 4, True),
+        "last axis must be the weight's output size": (x, q, s, b, 64, 4, False),
+        "last axis must be the weight's input size": (x[:, :64], q, s, b, 64, 4, True),
+        "w must be a 2-D weight": (x, q[None], s[None], b[None], 64, 4, True),
+        "bits must be 2, 4 or 8": (x, q, s, b, 64, 3, True),
+    }
+    for message, args in bad.items():
+        with pytest.raises(ValueError, match=message):
+            native.dequantized_matmul(*args)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # As tests/test_train.py's resume test: 32 steps of 4, checkpoints and evaluations every 4 steps.
 TRAIN = {"max_length": 32, "batch_size": 4, "max_steps": 32, "eval_every": 4, "save_every": 4}
 TRAIN |= {"learning_rate": 1e-3}
+ANALYSIS = {"probe": 8, "members": 32, "steps": 4}  # every checkpoint on 8 of the 32 test texts
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,25 @@ def project(tiny, tmp_path_factory):
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     grid = {"models": [str(model), "bag-of-words-tfidf"], "datasets": [str(data["sent"]), str(data["sent2"])]}
     config["model_selection"]["studies"] = {
-        "grid": grid | {"overrides": TRAIN},
-        "killed": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN},
-        "stopped": {"models": [str(model)], "datasets": [str(data["sent"])], "overrides": TRAIN},
-        "broken": {"models": ["tfidf"], "datasets": [str(data["bad"]), str(data["sent"])]},
-        "restart": {"models": ["tfidf"], "datasets": [str(data["sent"])]},
+        "grid": grid | {"overrides": TRAIN, "analysis": False},  # the analysis: test_study_analysis.py
+        "killed": {
+            "models": [str(model)],
+            "datasets": [str(data["sent"])],
+            "overrides": TRAIN,
+            "analysis": False,
+        },
+        "stopped": {
+            "models": [str(model)],
+            "datasets": [str(data["sent"])],
+            "overrides": TRAIN,
+            "analysis": False,
+        },
+        "broken": {
+            "models": ["tfidf"],
+            "datasets": [str(data["bad"]), str(data["sent"])],
+            "analysis": ANALYSIS,
+        },
+        "restart": {"models": ["tfidf"], "datasets": [str(data["sent"])], "analysis": False},
         "no-models": {"models": [], "datasets": ["imdb"]},
         "no-datasets": {"models": ["tfidf"], "datasets": []},
         "unknown-model": {"models": ["tfidf", "no-such-model"], "datasets": ["imdb"]},
@@ -58,6 +73,18 @@ def project(tiny, tmp_path_factory):
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root
+
+
+def step_reached(state: Path, step: int):
+    """For test_faults.wait_for: true once trainer_state.json ``state`` records ``step``."""
+
+    def reached():
+        try:
+            return json.loads(state.read_text())["step"] >= step or None
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    return reached
 
 
 def run_study(project: Path, argv: list[str], capsys) -> tuple[int, str]:
@@ -180,14 +207,8 @@ def test_stopped_study_resumes_the_cell_to_the_same_metrics(grid, project, capsy
             start_new_session=True,  # its own process group: a SIGKILL reaches the cell too
         )
 
-    def checkpoint_at_8():
-        try:
-            return json.loads(state.read_text())["step"] >= 8 or None
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     try:
-        wait_for(proc, checkpoint_at_8)
+        wait_for(proc, step_reached(state, 8))
         if name == "killed":
             os.killpg(proc.pid, signal.SIGKILL)
         else:  # the study passes it on: the cell saves last/ and stops, the study reports and stops
@@ -335,6 +356,32 @@ SELECTION_CASES = {
         lambda sel: sel.update(selected_models=[]) or sel["studies"].update(plan={"datasets": ["imdb"]}),
         "plan",
         "the study selects no models; list them in model_selection.selected_models in ",
+    ),
+    "an unknown analysis method": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"methods": ["ig", "lime"]}),
+        "grid",
+        "model_selection.studies.grid.analysis.methods must list methods of ig, grad-input, occlusion, shap",
+    ),
+    "an unknown analysis key": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"probes": 5}),
+        "grid",
+        "unknown key 'probes' in model_selection.studies.grid.analysis; known: methods, probe, members",
+    ),
+    "a probe larger than the test split": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"probe": 33}),
+        "grid",
+        "study grid: analysis.probe is 33 but sent's test split has 32 texts; lower analysis.probe to at "
+        "most 32",
+    ),
+    "a probe of no texts": (
+        lambda sel: sel["studies"]["grid"].update(analysis={"probe": 0}),
+        "grid",
+        "model_selection.studies.grid.analysis.probe must be an integer of at least 1, got 0",
+    ),
+    "an analysis that is not a mapping": (
+        lambda sel: sel["studies"]["grid"].update(analysis=3),
+        "grid",
+        "model_selection.studies.grid.analysis must map methods, probe, members, steps, random_draws",
     ),
     "a plan name mapped to no alias": (
         lambda sel: sel["aliases"].update({"bag-of-words-tfidf": "tf-idf"}),

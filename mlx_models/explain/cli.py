@@ -70,7 +70,7 @@ def open_run(path: Path, which: str) -> Run:
             f"{path} trained a {cfg.task} model, which has no classifier to explain; "
             "explain a run trained with --task classify"
         )
-    found = sorted(((p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)), key=_order)
+    found = sorted(((p.name, p, rd.checkpoint_step(p)) for p in rd.checkpoints(path)), key=checkpoint_order)
     chosen = found if which == "all" else [c for c in found if c[0] == which]
     if not chosen:
         have = ", ".join(n for n, _, _ in found) or "none"
@@ -80,8 +80,8 @@ def open_run(path: Path, which: str) -> Run:
     return Run(path, cfg, locate(chosen[0][1]), chosen)
 
 
-def _order(checkpoint: tuple[str, Path, int]) -> tuple:
-    """iter-N by step, then best, then last."""
+def checkpoint_order(checkpoint: tuple[str, Path | None, int]) -> tuple:
+    """iter-N by step, then best, then last: a run's checkpoints in training order."""
     name, _, step = checkpoint
     return name in ("best", "last"), name == "last", step
 

@@ -41,3 +41,21 @@ def mass_share(scores: list[np.ndarray], flagged: list[np.ndarray]) -> dict:
         "mass_share": flagged_mass / mass if mass > 0 else None,
         "word_share": flagged_words / words if words else None,
     }
+
+
+def top_k_overlap(a: list[np.ndarray], b: list[np.ndarray], k: int) -> dict:
+    """Mean share of the k highest-scored words (over the words both saw) that two explanations of
+    the same texts have in common; texts with fewer than k such words, or constant scores on one
+    side (no ranking; ties would count as agreement), are left out."""
+    shares = []
+    for x, y in zip(a, b, strict=True):
+        both = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
+        if len(both) < k or np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
+            continue
+        shares.append(len(_top(x, both, k) & _top(y, both, k)) / k)
+    return {"top_k_overlap": float(np.mean(shares)) if shares else None, "k": k, "n": len(shares)}
+
+
+def _top(scores: np.ndarray, among: np.ndarray, k: int) -> set[int]:
+    """The indices in ``among`` of the k highest scores (ties: the earlier word)."""
+    return set(among[np.argsort(-scores[among], kind="stable")[:k]].tolist())

@@ -47,6 +47,14 @@ def record(i: int, e: Example, c: Column, o: Explained) -> dict:
     }
 
 
+def explained_from(r: dict) -> Explained:
+    """A ``record`` back as what the tables and the page read (scores, probabilities, target,
+    faithfulness; not the tokens)."""
+    scores = {m: np.array([np.nan if v is None else v for v in s]) for m, s in r["scores"].items()}
+    faithfulness = {m: (f["comprehensiveness"], f["sufficiency"]) for m, f in r["faithfulness"].items()}
+    return Explained(None, np.array(r["probabilities"]), r["target"], None, scores, faithfulness=faithfulness)
+
+
 def _fmt(x, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
@@ -152,24 +160,34 @@ def top_words(
 
 
 def _cell(e: Example, o: Explained, method: str, class_names: list[str]) -> str:
-    """One text with every word coloured by its score (blue: towards the class, red: against)."""
+    """One text with every word coloured by its score (blue: towards the class, red: against);
+    each run of unseen words (past the model's max_length) in one grey span."""
     s = o.scores[method]
     scale = np.nanmax(np.abs(s)) if np.any(~np.isnan(s)) else 0.0
-    parts, pos = [], 0
+    parts, pos, unseen = [], 0, None  # unseen: where the open run of unseen words starts
     for (start, end), v in zip(e.spans, s, strict=True):
-        parts.append(html.escape(e.text[pos:start]))
-        word = html.escape(e.text[start:end])
+        if not np.isnan(v) and unseen is not None:
+            parts.append(f'<span class="unseen">{html.escape(e.text[unseen:pos])}</span>')
+            unseen = None
+        if unseen is None:
+            parts.append(html.escape(e.text[pos:start]))
         if np.isnan(v):
-            parts.append(f'<span class="unseen">{word}</span>')
+            unseen = start if unseen is None else unseen
         else:
-            alpha = abs(v) / scale if scale > 0 else 0.0
-            rgb = "33,102,172" if v >= 0 else "178,24,43"
-            parts.append(f'<span style="background:rgba({rgb},{alpha:.2f})" title="{v:.4g}">{word}</span>')
+            parts.append(_word(e.text[start:end], v, scale))
         pos = end
+    if unseen is not None:
+        parts.append(f'<span class="unseen">{html.escape(e.text[unseen:pos])}</span>')
     parts.append(html.escape(e.text[pos:]))
     pred = class_names[int(o.proba.argmax())]
     head = f"predicts {pred} ({o.proba.max():.2f}); explains {class_names[o.target]}"
     return f'<td><div class="head">{html.escape(head)}</div>{"".join(parts)}</td>'
+
+
+def _word(word: str, v: float, scale: float) -> str:
+    alpha = abs(v) / scale if scale > 0 else 0.0
+    rgb = "33,102,172" if v >= 0 else "178,24,43"
+    return f'<span style="background:rgba({rgb},{alpha:.2f})" title="{v:.4g}">{html.escape(word)}</span>'
 
 
 STYLE = """body{font:14px/1.5 sans-serif;margin:1.5em}table{border-collapse:collapse}

@@ -50,6 +50,11 @@ def resolve(path_or_alias: str | os.PathLike, *, quantize_bits: int | None = Non
     aliases = read_config_yaml()["models"]
     if spec in aliases:
         entry = aliases[spec]
+        if "source" not in entry:  # an architecture alone (config:), as roberta-mini
+            raise SourceError(
+                f"model {spec} has no source in config.yaml: it is an architecture to build with "
+                f"--from-scratch, never downloaded; pass --from-scratch, or a checkpoint trained from it"
+            )
         spec = entry["source"]
         quantize_bits = quantize_bits or entry.get("quantize")
     if spec.startswith("embedded:"):

@@ -12,14 +12,11 @@
 #include <cstdint>
 #include <limits>
 
+#include "blas.h"
 #include "elementwise.h"
-
-extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
 
 namespace mlx_models::attention {
 
-constexpr int kRowMajor = 101, kN = 111, kT = 112;
 constexpr int64_t kBlock = 64;  // query rows a block
 constexpr float kLowest = std::numeric_limits<float>::lowest();
 
@@ -45,12 +42,6 @@ struct Dims {
   // rows see no key and must be uniform over all S, as the formula makes them)
   int64_t key_end(int64_t r1) const { return causal && S >= L ? std::min(S, r1 + S - L) : S; }
 };
-
-inline void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(kRowMajor, ta ? kT : kN, tb ? kT : kN, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta,
-              c, int(ldc));
-}
 
 // s (n x kend) = scale q k^T + bias for query rows [r0, r0 + n) of head (b, h); causally hidden keys lowest.
 inline void scores(const Dims& D, In q, In k, In bias, int64_t b, int64_t h, int64_t r0, int64_t n, int64_t kend,

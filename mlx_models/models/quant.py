@@ -2,9 +2,9 @@
 
 On Metal and CUDA the fused ``mx.quantized_matmul`` is the fast path. MLX's CPU
 quantized matmul is far slower than its BLAS matmul, so on the CPU these layers
-dequantize each weight on the fly (by our kernel where it is built) and use the BLAS
-GEMM: storage (and the memory the model holds) stays 4-bit, the full-precision weight
-is a transient of one layer.
+dequantize each weight on the fly and use the BLAS GEMM: by our kernel where it is built,
+48 MB of the weight at a time inside the product, else whole, by MLX. Storage (and the
+memory the model holds) stays 4-bit; the full-precision weight is a transient.
 """
 
 import contextlib
@@ -62,10 +62,33 @@ def _dequantized_matmul(group_size: int, bits: int, mode: str):
     return f
 
 
+@functools.cache
+def _blocked_matmul(group_size: int, bits: int):
+    """x @ dequantize(w).T by the kernels' dequantized matmul: the weight is dequantized 48 MB at
+    most at a time, inside the product (forward and backward), so no float32 copy of it exists
+    whole (7B: 180 MB an MLP weight). The same values as the dense product, to the bit."""
+
+    @mx.custom_function
+    def f(x, w, scales, biases):
+        return kernels.native.dequantized_matmul(x, w, scales, biases, group_size, bits, True)
+
+    @f.vjp
+    def f_vjp(primals, cotangent, output):
+        x, w, scales, biases = primals
+        dx = kernels.native.dequantized_matmul(cotangent, w, scales, biases, group_size, bits, False)
+        return dx, mx.zeros_like(w), mx.zeros_like(scales), mx.zeros_like(biases)  # frozen
+
+    return f
+
+
 def _cpu_matmul(layer: nn.Module, x: mx.array) -> mx.array:
     if layer.get("biases") is None:  # not affine: no zero points to pass through
         return x @ _dequantize(layer).astype(x.dtype).T
-    f = _dequantized_matmul(layer.group_size, layer.bits, layer.mode)
+    blocked = kernels.native is not None and x.dtype == mx.float32 and layer.mode == "affine"
+    if blocked and layer.bits in (2, 4, 8):
+        f = _blocked_matmul(layer.group_size, layer.bits)
+    else:
+        f = _dequantized_matmul(layer.group_size, layer.bits, layer.mode)
     return f(x, layer["weight"], layer["scales"], layer["biases"])
 
 

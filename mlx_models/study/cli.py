@@ -13,6 +13,10 @@ writes its report and stops (130/143). train.py options given here apply to ever
 plan of the study (cells and their arguments) is kept in plan.json: a re-run must match it. Exit
 code 0 when every cell run finished, 1 when one failed (the report is still written), 2 for bad
 input (nothing written).
+
+A model the study pretrains (`pretrain:`, study/pretrain.py) has its pretraining stages run
+first, each as a cell is (`results/study/NAME/pretrain/...`, in plan.json and status.json too);
+its cells finetune the last stage's best/ checkpoint, and fail without running when a stage failed.
 """
 
 import argparse
@@ -31,15 +35,16 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, Terminated, stop_for
 from ..errors import ConfigError
-from ..io import LOCK, atomic_write_json, take_lock
+from ..io import LOCK, atomic_write_json, read_json, take_lock
 from ..registry import config_file
+from ..train import run_dir as rd
 from ..train.config import parse_command_line
 from ..train.metrics import read_metrics
-from .plan import Cell, Plan, load_plan, model_alias, study_names
+from .plan import STUDY_ROOT, Cell, Plan, load_plan, model_alias, study_names
 from .report import read_state, write_report
 
-STUDY_ROOT = Path("results") / "study"  # relative to the working directory, as train.py's results/
 TRAIN = ["-m", "mlx_models", "train"]  # train.py, as the installed package runs it
+ANALYSE = ["-m", "mlx_models.study.analysis"]
 OPTIONS = ("--study", "--only", "--datasets")
 
 
@@ -50,14 +55,17 @@ def main(argv: list[str] | None = None, config_path: str | os.PathLike | None = 
     cells = narrow(plan, opts.only, opts.datasets, config_path)
     study_dir = STUDY_ROOT / plan.name
     env = cell_environment(config_path)
-    failed = []
     with one_at_a_time(study_dir):
         check_same_plan(study_dir, plan)  # the last check: nothing but the lock is written before it
         atomic_write_json(study_dir / "plan.json", plan.describe())
         try:
-            for k, cell in enumerate(cells, 1):
-                if run_cell(study_dir, cell, f"[{k}/{len(cells)}]", env) == "failed":
+            todo, failed = run_pretraining(study_dir, plan, cells, env)
+            for k, cell in enumerate(todo, 1):
+                if run_cell(study_dir, cell, f"[{k}/{len(todo)}]", env) == "failed":
                     failed.append(cell.id)
+            for k, cell in enumerate(cells if plan.analysis else [], 1):
+                if analyse_cell(study_dir, cell, plan.analysis, f"[{k}/{len(cells)}]", env) == "failed":
+                    failed.append(f"{cell.id} (analysis)")
         finally:
             write_report(study_dir, plan)
     print(
@@ -92,8 +100,10 @@ def parse_args(argv: list[str], config_path: str | os.PathLike) -> tuple[argpars
     parser = ArgumentParser(
         prog="python -m mlx_models.study",
         description="Train every model x dataset of a study in config.yaml (model_selection.studies) "
-        "and write results/study/NAME/report.md, report.json and comparison.png.",
-        epilog="Any other option is a train.py option (python train.py --help) applied to every cell. "
+        "and write results/study/NAME/report.md, report.json and comparison.png. A model under the "
+        "study's pretrain: is first pretrained from scratch (masked-LM) on each dataset's training split.",
+        epilog="Any other option is a train.py option (python train.py --help) applied to every cell "
+        "(not to the pretraining, which takes only its own keys). "
         f"Studies in {config_path}: {', '.join(study_names(config_path)) or 'none yet'}.",
     )
     parser.add_argument("name", nargs="?", help="the study (or --study NAME)")
@@ -161,7 +171,7 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
     now = plan.describe()
     if before == now:
         return
-    old, new = before.get("cells", {}), now["cells"]
+    old, new = _runs(before), _runs(now)
     if old.keys() != new.keys():
         gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
         what = ", ".join(
@@ -169,13 +179,52 @@ def check_same_plan(study_dir: Path, plan: Plan) -> None:
             for part in (gone and f"cells now left out {gone}", added and f"cells now added {added}")
             if part
         )
-    else:
-        cell = next(c for c in new if old[c] != new[c])
+    elif (cell := next((c for c in new if old[c] != new[c]), None)) is not None:
         what = f"cell {cell} as `{shlex.join(old[cell])}`; now `{shlex.join(new[cell])}`"
+    else:  # the same cells, other study settings (the analysis's)
+        what = "; ".join(f"{k} {before.get(k)!r}, now {now[k]!r}" for k in now if before.get(k) != now[k])
     raise ConfigError(
         f"study {plan.name} in {study_dir} was run with a different selection: {what}; "
         f"use the same selection and options, choose another study name, or remove {study_dir}"
     )
+
+
+def _runs(described: dict) -> dict[str, list[str]]:
+    """The runs of a plan.json and their arguments: the cells and the pretraining stages."""
+    stages = {f"pretrain/{id_}": args for id_, args in (described.get("pretraining") or {}).items()}
+    return stages | described.get("cells", {})
+
+
+# ---- pretraining stages --------------------------------------------------------------------------
+
+
+def run_pretraining(
+    study_dir: Path, plan: Plan, cells: list[Cell], env: dict
+) -> tuple[list[Cell], list[str]]:
+    """Run the pretraining stages that ``cells`` finetune, each as a cell is run (a phase after the
+    one before it); a run whose stage failed is recorded failed instead of run. Returns (the cells
+    to run now, the cells recorded failed)."""
+    stages, broken = plan.stages_of(cells), {}  # run -> why what goes on from it cannot run
+    for k, stage in enumerate(stages, 1):
+        if stage.pretrained in broken:
+            broken[stage.run] = record_not_run(study_dir, stage, broken[stage.pretrained])
+        elif run_cell(study_dir, stage, f"[pretrain {k}/{len(stages)}]", env) == "failed":
+            reason = (read_state(study_dir / "status.json") or {})[stage.key]["reason"]
+            broken[stage.run] = f"pretraining failed ({stage.key}): {reason}"
+    for cell in (c for c in cells if c.pretrained in broken):
+        record_not_run(study_dir, cell, broken[cell.pretrained])
+    return [c for c in cells if c.pretrained not in broken], [c.id for c in cells if c.pretrained in broken]
+
+
+def record_not_run(study_dir: Path, cell: Cell, reason: str) -> str:
+    """A cell that could not start: failed, with why, in status.json; a re-run tries it again."""
+    status = read_state(study_dir / "status.json") or {}
+    before = status.get(cell.key, {})
+    status[cell.key] = {"status": "failed", "reason": reason, "exit_code": None, "wall_s": 0.0}
+    status[cell.key] |= {"max_rss_gb": 0.0, "attempts": before.get("attempts", 0), "command": None}
+    atomic_write_json(study_dir / "status.json", status)
+    print(f"{cell.key}: failed: {reason}", file=sys.stderr)
+    return reason
 
 
 # ---- one cell ------------------------------------------------------------------------------------
@@ -193,31 +242,33 @@ def cell_state(run_dir: Path) -> str:
 
 def run_cell(study_dir: Path, cell: Cell, progress: str, env: dict) -> str:
     """Run (or skip, resume, restart) one cell; record its outcome in status.json."""
-    run_dir = study_dir / "runs" / cell.id
+    run_dir = study_dir / cell.run
     state = cell_state(run_dir)
     if state == "finished":
-        print(f"{progress} {cell.id}: finished earlier, skipped", file=sys.stderr)
+        print(f"{progress} {cell.key}: finished earlier, skipped", file=sys.stderr)
         return "finished"
     status = read_state(study_dir / "status.json") or {}
-    before = status.get(cell.id, {}) if state == "resumable" else {}
+    before = status.get(cell.key, {}) if state == "resumable" else {}
     if state == "restart":
         print(
-            f"{progress} {cell.id}: stopped before its first checkpoint; starting it again", file=sys.stderr
+            f"{progress} {cell.key}: stopped before its first checkpoint; starting it again", file=sys.stderr
         )
         shutil.rmtree(run_dir)
+    if state != "resumable":  # an analysis of an earlier run of this cell is not this run's
+        shutil.rmtree(study_dir / "analysis" / cell.id, ignore_errors=True)
     args = ["--resume", str(run_dir)] if state == "resumable" else cell.train_args(run_dir)
     command = shlex.join(["python", "train.py", *args])
     verb = "resuming" if state == "resumable" else "training"
-    print(f"{progress} {cell.id}: {verb}: {command}", file=sys.stderr)
+    print(f"{progress} {cell.key}: {verb}: {command}", file=sys.stderr)
     outcome = run_child([sys.executable, *TRAIN, *args], env)
-    status[cell.id] = outcome | {
+    status[cell.key] = outcome | {
         "command": command,
         "attempts": before.get("attempts", 0) + 1,
         "wall_s": round(before.get("wall_s", 0.0) + outcome["wall_s"], 1),
         "max_rss_gb": max(before.get("max_rss_gb", 0.0), outcome["max_rss_gb"]),
     }
     atomic_write_json(study_dir / "status.json", status)
-    print(f"{progress} {cell.id}: {outcome['status']}" + _reason(outcome), file=sys.stderr)
+    print(f"{progress} {cell.key}: {outcome['status']}" + _reason(outcome), file=sys.stderr)
     if outcome["status"] == "interrupted":  # the study stops as the cell did
         raise stop_for(signal.SIGTERM if outcome["exit_code"] in STOPPED[signal.SIGTERM] else signal.SIGINT)
     return outcome["status"]
@@ -284,3 +335,49 @@ def failure_reason(code: int, stderr_tail: str) -> str:
         hint = " (the system's out-of-memory killer?)" if code == -signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {code}" + (f": {lines[-1]}" if lines else "")
+
+
+# ---- a cell's analysis ---------------------------------------------------------------------------
+
+
+def analyse_cell(study_dir: Path, cell: Cell, settings: dict, progress: str, env: dict) -> str:
+    """Analyse every checkpoint of a trained cell (study/analysis.py, a child process); record the
+    outcome in status.json under the cell's "analysis"."""
+    run_dir, out = study_dir / "runs" / cell.id, study_dir / "analysis" / cell.id
+    if cell_state(run_dir) != "finished":
+        return "not run"
+    if analysed(run_dir, out):
+        print(f"{progress} {cell.id}: analysed earlier, skipped", file=sys.stderr)
+        return "finished"
+    command = [
+        *ANALYSE,
+        str(run_dir),
+        str(out),
+        "--probe-file",
+        str(study_dir / "probes" / f"{cell.dataset}.jsonl"),
+    ]
+    for key in ("probe", "members", "steps", "random_draws"):
+        command += [f"--{key.replace('_', '-')}", str(settings[key])]
+    command += ["--methods", ",".join(settings["methods"])]
+    print(f"{progress} {cell.id}: analysing its checkpoints", file=sys.stderr)
+    outcome = run_child([sys.executable, *command], env)
+    status = read_state(study_dir / "status.json") or {}
+    before = status.get(cell.id, {}).get("analysis") or {}
+    wall = round(before.get("wall_s", 0.0) + outcome["wall_s"], 1)
+    keep = {k: outcome[k] for k in ("status", "reason", "exit_code", "max_rss_gb")}
+    status.setdefault(cell.id, {})["analysis"] = keep | {"wall_s": wall}
+    atomic_write_json(study_dir / "status.json", status)
+    print(f"{progress} {cell.id}: analysis {outcome['status']}" + _reason(outcome), file=sys.stderr)
+    if outcome["status"] == "interrupted":
+        raise stop_for(signal.SIGTERM if outcome["exit_code"] in STOPPED[signal.SIGTERM] else signal.SIGINT)
+    return outcome["status"]
+
+
+def analysed(run_dir: Path, out: Path) -> bool:
+    """Every checkpoint of the run has its analysis file (of its step), and the cell's page is written."""
+    if not (out / "index.html").is_file():
+        return False
+    files = {p: out / f"{p.name}.json" for p in rd.checkpoints(run_dir)}
+    return all(
+        f.is_file() and read_json(f, ConfigError)["step"] == rd.checkpoint_step(p) for p, f in files.items()
+    )

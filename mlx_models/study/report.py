@@ -6,29 +6,20 @@ is the gap: validation loss minus train loss at the same evaluation (the train l
 a fixed train subset as large as validation, in eval mode, so both are measured alike).
 """
 
-import io
-import math
+import dataclasses
+import json
 import shlex
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..io import atomic_write_json, atomic_write_text, read_json
 from ..train.metrics import read_metrics
+from . import figures, pretrain
+from . import findings as f
+from .analysis import read_probe
+from .markdown import COLUMNS, markdown
+from .page import write_index
 from .plan import Cell, Plan
-
-COLUMNS = [  # (report.json key, report.md header, format)
-    ("test_accuracy", "test acc", "{:.4f}"),
-    ("test_f1", "test F1", "{:.4f}"),
-    ("best_val_loss", "best val loss", "{:.4f}"),
-    ("best_step", "best step", "{}"),
-    ("last_val_loss", "last val loss", "{:.4f}"),
-    ("gap_best", "gap at best", "{:+.4f}"),
-    ("gap_last", "gap at last", "{:+.4f}"),
-    ("tokens_per_s", "tokens/s", "{:.0f}"),
-    ("peak_gb", "MLX peak GB", "{:.2f}"),
-    ("max_rss_gb", "max RSS GB", "{:.2f}"),
-    ("wall_s", "wall", "{:.0f} s"),
-]
 
 
 def read_state(path: Path) -> dict | None:
@@ -47,7 +38,9 @@ def cell_summary(study_dir: Path, cell: Cell, outcome: dict | None) -> dict:
     test = next((r for r in reversed(records) if r["split"] == "test"), None)
     val = [r for r in records if r["split"] == "validation"]
     train = {r["step"]: r for r in records if r["split"] == "train"}
-    row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": f"runs/{cell.id}"}
+    run = f"runs/{cell.id}" if run_dir.is_dir() else None
+    row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "run": run}
+    row |= {"pretrained_by_study": cell.pretrained}  # the stage (pretrain/<id>) it finetunes, if any
     row |= {"status": status_of(run_dir, test, outcome), "reason": (outcome or {}).get("reason")}
     row |= {"command": shlex.join(["python", "train.py", *cell.train_args(run_dir)])} | dict.fromkeys(
         k for k, _, _ in COLUMNS
@@ -87,85 +80,84 @@ def status_of(run_dir: Path, test: dict | None, outcome: dict | None) -> str:
 
 
 def write_report(study_dir: Path, plan: Plan) -> None:
+    """report.json, report.md, index.html and the figures, from the study's files."""
     status = read_state(study_dir / "status.json") or {}
     rows = [cell_summary(study_dir, cell, status.get(cell.id)) for cell in plan.cells]
-    atomic_write_json(study_dir / "report.json", {"plan": plan.describe(), "cells": rows})
-    atomic_write_text(study_dir / "report.md", markdown(plan, rows))
-    buf = io.BytesIO()
-    comparison_figure(study_dir, plan).savefig(buf, format="png", dpi=90)
-    atomic_write_bytes(study_dir / "comparison.png", buf.getvalue())
-
-
-def markdown(plan: Plan, rows: list[dict]) -> str:
-    cells = {c.id: c for c in plan.cells}
-    lines = [
-        f"# Study `{plan.name}`",
-        "",
-        f"`python train.py --study {plan.name}`: models {', '.join(plan.models)}; datasets "
-        f"{', '.join(plan.datasets)}; profile `{plan.profile or 'none'}`. Each cell is one train.py run "
-        "(commands below).",
-        "",
-        "| model | dataset | status | " + " | ".join(h for _, h, _ in COLUMNS) + " | run |",
-        "|---|---|---|" + "---:|" * len(COLUMNS) + "---|",
-    ]
+    sections, analyses, points = analysis_sections(study_dir, plan)
     for row in rows:
-        values = [_fmt(row[key], fmt) for key, _, fmt in COLUMNS]
-        link = f"[{row['run']}]({row['run']}/) ([curves]({row['run']}/curves.png))"
-        first = [cells[row["cell"]].name, row["dataset"], row["status"]]
-        lines.append("| " + " | ".join([*first, *values, link]) + " |")
-    lines += [
-        "",
-        "*gap* = validation loss − train loss at the same evaluation (train loss on a fixed train "
-        "subset as large as validation, scored like it): the overfitting measure. *best* = the "
-        "evaluation with the lowest validation loss, the checkpoint scored on test. tokens/s: "
-        "train.py's training speed in the cell's last session (evaluations included); MLX peak: "
-        "the highest peak_gb in metrics.jsonl; max RSS: the cell process's peak resident memory; "
-        "wall: the cell's train.py processes, as the study saw them end.",
-    ]
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        lines += ["", "## Failed cells", ""] + [f"- `{r['cell']}`: {r['reason']}" for r in failed]
-    lines += ["", "![train and validation curves per dataset](comparison.png)", "", "## Cells", ""]
-    lines += [f"- `{r['cell']}`: `{r['command']}`" for r in rows]
-    return "\n".join(lines) + "\n"
+        row |= analysis_status(study_dir, row["cell"], status.get(row["cell"]), row["cell"] in analyses)
+    report = {"plan": plan.describe(), "cells": rows} | sections | pretraining(study_dir, plan, status)
+    report["figures"] = write_figures(study_dir, plan, report, points)
+    report = json.loads(json.dumps(report))  # plain JSON values: what every reader of report.json sees
+    atomic_write_json(study_dir / "report.json", report)
+    atomic_write_text(study_dir / "report.md", markdown(plan, report))
+    write_index(study_dir, report)
 
 
-def _fmt(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return fmt.format(value)
+def pretraining(study_dir: Path, plan: Plan, status: dict) -> dict:
+    """report.json's "pretraining" (study/pretrain.py), when the study pretrains a model."""
+    phases = []
+    for stage in plan.stages:
+        run_dir = study_dir / stage.run
+        test = next((r for r in reversed(read_metrics(run_dir)) if r["split"] == "test"), None)
+        outcome = status.get(stage.key)
+        phases.append(pretrain.summary(run_dir, stage, status_of(run_dir, test, outcome), outcome))
+    return {"pretraining": pretrain.report_rows(study_dir, phases)} if phases else {}
 
 
-def comparison_figure(study_dir: Path, plan: Plan):
-    """Per dataset, loss and accuracy against epoch: every model's train (dashed, open markers) and
-    validation (solid) curves on shared axes; one legend for the figure."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
-    from matplotlib.lines import Line2D
+def analysis_status(study_dir: Path, cell: str, outcome: dict | None, found: bool) -> dict:
+    """How a cell's analysis ended (status.json), and its attribution page when written."""
+    ended = (outcome or {}).get("analysis") or {}
+    page = study_dir / "analysis" / cell / "index.html"
+    state = ended.get("status") or ("partial" if found else "not run")
+    return {
+        "analysis": "done" if state == "finished" else state,
+        "analysis_reason": ended.get("reason"),
+        "page": f"analysis/{cell}/index.html" if page.is_file() else None,
+        "curves": f"runs/{cell}/curves.png" if (study_dir / "runs" / cell / "curves.png").is_file() else None,
+    }
 
-    datasets = list(dict.fromkeys(c.dataset for c in plan.cells))
-    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(c.name for c in plan.cells))}
-    fig = Figure(figsize=(12, 3.6 * len(datasets) + 0.6), layout="constrained")
-    for row, dataset in zip(fig.subplots(len(datasets), 2, squeeze=False), datasets, strict=True):
-        for cell in (c for c in plan.cells if c.dataset == dataset):
-            records = read_metrics(study_dir / "runs" / cell.id)
-            for ax, key in zip(row, ("loss", "accuracy"), strict=True):
-                for split, style, face in (("train", "--", "none"), ("validation", "-", colors[cell.name])):
-                    points = [(r["epoch"], r[key]) for r in records if r["split"] == split and key in r]
-                    if points:
-                        x, y = zip(*points, strict=True)
-                        ax.plot(x, y, style, marker="o", color=colors[cell.name], markerfacecolor=face)
-        for ax, key in zip(row, ("loss", "accuracy"), strict=True):
-            ax.set(title=f"{dataset}: {key}", xlabel="epoch", ylabel=key)
-            ax.grid(alpha=0.3)
-            if not ax.has_data():
-                ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax.transAxes)
-    handles = [Line2D([], [], color=color, marker="o", label=name) for name, color in colors.items()]
-    handles += [
-        Line2D(
-            [], [], color="gray", ls="--", marker="o", markerfacecolor="none", label="train (fixed subset)"
-        ),
-        Line2D([], [], color="gray", ls="-", marker="o", label="validation"),
-    ]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    fig.suptitle(f"study {plan.name}: train vs validation, every model on shared axes per dataset")
-    return fig
+
+def analysis_sections(study_dir: Path, plan: Plan) -> tuple[dict, dict, dict]:
+    """(report.json's checkpoints, data_maps, agreement and stability; the cells' analyses; the
+    data maps' points) from the analysis files."""
+    analyses = {}
+    for cell in plan.cells:
+        probe = study_dir / "probes" / f"{cell.dataset}.jsonl"
+        found = probe.is_file() and f.read_analysis(
+            study_dir / "analysis" / cell.id, cell.id, cell.dataset, read_probe(probe)
+        )
+        if found:
+            analyses[cell.id] = found
+    tfidf = {a.dataset: a for a in analyses.values() if "non_predictive" in f.first_result(a)["probe"][0]}
+    sections, points = {"checkpoints": [], "data_maps": [], "stability": []}, {}
+    for cell, a in analyses.items():
+        run_dir = study_dir / "runs" / cell
+        rows = f.checkpoint_rows(a, run_dir, f.non_predictive_flags(tfidf.get(a.dataset)))
+        row, points[cell] = f.data_map(a)
+        sections["checkpoints"] += rows
+        sections["data_maps"].append(row | {"figure": f"figures/{cell}-datamap.png"})
+        sections["stability"].append(f.stability(a, rows, run_dir) | {"threshold": f.STABLE})
+    sections["agreement"] = f.agreement(list(analyses.values()))
+    return sections, analyses, points
+
+
+def write_figures(study_dir: Path, plan: Plan, report: dict, points: dict) -> dict:
+    """figures/: per dataset the curves, drift and membership figures; a data map per cell. Also
+    comparison.png (every dataset's curves in one). Returns report.json's "figures"."""
+    out = {}
+    figures.save_png(figures.comparison_figure(study_dir, plan), study_dir / "comparison.png")
+    for dataset in dict.fromkeys(c.dataset for c in plan.cells):
+        one = dataclasses.replace(plan, cells=[c for c in plan.cells if c.dataset == dataset])
+        names = {k: f"figures/{dataset}-{k}.png" for k in ("curves", "drift", "membership")}
+        figures.save_png(figures.comparison_figure(study_dir, one), study_dir / names["curves"])
+        if any(r["dataset"] == dataset for r in report["checkpoints"]):
+            figures.save_png(figures.drift_figure(report["checkpoints"], dataset), study_dir / names["drift"])
+            membership = figures.membership_figure(report["checkpoints"], dataset)
+            figures.save_png(membership, study_dir / names["membership"])
+        else:
+            names |= {"drift": None, "membership": None}
+        out[dataset] = names
+    for row in report["data_maps"]:
+        figures.save_png(figures.data_map_figure(points[row["cell"]], row["cell"]), study_dir / row["figure"])
+    return out

@@ -137,6 +137,9 @@ class TrainConfig:
     early_stopping_patience: int | None = _f(None, "stop after N evaluations without a better one", min=1)
     eval_every: int | None = _f(None, "evaluate every N optimizer steps; none: once per epoch", min=1)
     save_every: int | None = _f(None, "also keep a checkpoint iter-<step>/ every N steps", min=1)
+    save_points: int | None = _f(
+        None, "keep iter-0/ (the start) and N evenly spaced checkpoints iter-<step>/, each evaluated", min=1
+    )
     save_minutes: float | None = _f(
         5.0, "also write last/ when this many minutes passed since it was", above=0
     )
@@ -197,6 +200,10 @@ class TrainConfig:
             (self.min_learning_rate > self.learning_rate, "min_learning_rate must not exceed learning_rate"),
             (self.quantize and not self.lora, f"quantize={self.quantize} needs lora=true; pass --lora"),
             (self.resume and self.eval_only, "resume and eval_only cannot be combined"),
+            (
+                self.save_points is not None and self.save_every is not None,
+                "save_points sets save_every from the run's length; give only one of them",
+            ),
             (self.model == "tfidf" and self.task != "classify", "the tfidf baseline only does task=classify"),
             (
                 self.model == "tfidf" and self.lora,

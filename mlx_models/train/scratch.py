@@ -27,23 +27,29 @@ SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as roberta-base; <mask
 
 
 def model_config(cfg: TrainConfig) -> dict:
-    """The architecture to build: the model alias's ``config:`` in config.yaml, else a config.json
-    (a file, or a directory holding one), with ``--model-config`` on top (a config.json path, or
-    comma-separated key=value overrides)."""
+    """The architecture of a --from-scratch run (see ``architecture``)."""
+    return architecture(cfg.model, cfg.model_config)
+
+
+def architecture(model: str, spec: str | None = None, config_path: str | os.PathLike | None = None) -> dict:
+    """The architecture to build for ``model``: its alias's ``config:`` in config.yaml
+    (``config_path``, default the one in force), else a config.json (a file, or a directory holding
+    one), with ``spec`` (``--model-config``) on top: a config.json path, or comma-separated
+    key=value overrides."""
     base = {}
-    if Path(cfg.model).expanduser().exists():
-        path = Path(cfg.model).expanduser()
+    if Path(model).expanduser().exists():
+        path = Path(model).expanduser()
         base = read_json(
             path / "config.json" if path.is_dir() else path, ConfigError, "pass an HF config.json"
         )
-    elif cfg.model in read_config_yaml()["models"]:
-        base = dict(resolve_model_alias(cfg.model).get("config") or {})
+    elif model in read_config_yaml(config_path)["models"]:
+        base = dict(resolve_model_alias(model, config_path).get("config") or {})
     if not base:
         raise ConfigError(
-            f"--from-scratch needs the architecture of {cfg.model}: give the alias a config: in config.yaml, "
+            f"--from-scratch needs the architecture of {model}: give the alias a config: in config.yaml, "
             "or pass --model path/to/config.json"
         )
-    extra = overrides(cfg.model_config)
+    extra = overrides(spec)
     check_known_keys(extra, (base | extra).get("model_type"))
     return base | extra
 

@@ -72,6 +72,8 @@ class Run:
     optimizer: optim.Optimizer
     total_steps: int
     eval_every: int
+    save_every: int | None
+    save_at: frozenset[int]  # --save-points: the steps of iter-<step>/, each evaluated
     masking: Masking | None
     accum: int  # micro-batches per optimizer step, on each rank
     world: World
@@ -127,11 +129,16 @@ def setup(cfg: TrainConfig) -> Run:
     steps, per_epoch = total_steps(cfg, len(data["train"][0]), cfg.batch_size * accum * w.size)
     optimizer = make_optimizer(cfg, steps)
     optimizer.init(model.trainable_parameters())
-    eval_every, masking = cfg.eval_every or per_epoch, masking_for(cfg, tokenizer)
+    eval_every = cfg.eval_every or (steps if cfg.save_points else per_epoch)  # save points are evaluated
     return Run(
-        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every, masking,
-        accum, w,
+        cfg, Path(cfg.out), splits, model, tokenizer, base, data, optimizer, steps, eval_every,
+        cfg.save_every, save_steps(cfg.save_points, steps), masking_for(cfg, tokenizer), accum, w,
     )  # fmt: skip
+
+
+def save_steps(points: int | None, steps: int) -> frozenset[int]:
+    """--save-points N: the steps of N checkpoints spread evenly over the run, the last at its end."""
+    return frozenset(round(i * steps / points) for i in range(1, points + 1)) - {0} if points else frozenset()
 
 
 def data_digest(split) -> str:
@@ -222,8 +229,8 @@ def train_and_test(run: Run, fault: Fault | None) -> dict:
             return test_and_report(cfg, run.dir, run.model, run.splits, run.tokenizer, run.world)
     except BaseException:
         new = not cfg.resume and run.world.main
-        if new and not rd.checkpoints(run.dir):  # nothing worth keeping: leave no trace
-            shutil.rmtree(run.dir, ignore_errors=True)
+        if new and not [c for c in rd.checkpoints(run.dir) if rd.checkpoint_step(c) > 0]:  # nothing trained
+            shutil.rmtree(run.dir, ignore_errors=True)  # leave no trace (iter-0 holds only the start)
         raise
 
 
@@ -250,6 +257,8 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
         disable=not run.world.main,
     )  # fmt: skip
     running, tokens, tic = [], 0, time.perf_counter()
+    if run.cfg.save_points and state.step == 0 and not rd.is_checkpoint(run.dir / "iter-0"):
+        run.save("iter-0", state)  # the starting point of the spaced checkpoints
     with deferred_signals() as signals, contextlib.closing(bar):
         for idx, b, n_batches in positions(run, state):
             loss, n = optimizer_step(run, state, idx, b, fault)
@@ -263,7 +272,7 @@ def train_loop(run: Run, state: rd.TrainState, fault: Fault | None) -> None:
             bar.update(1)
             bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", tok_s=f"{speed:.0f}", mem_gb=memory)
             done, stop = state.step >= run.total_steps, False
-            if state.step % run.eval_every == 0 or done:
+            if state.step % run.eval_every == 0 or done or state.step in run.save_at:
                 epoch = state.epoch + state.batch / n_batches
                 stop = evaluate_and_keep_best(run, state, epoch, running, speed)
                 running = []
@@ -401,7 +410,7 @@ def record_evaluation(
 
 def save_periodic(run: Run, state: rd.TrainState, final: bool) -> None:
     """iter-<step>/ every save_every steps; last/ then, at the end, and every save_minutes."""
-    periodic = bool(run.cfg.save_every) and state.step % run.cfg.save_every == 0
+    periodic = state.step in run.save_at or bool(run.save_every) and state.step % run.save_every == 0
     minutes = run.cfg.save_minutes
     timed = minutes is not None and time.monotonic() - run.saved_at >= 60 * minutes
     if periodic:
