@@ -85,7 +85,8 @@ def arguments(spec: dict):
 
 
 def marks_callback():
-    """Marks the first and last optimizer steps, the evaluation and the checkpoint."""
+    """Marks the first and last optimizer steps, the two evaluations (validation, then the train
+    probe) and the checkpoint."""
     from transformers import TrainerCallback
 
     class Marks(TrainerCallback):
@@ -94,8 +95,11 @@ def marks_callback():
             if state.global_step == state.max_steps:
                 mark("trained")
 
-        def on_evaluate(self, args, state, control, **kwargs):
-            mark("evaluated")
+        evaluations = 0
+
+        def on_evaluate(self, args, state, control, **kwargs):  # once per evaluation dataset
+            self.evaluations += 1
+            mark("validated" if self.evaluations == 1 else "evaluated")
 
         def on_save(self, args, state, control, **kwargs):
             mark("saved")
