@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from run import load, machine  # noqa: E402  (imports mlx_models first: OpenBLAS before MLX)
+from run import load, machine, publish  # noqa: E402  (imports mlx_models first: OpenBLAS before MLX)
 
 # The user's command lines (after `python train.py`): the default run, and LoRA on SmolLM2-135M.
 RECIPES = {"minilm": [], "lora": "--model smollm2-135m --max-samples 256 --max-length 128 --epochs 1".split()}
@@ -352,10 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             run_row(row, Path(tmp), row.key in args.phases.split(","), policy)
     text = report(rows, command.strip(), head, (time.perf_counter() - tic) / 60)
-    print(text)
-    if out:
-        Path(out).write_text(text)
-        print(f"wrote {out}", file=sys.stderr)
+    publish(text, text, out)
     return 0
 
 

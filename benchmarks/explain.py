@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 
-from run import load, machine
+from run import load, machine, publish
 
 import mlx.core as mx
 import numpy as np
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head, flush=True)
     body = run(n, steps, length)
     text = f"{head}\n{body}\nWall time: {time.perf_counter() - tic:.0f} s; load average at end: {load()}.\n"
-    print(body)
-    if out:
-        Path(out).write_text(text)
-        print(f"wrote {out}", file=sys.stderr)
+    publish(text, body, out)
     return 0
 
 

@@ -46,6 +46,16 @@ def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+def publish(text: str, body: str, out: str | None) -> None:
+    """Print ``body``; write the whole report ``text`` to ``out`` (atomically) when there is one."""
+    from mlx_models.io import atomic_write_text
+
+    print(body)
+    if out:
+        atomic_write_text(Path(out), text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes, few steps: a smoke run (< 2 min)")
