@@ -38,6 +38,7 @@ from mlx_models import load_model, load_tokenizer
 from mlx_models.train.config import TrainConfig
 from mlx_models.train.data import SPLIT_SEED, load_splits, pick_stratified
 from mlx_models.explain.runner import Example, MLXScorer, Options, explain_examples, score
+from mlx_models.batching import PAD_MULTIPLE, token_budget_batches
 from mlx_models.explain.words import keep_tokens
 from mlx_models.train.evaluation import Evaluator, evaluate
 from mlx_models.interop.loading import resolve
@@ -70,22 +71,34 @@ def captum_inputs(work: Path, scorer: MLXScorer, toks, targets, directory: Path,
 
 
 class Counted:
-    """Tokens of the perturbed texts the scorer scores (``proba_kept``), and their seconds."""
+    """Tokens of the perturbed texts the scorer scores (``proba_kept``), their padded tokens (the
+    batches ``proba_ids`` makes of them) and their seconds."""
 
     def __init__(self, scorer: MLXScorer):
-        self.tokens, self.seconds, self.scorer, self.proba_kept = 0, 0.0, scorer, scorer.proba_kept
+        self.tokens, self.padded, self.seconds = 0, 0, 0.0
+        self.scorer, self.proba_kept = scorer, scorer.proba_kept
         scorer.proba_kept = self
 
     def __call__(self, kept):
         tic = time.perf_counter()
         out = self.proba_kept(kept)
         self.seconds += time.perf_counter() - tic
-        self.tokens += sum(len(keep_tokens(t.ids, t.token_word, k)) for _, t, masks in kept for k in masks)
+        lengths = [len(keep_tokens(t.ids, t.token_word, k)) for _, t, masks in kept for k in masks]
+        self.tokens += sum(lengths)
+        budget = self.scorer.options.batch_size * self.scorer.max_length
+        for batch in token_budget_batches(lengths, budget, PAD_MULTIPLE):
+            self.padded += len(batch) * -(-max(lengths[i] for i in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
         return out
+
+    def row(self, name: str, speed: float) -> str:
+        rate, padded = self.tokens / self.seconds, self.padded / self.seconds
+        share = self.tokens / self.padded
+        return f"| {name} | {rate:.0f} | {rate / speed:.2f}× | {share:.0%} | {padded:.0f} |"
 
 
 def perturbation_rows(scorer: MLXScorer, examples: list[Example], toks) -> str:
-    """Evaluation, occlusion and the deletions of 4 random rankings, as tokens scored per second."""
+    """Evaluation, occlusion and the deletions of 4 random rankings, as tokens scored per second
+    (and the share of padding in the batches they go in)."""
     encoded, labels = [t.ids for t in toks], [e.label for e in examples]
     ev = evaluate(Evaluator(scorer.model, "classify"), encoded, labels, batch_size=16, pad_id=scorer.pad_id)
     options = Options(random_draws=4)
@@ -93,18 +106,18 @@ def perturbation_rows(scorer: MLXScorer, examples: list[Example], toks) -> str:
     score(scorer, "occlusion", examples[:2], warm, options)
     counted = Counted(scorer)
     out = explain_examples(scorer, examples, [], "pred", options)  # the deletions of random rankings
-    deletions = counted.tokens / counted.seconds
-    counted.tokens, counted.seconds = 0, 0.0
+    deletions = counted.row("deletions (top 1–50% removed or kept)", ev["tokens_per_s"])
+    counted.tokens, counted.padded, counted.seconds = 0, 0, 0.0
     score(scorer, "occlusion", examples, out, options)
-    occlusion = counted.tokens / counted.seconds
+    occlusion = counted.row("occlusion: every review less one word", ev["tokens_per_s"])
     scorer.proba_kept = counted.proba_kept
-    speed = ev["tokens_per_s"]
     return (
-        "| forward passes (explain: batches of 16 x max-length tokens) | tokens/s | vs evaluation |\n"
-        "|---|---:|---:|\n"
-        f"| evaluation (`train.evaluation.evaluate`, compiled) of the reviews | {speed:.0f} | 1.00× |\n"
-        f"| occlusion: every review less one word | {occlusion:.0f} | {occlusion / speed:.2f}× |\n"
-        f"| deletions (top 1–50% removed or kept) | {deletions:.0f} | {deletions / speed:.2f}× |\n"
+        "| forward passes (explain: batches of 16 x max-length tokens) | tokens/s | vs evaluation "
+        "| tokens / padded tokens | padded tokens/s |\n"
+        "|---|---:|---:|---:|---:|\n"
+        f"| evaluation (`train.evaluation.evaluate`, compiled) of the reviews | {ev['tokens_per_s']:.0f} "
+        "| 1.00× | – | – |\n"
+        f"{occlusion}\n{deletions}\n"
     )
 
 
