@@ -102,8 +102,8 @@ def perturbation_rows(scorer: MLXScorer, examples: list[Example], toks) -> str:
     encoded, labels = [t.ids for t in toks], [e.label for e in examples]
     ev = evaluate(Evaluator(scorer.model, "classify"), encoded, labels, batch_size=16, pad_id=scorer.pad_id)
     options = Options(random_draws=4)
-    warm = explain_examples(scorer, examples[:2], [], "pred", options)  # compiles, not timed
-    score(scorer, "occlusion", examples[:2], warm, options)
+    warm = explain_examples(scorer, examples, [], "pred", options)  # compiles every shape, not timed
+    score(scorer, "occlusion", examples, warm, options)
     counted = Counted(scorer)
     out = explain_examples(scorer, examples, [], "pred", options)  # the deletions of random rankings
     deletions = counted.row("deletions (top 1–50% removed or kept)", ev["tokens_per_s"])

@@ -479,3 +479,19 @@ def test_pick_checkpoint_best_else_last_or_the_one_asked_for(tmp_path):
     assert rd.pick_checkpoint(run, "iter-10") == run / "iter-10"
     assert rd.pick_checkpoint(run, "iter-20") is None
     assert rd.pick_checkpoint(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize("mode", [False, True])
+def test_evaluate_leaves_the_model_in_the_mode_it_found(tiny, mode):
+    """evaluate() scores in eval mode and restores the caller's mode: an explainer or benchmark
+    that evaluates first must not get dropout switched on behind its back."""
+    from mlx_models.train.evaluation import Evaluator, evaluate
+
+    _, mlx_dir = tiny("bert", "classify")
+    model = load_model(mlx_dir, "classify")
+    model.train(mode)
+    ids = [[2, 5, 6, 7, 3], [2, 8, 9, 3]]
+    first = evaluate(Evaluator(model, "classify"), ids, [0, 1], batch_size=2, pad_id=0)
+    assert model.training is mode and all(m.training is mode for _, m in model.named_modules())
+    again = evaluate(Evaluator(model, "classify"), ids, [0, 1], batch_size=2, pad_id=0)
+    assert first["loss"] == again["loss"] and np.isfinite(first["loss"])  # eval mode inside: no dropout

@@ -57,8 +57,8 @@ def evaluate(
     world: World | None = None,
 ) -> dict:
     """Mean loss per example (classify) or per predicted token (mlm, lm) over ``encoded``, in
-    eval mode, and the tokens scored per second. Masked-LM masks are drawn from a fixed seed, so
-    evaluations compare."""
+    eval mode (the model's mode is restored after), and the tokens scored per second. Masked-LM masks
+    are drawn from a fixed seed, so evaluations compare."""
     world, task = world or World(None), scorer.task
     share = world.part(list(range(len(encoded))))
     num_labels = getattr(scorer.model.args, "num_labels", 2)
@@ -66,6 +66,7 @@ def evaluate(
     confusion = np.zeros((num_labels, num_labels), np.int64)
     tic = time.perf_counter()
     rng = np.random.default_rng((seed + 1, world.rank))
+    training = scorer.model.training  # restored after: a model in eval mode stays in it
     scorer.model.eval()
     for part in batch_order([len(encoded[i]) for i in share], batch_size, seed, 0, shuffle=False):
         idx = [share[i] for i in part]
@@ -78,7 +79,7 @@ def evaluate(
         sums += [*batch_sums, sum(len(encoded[i]) for i in idx)]
         if task == "classify":
             np.add.at(confusion, ([labels[i] for i in idx], predicted), 1)
-    scorer.model.train()
+    scorer.model.train(training)
     loss, count, hits, tokens = world.total(sums, "the evaluation sums").tolist()
     speed = round(tokens / max(time.perf_counter() - tic, 1e-9), 1)
     out = {"loss": loss / max(count, 1), "n": len(encoded), "tokens_per_s": speed}
