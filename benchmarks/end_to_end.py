@@ -341,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=600, help="s to wait for a quiet machine before each run")
     p.add_argument("--retries", type=int, default=1, help="reruns of a run other processes disturbed")
     args = p.parse_args(argv)
+    for flag, keys in (("--rows", args.rows), ("--phases", args.phases)):
+        unknown = [k for k in keys.split(",") if k and k not in RECIPES]
+        if unknown:  # one line, exit 2, before anything runs
+            p.error(f"argument {flag}: unknown recipe {unknown[0]!r}; use {', '.join(RECIPES)}")
+    if not [k for k in args.rows.split(",") if k]:
+        p.error("argument --rows: name at least one recipe: " + ", ".join(RECIPES))
     policy = Policy(args.wait, args.retries)
     out = args.out or (None if args.quick else str(HERE / "end_to_end.md"))
     command = "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -348,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         recipes = QUICK if args.quick else RECIPES
-        rows = [prepare(key, recipes[key], Path(tmp)) for key in args.rows.split(",")]
+        rows = [prepare(key, recipes[key], Path(tmp)) for key in args.rows.split(",") if key]
         for row in rows:
             run_row(row, Path(tmp), row.key in args.phases.split(","), policy)
     text = report(rows, command.strip(), head, (time.perf_counter() - tic) / 60)

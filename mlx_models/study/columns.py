@@ -1,6 +1,8 @@
 """The study's table columns: one header and one format per report.json field, shared by
 report.md (markdown.py) and index.html (page.py), so both show a number the same way."""
 
+import math
+
 FIELDS = {  # report.json key: (header, format); format None: text
     "cell": ("cell", None),
     "model": ("model", None),
@@ -90,3 +92,20 @@ DATA_MAPS += ["mean_variability"]
 def columns(keys: list[str]) -> list[tuple[str, str, str | None]]:
     """(key, header, format) for each key, from FIELDS."""
     return [(key, *FIELDS[key]) for key in keys]
+
+
+def show(value, fmt: str | None) -> str:
+    """A report.json value as a table shows it: "–" for null or a non-finite number, a number in
+    its column's format, anything else as text."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if fmt and is_number(value):
+        try:
+            return fmt.format(value)
+        except (ValueError, TypeError):
+            pass
+    return str(value)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

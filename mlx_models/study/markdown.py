@@ -1,21 +1,20 @@
 """report.md: the study's report as text, from report.json's dict (study/report.py)."""
 
-import math
-
 from . import columns as cols
 from . import pretrain
-from .columns import columns
 from .findings import STABLE
 from .plan import Plan
 
 # report.md's tables, as report.json keys (headers and formats: columns.py)
-COLUMNS = columns(["test_accuracy", "test_f1", "best_val_loss", "best_step", "last_val_loss", "gap_best"])
-COLUMNS += columns(["gap_last", "tokens_per_s", "peak_gb", "max_rss_gb", "wall_s"])
-CHECKPOINT_COLUMNS = columns(["cell", "checkpoint", "method", "step", "val_loss", "gap", "probe_accuracy"])
-CHECKPOINT_COLUMNS += columns([*cols.EXPLANATIONS[3:], "membership_auc", "ece"])  # comprehensiveness on
-AGREEMENT_COLUMNS = columns(["a", "b", "method", "spearman", "kendall", "top_k_overlap", "texts"])
-STABILITY_COLUMNS = columns(cols.STABILITY)
-DATA_MAP_COLUMNS = columns(cols.DATA_MAPS)
+COLUMNS = cols.columns(["test_accuracy", "test_f1", "best_val_loss", "best_step", "last_val_loss"])
+COLUMNS += cols.columns(["gap_best", "gap_last", "tokens_per_s", "peak_gb", "max_rss_gb", "wall_s"])
+CHECKPOINT_COLUMNS = cols.columns(["cell", "checkpoint", "method", "step", "val_loss", "gap"])
+CHECKPOINT_COLUMNS += cols.columns(["probe_accuracy", "comprehensiveness", "random_comprehensiveness"])
+CHECKPOINT_COLUMNS += cols.columns(["sufficiency", "random_sufficiency", "drift_previous", "drift_last"])
+CHECKPOINT_COLUMNS += cols.columns(["non_predictive_share", "membership_auc", "ece"])
+AGREEMENT_COLUMNS = cols.columns(["a", "b", "method", "spearman", "kendall", "top_k_overlap", "texts"])
+STABILITY_COLUMNS = cols.columns(cols.STABILITY)
+DATA_MAP_COLUMNS = cols.columns(cols.DATA_MAPS)
 NOTES = {
     "cells": "*gap* = validation loss − train loss at the same evaluation (train loss on a fixed train "
     "subset as large as validation, scored like it): the overfitting measure. *best* = the evaluation "
@@ -43,17 +42,11 @@ NOTES = {
 }
 
 
-def fmt(value, spec: str | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return (spec or "{}").format(value)
-
-
 def table(rows: list[dict], columns: list[tuple[str, str, str | None]]) -> list[str]:
     """A markdown table; numbers right-aligned."""
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
     lines.append("|" + "".join("---|" if f is None else "---:|" for k, _, f in columns))
-    lines += ["| " + " | ".join(fmt(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cols.show(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
     return lines
 
 

@@ -10,28 +10,27 @@ the page never drops a number.
 """
 
 import html
-import math
 from pathlib import Path
 from urllib.parse import quote
 
 from ..io import atomic_write_text
 from . import columns as cols
-from .columns import columns
+from .columns import is_number, show
 
 INDEX_FILE = "index.html"
 TABLES = ("pretraining", "cells", "checkpoints", "data_maps", "agreement", "stability")
 
-CELL = columns(["cell"])
-CELLS = columns(["status", "reason", *cols.CELL_FIT, "analysis", "analysis_reason"])
-RESOURCES = columns(cols.RESOURCES)
-PRETRAINING = columns(cols.PRETRAINING)
-EXPLANATIONS = columns(cols.EXPLANATIONS)
+CELL = cols.columns(["cell"])
+CELLS = cols.columns(["status", "reason", *cols.CELL_FIT, "analysis", "analysis_reason"])
+RESOURCES = cols.columns(cols.RESOURCES)
+PRETRAINING = cols.columns(cols.PRETRAINING)
+EXPLANATIONS = cols.columns(cols.EXPLANATIONS)
 DATASET_TABLES = [  # (title, section, columns, columns of another table of the same rows)
-    ("Checkpoints: fit and memorisation", "checkpoints", CELL + columns(cols.FIT), EXPLANATIONS),
+    ("Checkpoints: fit and memorisation", "checkpoints", CELL + cols.columns(cols.FIT), EXPLANATIONS),
     ("Checkpoints: explanations", "checkpoints", CELL + EXPLANATIONS, None),
-    ("Agreement of the models' attributions", "agreement", columns(cols.AGREEMENT), []),
-    ("Stability", "stability", columns(cols.STABILITY), []),
-    ("Data maps", "data_maps", columns(cols.DATA_MAPS), []),
+    ("Agreement of the models' attributions", "agreement", cols.columns(cols.AGREEMENT), []),
+    ("Stability", "stability", cols.columns(cols.STABILITY), []),
+    ("Data maps", "data_maps", cols.columns(cols.DATA_MAPS), []),
 ]
 FIGURES = {"curves": "train and validation curves", "drift": "attribution drift"}
 FIGURES |= {"membership": "membership inference"}
@@ -87,7 +86,7 @@ def _header(plan: dict) -> str:
 
 def _contents(report: dict, datasets: list) -> str:
     targets = [("pretraining", "pretraining")] if report.get("pretraining") else []
-    targets += [("cells", "cells")] + [(f"dataset-{n}", _show(d, None)) for n, d in enumerate(datasets)]
+    targets += [("cells", "cells")] + [(f"dataset-{n}", show(d, None)) for n, d in enumerate(datasets)]
     links = " · ".join(f'<a href="#{target}">{_e(text)}</a>' for target, text in targets)
     return f"<nav>Contents: {links}</nav>"
 
@@ -106,7 +105,7 @@ def _pretraining(rows: list[dict]) -> str:
 
 def _cells(rows: list[dict]) -> str:
     indexed = list(enumerate(rows))
-    cell = columns(["cell", "dataset"])
+    cell = cols.columns(["cell", "dataset"])
     return "\n".join(
         [
             '<h2 id="cells">Cells</h2>',
@@ -123,7 +122,7 @@ def _cells(rows: list[dict]) -> str:
 def _dataset(report: dict, n: int, dataset) -> str:
     figures = (report.get("figures") or {}).get(dataset) or {}
     maps = [(i, r) for i, r in enumerate(report.get("data_maps") or []) if r.get("dataset") == dataset]
-    parts = [f'<h2 id="dataset-{n}">Dataset <code>{_e(_show(dataset, None))}</code></h2>']
+    parts = [f'<h2 id="dataset-{n}">Dataset <code>{_e(show(dataset, None))}</code></h2>']
     for key in dict.fromkeys([*FIGURES, *figures]):
         parts.append(_figure(figures.get(key), f"{dataset}: {FIGURES.get(key, key)}"))
     for title, section, shown, elsewhere in DATASET_TABLES:
@@ -160,18 +159,18 @@ def _table(section: str, rows: list[tuple[int, dict]], columns: list, links=None
 
 def _extra_columns(rows: list[dict], columns: list) -> list:
     known = {key for key, _, _ in columns}
-    extra = [k for row in rows for k, v in row.items() if k not in known and _is_number(v)]
+    extra = [k for row in rows for k, v in row.items() if k not in known and is_number(v)]
     return [(k, k, "{}") for k in dict.fromkeys(extra)]
 
 
 def _td(section: str, i: int, row: dict, key: str, fmt: str | None) -> str:
     value = row.get(key)
-    css = ' class="num"' if _is_number(value) else (' class="failed"' if value == "failed" else "")
-    return f"<td{css}{_data(section, i, row, key)}>{_e(_show(value, fmt))}</td>"
+    css = ' class="num"' if is_number(value) else (' class="failed"' if value == "failed" else "")
+    return f"<td{css}{_data(section, i, row, key)}>{_e(show(value, fmt))}</td>"
 
 
 def _text_value(section: str, i: int, row: dict, key: str) -> str:
-    return f"<span{_data(section, i, row, key)}>{_e(_show(row.get(key), None))}</span>"
+    return f"<span{_data(section, i, row, key)}>{_e(show(row.get(key), None))}</span>"
 
 
 def _data(section: str, i: int, row: dict, key: str) -> str:
@@ -179,21 +178,6 @@ def _data(section: str, i: int, row: dict, key: str) -> str:
     if key not in row:
         return ""
     return f' data-key="{_e(f"{section}.{i}.{key}")}" data-value="{_e(repr(row[key]))}"'
-
-
-def _show(value, fmt: str | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if fmt and _is_number(value):
-        try:
-            return fmt.format(value)
-        except (ValueError, TypeError):
-            pass
-    return str(value)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _cell_links(row: dict) -> str:
